@@ -1,0 +1,208 @@
+"""NetParameter (current format, phase-filtered) -> IR graph.
+
+In-place tops get fresh SSA names (the last version of a blob keeps the Caffe name, earlier
+ones become ``blob#k``). Each layer is parsed, shape-inferred and given its weights, either
+from a ``.caffemodel`` (matched by layer name, shape-checked as Caffe does) or from its
+fillers under a seed. Net outputs are the blobs no later layer consumes (Caffe's rule).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import LayerContext, Location, ProtonetError, UnsupportedError, WeightsError
+from .fillers import fill, layer_rng, random_init
+from .frontend import LoadedNet
+from .ir import Graph, Node, Value
+from .layers import registry
+from .layers.base import prod
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WeightReport:
+    """How the weights were obtained, layer by layer."""
+
+    matched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # in the net, not in the file (filled)
+    ignored: list[str] = field(default_factory=list)  # in the file, not in the net
+    filled: list[str] = field(default_factory=list)  # filled from fillers (no weights file)
+    source: str = "fillers"
+
+    def summary(self) -> str:
+        if self.source == "fillers":
+            return (f"weights: none given; {len(self.filled)} layer(s) filled from their weight_filler/"
+                    f"bias_filler (deterministic, seeded)")
+        parts = [f"weights: {len(self.matched)} layer(s) loaded from {self.source}"]
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing (filled): {', '.join(self.missing[:8])}"
+                         + (" ..." if len(self.missing) > 8 else ""))
+        if self.ignored:
+            parts.append(f"{len(self.ignored)} in the file but not in the net (ignored): "
+                         + ", ".join(self.ignored[:8]) + (" ..." if len(self.ignored) > 8 else ""))
+        return "; ".join(parts)
+
+
+@dataclass
+class BuildOptions:
+    batch: int | None = None
+    seed: int = 0
+    #: "filler": Caffe's fillers; "random": well-scaled random values for every blob (tests)
+    init: str = "filler"
+    strict: bool = False
+    #: input blob name -> shape, overriding the definition (data layers, missing shapes)
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+REFUSED_TYPES = {
+    "Python": "Python layers run arbitrary Python code named in the file and are refused; "
+              "replace it with a supported layer or register a layer class for it from Python",
+}
+
+
+def check_types(loaded: LoadedNet) -> None:
+    """Refuse Python layers; report every unsupported type at once."""
+    unknown: list[str] = []
+    for layer in loaded.net.layer:
+        if layer.type in REFUSED_TYPES:
+            raise UnsupportedError(REFUSED_TYPES[layer.type], loaded.loc(layer))
+        if registry.get(layer.type) is None:
+            line = loaded.lines.get(layer.name)
+            where = f"layer '{layer.name}'" + (f", line {line}" if line else "")
+            unknown.append(f"{layer.type or '(no type)'} ({where})")
+    if unknown:
+        raise UnsupportedError("unsupported layer types: " + ", ".join(unknown), Location(loaded.path))
+
+
+def check_names(loaded: LoadedNet) -> None:
+    seen: dict[str, Any] = {}
+    for layer in loaded.net.layer:
+        if layer.name in seen:
+            first = loaded.lines.get(layer.name)
+            raise ProtonetError(f"duplicate layer name '{layer.name}'" + (f" (first defined at line {first})"
+                                if first else ""), loaded.loc(layer))
+        seen[layer.name] = layer
+
+
+def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | None = None) -> tuple[Graph, WeightReport]:
+    """Build the IR for a loaded (upgraded, filtered) net."""
+    opts = options or BuildOptions()
+    check_types(loaded)
+    check_names(loaded)
+    g = Graph(loaded.net.name or "net")
+    report = WeightReport(source=weights.path if weights is not None else "fillers")
+    current: dict[str, Value] = {}  # blob name -> its latest version
+    versions: dict[str, list[Value]] = {}
+    counter = 0
+
+    for lp in loaded.net.layer:
+        loc = loaded.loc(lp)
+        ctx = LayerContext(loc)
+        layer = registry.get(lp.type)
+        assert layer is not None  # check_types
+        canonical = registry.canonical_name(lp.type)
+        attrs = layer.parse(lp, ctx)
+        lo, hi = layer.num_bottoms
+        nb = len(lp.bottom)
+        if nb < lo or (hi is not None and nb > hi):
+            want = f"{lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
+            raise ctx.error(f"takes {want} bottom(s), got {nb}")
+        inputs = []
+        for b in lp.bottom:
+            if b not in current:
+                raise ctx.error(f"bottom '{b}' is not produced by any earlier layer")
+            inputs.append(current[b])
+        want_tops = layer.num_tops(attrs, lp)
+        if want_tops is not None and len(lp.top) != want_tops:
+            raise ctx.error(f"needs {want_tops} top(s), got {len(lp.top)}")
+        in_shapes = [v.shape for v in inputs]
+        if layer.is_source:
+            shapes = layer.infer(attrs, in_shapes, ctx)
+            shapes = [_input_shape(top, s, opts, ctx) for top, s in zip(lp.top, shapes)]
+        else:
+            shapes = layer.infer(attrs, in_shapes, ctx)
+        if len(shapes) != len(lp.top):
+            raise ctx.error(f"produces {len(shapes)} output(s) but names {len(lp.top)} top(s)")
+        for s in shapes:
+            if any(d <= 0 for d in s):
+                raise ctx.error(f"output shape {tuple(s)} has a non-positive dimension "
+                                f"(input shapes {', '.join(str(tuple(x)) for x in in_shapes)})")
+        specs = layer.weights(attrs, in_shapes)
+        node_weights = _weights_for(lp, specs, weights, opts, report, ctx)
+        outputs = []
+        for top, shape in zip(lp.top, shapes):
+            counter += 1
+            v = g.new_value(f"\x00{counter}", tuple(shape), blob=top)
+            versions.setdefault(top, []).append(v)
+            outputs.append(v)
+        node = Node(lp.name, canonical, attrs, inputs, outputs, node_weights, loc,
+                    param_names=tuple(p.name for p in lp.param))
+        g.add_node(node)
+        for top, v in zip(lp.top, outputs):
+            current[top] = v
+        if layer.is_source:
+            g.inputs.extend(outputs)
+
+    if weights is not None:
+        names = {lp.name for lp in loaded.net.layer}
+        report.ignored = [n for n in weights.layers if n not in names]
+    # SSA names: the last version keeps the blob name, earlier versions become blob#k
+    for blob, vs in versions.items():
+        for k, v in enumerate(vs[:-1]):
+            g.rename(v, f"{blob}#{k}")
+        g.rename(vs[-1], blob)
+    g.outputs = [v for v in current.values() if not v.users]
+    if not g.outputs:
+        raise ProtonetError("the net has no outputs", Location(loaded.path))
+    g.lint()
+    return g, report
+
+
+def _input_shape(top: str, shape: tuple[int, ...], opts: BuildOptions, ctx: LayerContext) -> tuple[int, ...]:
+    if top in opts.input_shapes:
+        shape = tuple(opts.input_shapes[top])
+    if opts.batch is not None and shape:
+        shape = (int(opts.batch),) + tuple(shape[1:])
+    if not shape:
+        raise ctx.error(f"input '{top}' has no shape; give it in the definition or with --input-shape")
+    return tuple(shape)
+
+
+def _weights_for(lp: Any, specs: list, wfile: Any, opts: BuildOptions, report: WeightReport,
+                 ctx: LayerContext) -> dict[str, np.ndarray]:
+    if not specs:
+        return {}
+    out: dict[str, np.ndarray] = {}
+    blobs = wfile.layers.get(lp.name) if wfile is not None else None
+    if blobs is not None:
+        if len(blobs) != len(specs):
+            raise WeightsError(f"{wfile.path}: layer '{lp.name}' has {len(blobs)} blob(s), the net expects "
+                               f"{len(specs)} ({', '.join(s.name for s in specs)})", ctx.loc.with_layer(None, None))
+        for i, (spec, blob) in enumerate(zip(specs, blobs)):
+            if not blob.matches(spec.shape):
+                raise WeightsError(f"layer '{lp.name}': blob {i} ({spec.name}) shape {tuple(blob.shape)} does not "
+                                   f"match net {tuple(spec.shape)}", Location(wfile.path))
+            out[spec.name] = blob.data.reshape(spec.shape)
+        report.matched.append(lp.name)
+        return out
+    if wfile is not None:
+        if opts.strict:
+            raise WeightsError(f"layer '{lp.name}' has no weights in {wfile.path} (--strict)", ctx.loc)
+        report.missing.append(lp.name)
+    else:
+        report.filled.append(lp.name)
+    for i, spec in enumerate(specs):
+        rng = layer_rng(opts.seed, lp.name, i)
+        if opts.init == "random":
+            out[spec.name] = random_init(spec.shape, spec.positive, rng)
+        else:
+            out[spec.name] = fill(spec.filler, spec.shape, rng, ctx)
+    return out
+
+
+def total_params(g: Graph) -> int:
+    return sum(prod(w.shape) for n in g.nodes for w in n.weights.values())

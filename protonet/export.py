@@ -1,0 +1,192 @@
+"""IR -> standard ONNX (one fixed opset), through onnx.helper / numpy_helper.
+
+Each layer lowers itself through a :class:`Lowering` handed to its ``lower`` facet; fused
+post-ops (activations folded into a producer by the optimizer) are lowered after their node,
+so the ONNX stays standard (e.g. Conv followed by Relu, which onnxruntime fuses itself).
+Graph inputs and outputs keep their Caffe blob names.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from . import __version__
+from .errors import ProtonetError
+from .ir import Graph, Node
+from .layers import registry
+
+log = logging.getLogger(__name__)
+
+#: the one ONNX opset protonet emits; other targets via onnx.version_converter
+OPSET = 17
+#: above this many bytes of initializers a model is saved with ONNX external data
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+class Lowering:
+    """What a layer's ``lower`` facet may use to emit ONNX for one node."""
+
+    def __init__(self, exporter: "_Exporter", node: Node, outputs: list[str], layer_type: str, attrs: Any,
+                 inputs: list[str], in_shapes: list[tuple[int, ...]], out_shapes: list[tuple[int, ...]]):
+        self._ex = exporter
+        self.node = node
+        self.name = node.name if layer_type == node.type else f"{node.name}/{layer_type}"
+        self.inputs = inputs
+        self.outputs = outputs
+        self.in_shapes = in_shapes
+        self.out_shapes = out_shapes
+        self.weights = node.weights
+        self.opset = OPSET
+
+    def tmp(self, hint: str) -> str:
+        return self._ex.fresh(f"{self.name}/{hint}")
+
+    def weight(self, key: str, array: np.ndarray | None = None) -> str:
+        """An initializer for the node's weight ``key`` (or a transformed copy of it)."""
+        arr = self.weights[key] if array is None else array
+        return self._ex.initializer(f"{self.node.name}.{key}", np.asarray(arr, dtype=np.float32))
+
+    def const(self, array: Any, hint: str, dtype: Any = np.float32) -> str:
+        """A new constant initializer (float32 unless ``dtype`` says otherwise)."""
+        return self._ex.initializer(f"{self.name}/{hint}", np.asarray(array, dtype=dtype))
+
+    def int64s(self, values: Sequence[int], hint: str) -> str:
+        return self.const(np.asarray(list(values), dtype=np.int64), hint, np.int64)
+
+    def op(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str] | None = None,
+           n_out: int = 1, domain: str = "", **attrs: Any) -> Any:
+        """Emit one ONNX node; returns its output name (or the list when there are several).
+        ``inputs`` may contain "" for an omitted optional input."""
+        if outputs is None:
+            outputs = [self.tmp(op_type) for _ in range(n_out)]
+        outputs = list(outputs)
+        self._ex.nodes.append(helper.make_node(op_type, list(inputs), outputs,
+                                               name=self._ex.fresh_node(self.name), domain=domain, **attrs))
+        if domain:
+            self._ex.domains.add(domain)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def identity(self) -> None:
+        """Outputs equal inputs, one to one."""
+        for i, o in zip(self.inputs, self.outputs):
+            self.op("Identity", [i], [o])
+
+
+class _Exporter:
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: dict[str, onnx.TensorProto] = {}
+        self.names: set[str] = set(graph.values)
+        self.node_names: set[str] = set()
+        self.domains: set[str] = set()
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.names:
+            name = f"{base}_{i}"
+            i += 1
+        self.names.add(name)
+        return name
+
+    def fresh_node(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.node_names:
+            name = f"{base}_{i}"
+            i += 1
+        self.node_names.add(name)
+        return name
+
+    def initializer(self, base: str, arr: np.ndarray) -> str:
+        name = self.fresh(base)
+        self.inits[name] = numpy_helper.from_array(np.ascontiguousarray(arr), name)
+        return name
+
+    def lower_node(self, node: Node) -> None:
+        stages = [(node.type, node.attrs, node.name)] + [(p.type, p.attrs, p.name) for p in node.post_ops]
+        ins = [v.name for v in node.inputs]
+        in_shapes = [v.shape for v in node.inputs]
+        final = [v.name for v in node.outputs]
+        out_shapes = [v.shape for v in node.outputs]
+        for k, (ltype, attrs, _) in enumerate(stages):
+            last = k == len(stages) - 1
+            outs = final if last else [self.fresh(f"{node.name}/{ltype}_out{j}") for j in range(len(final))]
+            layer = registry.get(ltype)
+            if layer is None:
+                raise ProtonetError(f"no layer class for type {ltype!r}", node.loc)
+            shapes_in = in_shapes if k == 0 else out_shapes
+            layer.lower(attrs, Lowering(self, node, outs, ltype, attrs, ins, list(shapes_in), list(out_shapes)))
+            ins = outs
+
+
+def _value_info(name: str, shape: Sequence[int]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+
+
+def export(graph: Graph, expose_all: bool = False, check: bool = True) -> onnx.ModelProto:
+    """Lower the IR to an ONNX model. ``expose_all`` also makes every intermediate value a graph
+    output (used by verify to compare blob by blob)."""
+    ex = _Exporter(graph)
+    for node in graph.nodes:
+        layer = registry.get(node.type)
+        if layer is not None and layer.is_source:
+            continue
+        ex.lower_node(node)
+    inputs = [_value_info(v.name, v.shape) for v in graph.inputs]
+    out_values = list(graph.outputs)
+    if expose_all:
+        seen = {v.name for v in out_values}
+        for v in graph.iter_values():
+            if v.name not in seen and v not in graph.inputs:
+                out_values.append(v)
+                seen.add(v.name)
+    outputs = [_value_info(v.name, v.shape) for v in out_values]
+    g = helper.make_graph(ex.nodes, graph.name or "net", inputs, outputs, initializer=list(ex.inits.values()))
+    opsets = [helper.make_opsetid("", OPSET)] + [helper.make_opsetid(d, 1) for d in sorted(ex.domains)]
+    model = helper.make_model(g, opset_imports=opsets, producer_name="protonet", producer_version=__version__)
+    model.ir_version = min(model.ir_version, 10)
+    for k, v in sorted(graph.metadata.items()):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    if check and not ex.domains and model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+        check_model(model)
+    return model
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """onnx.checker with full shape inference; a failure is an internal error of the exporter."""
+    onnx.checker.check_model(model, full_check=True)
+
+
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) or t.ByteSize() for t in model.graph.initializer)
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> list[Path]:
+    """Write atomically (temporary file, then rename). Models whose initializers exceed
+    about 1.8 GB go to ONNX external data in ``<name>.data`` beside the model.
+    Returns the files written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    external = initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        tmp_model = Path(tmp) / path.name
+        written = [path]
+        if external:
+            data_name = path.name + ".data"
+            onnx.save_model(model, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_name, size_threshold=1024)
+            onnx.checker.check_model(str(tmp_model), full_check=True)
+            os.replace(Path(tmp) / data_name, path.parent / data_name)
+            written.append(path.parent / data_name)
+        else:
+            onnx.save_model(model, tmp_model)
+        os.replace(tmp_model, path)
+    return written

@@ -1,0 +1,206 @@
+"""Reading Caffe net definitions: text prototxt and binary NetParameter / .caffemodel.
+
+Text goes through ``google.protobuf.text_format`` with the classes generated from
+``proto/caffe.proto``. A small scanner records the line and name of every top-level
+``layer {`` / ``layers {`` block so that later errors can point at the source. After the
+upgrade chain, layers are filtered by phase (Caffe's NetStateRule semantics, TEST by default).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+from google.protobuf.message import DecodeError
+
+from .errors import Location, SchemaError, ProtonetError
+from .schema import pb
+
+_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|[{}]|[A-Za-z_][A-Za-z0-9_.]*|\n|[^\s{}"\'#A-Za-z_]+')
+
+
+@dataclass(frozen=True)
+class LayerSource:
+    """Where a top-level layer block starts, and its name."""
+
+    line: int
+    name: str | None
+    kind: str  # "layer" or "layers"
+
+
+def scan_layer_blocks(text: str) -> list[LayerSource]:
+    """Find top-level ``layer``/``layers`` blocks with their start line and ``name`` field.
+
+    For V0 files (``layers { layer { name: ... } }``) the name of the inner block is used.
+    """
+    out: list[LayerSource] = []
+    depth, line = 0, 1
+    current: dict[str, Any] | None = None
+    prev_ident: str | None = None
+    expect_name = False
+    for m in _TOKEN.finditer(text):
+        tok = m.group(0)
+        if tok == "\n":
+            line += 1
+            continue
+        if tok.startswith("#"):
+            continue
+        if tok == "{":
+            if depth == 0 and prev_ident in ("layer", "layers"):
+                current = {"line": line, "name": None, "kind": prev_ident, "depth": 1}
+            depth += 1
+            prev_ident = None
+            continue
+        if tok == "}":
+            depth -= 1
+            if depth == 0 and current is not None:
+                out.append(LayerSource(current["line"], current["name"], current["kind"]))
+                current = None
+            prev_ident = None
+            continue
+        if expect_name and tok[0] in "\"'":
+            if current is not None and current["name"] is None:
+                current["name"] = text_format_unescape(tok[1:-1])
+            expect_name = False
+            continue
+        if tok == ":":
+            continue
+        expect_name = (tok == "name" and current is not None and depth in (1, 2))
+        prev_ident = tok if tok[0].isalpha() or tok[0] == "_" else None
+    return out
+
+
+def text_format_unescape(s: str) -> str:
+    return s.encode("utf-8").decode("unicode_escape") if "\\" in s else s
+
+
+@dataclass
+class LoadedNet:
+    """A parsed (and, after :func:`load_net`, upgraded and phase-filtered) net definition."""
+
+    net: Any  # caffe_pb2.NetParameter
+    path: str
+    binary: bool
+    #: layer name -> source line (text files only)
+    lines: dict[str, int] = field(default_factory=dict)
+    upgrades: list[str] = field(default_factory=list)
+
+    def loc(self, layer: Any | None = None) -> Location:
+        if layer is None:
+            return Location(self.path)
+        return Location(self.path, self.lines.get(layer.name), layer=layer.name or "(unnamed)",
+                        layer_type=layer.type or None)
+
+
+def _syntax_error(path: str, e: text_format.ParseError, blocks: list[LayerSource]) -> SchemaError:
+    line, col = e.GetLine(), e.GetColumn()
+    msg = str(e)
+    # strip the "line:col : " prefix protobuf puts on the message
+    msg = re.sub(r"^\d+:\d+ : ", "", msg)
+    inside = [b for b in blocks if b.line <= (line or 0)]
+    where = ""
+    if inside and line is not None:
+        b = inside[-1]
+        if b.name:
+            where = f"in layer '{b.name}': "
+    return SchemaError(f"{where}{msg}", Location(path, line, col))
+
+
+def parse_text(text: str, path: str) -> tuple[Any, list[LayerSource]]:
+    net = pb.NetParameter()
+    blocks = scan_layer_blocks(text)
+    try:
+        text_format.Parse(text, net)
+    except text_format.ParseError as e:
+        raise _syntax_error(path, e, blocks) from None
+    return net, blocks
+
+
+def is_binary(data: bytes) -> bool:
+    """Binary NetParameter / caffemodel vs text prototxt (text is printable UTF-8)."""
+    head = data[:4096]
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return any(b < 9 or 13 < b < 32 for b in head)
+
+
+def parse_binary(data: bytes | memoryview, path: str) -> Any:
+    net = pb.NetParameter()
+    try:
+        net.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise SchemaError(f"not a valid binary NetParameter / caffemodel (truncated or corrupt): {e}",
+                          Location(path)) from None
+    return net
+
+
+def read_net(path: str | Path) -> LoadedNet:
+    """Parse a text or binary net definition, without upgrading or filtering."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ProtonetError(f"cannot read: {e.strerror}", Location(str(path))) from None
+    if is_binary(data):
+        return LoadedNet(parse_binary(data, str(path)), str(path), True)
+    net, blocks = parse_text(data.decode("utf-8"), str(path))
+    lines: dict[str, int] = {}
+    for b in blocks:
+        if b.name is not None and b.name not in lines:
+            lines[b.name] = b.line
+    return LoadedNet(net, str(path), False, lines)
+
+
+def load_net(path: str | Path, phase: str = "TEST", stages: tuple[str, ...] = (), level: int = 0) -> LoadedNet:
+    """Read, upgrade to the current format and filter by phase: what Caffe's Net::Init sees."""
+    from .upgrade import upgrade_net
+
+    loaded = read_net(path)
+    loaded.net, loaded.upgrades = upgrade_net(loaded.net, loaded.loc())
+    loaded.net = filter_phase(loaded.net, phase, stages, level)
+    return loaded
+
+
+# -- phase filtering (Caffe's FilterNet / StateMeetsRule) -------------------------------------------
+
+def _meets_rule(state: Any, rule: Any) -> bool:
+    if rule.HasField("phase") and rule.phase != state.phase:
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return False
+    stages = set(state.stage)
+    if any(s not in stages for s in rule.stage):
+        return False
+    if any(s in stages for s in rule.not_stage):
+        return False
+    return True
+
+
+def filter_phase(net: Any, phase: str = "TEST", stages: tuple[str, ...] = (), level: int = 0) -> Any:
+    """Keep the layers whose include/exclude rules admit the state (a new message)."""
+    state = pb.NetState()
+    state.CopyFrom(net.state)
+    state.phase = pb.Phase.Value(phase)
+    if level:
+        state.level = level
+    state.stage.extend(s for s in stages if s not in state.stage)
+    out = pb.NetParameter()
+    out.CopyFrom(net)
+    del out.layer[:]
+    for layer in net.layer:
+        if layer.include and layer.exclude:
+            raise SchemaError("a layer may have include rules or exclude rules, not both",
+                              Location(layer=layer.name, layer_type=layer.type))
+        if layer.include:
+            keep = any(_meets_rule(state, r) for r in layer.include)
+        else:
+            keep = not any(_meets_rule(state, r) for r in layer.exclude)
+        if keep:
+            out.layer.add().CopyFrom(layer)
+    return out

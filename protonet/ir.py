@@ -1,0 +1,207 @@
+"""The graph IR: one :class:`Node` per Caffe layer, one :class:`Value` per blob version (SSA).
+
+In-place Caffe layers (``top == bottom``) produce a new Value each time, so every value has
+exactly one producer. The last version of a blob carries the Caffe blob name; earlier versions
+are named ``blob#k`` (k = 0, 1, ...). Use lists (``Value.users``) are kept in sync by the
+Graph's methods; :meth:`Graph.lint` checks the invariants.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from .errors import Location
+
+Shape = tuple[int, ...]
+
+
+@dataclass(eq=False)
+class Value:
+    name: str
+    shape: Shape
+    producer: "Node | None" = None
+    users: list["Node"] = field(default_factory=list)
+    blob: str = ""  # the Caffe blob this is a version of
+
+    def __repr__(self) -> str:
+        return f"Value({self.name!r}, {self.shape})"
+
+
+@dataclass(frozen=True)
+class PostOp:
+    """An element-wise layer fused into its producer (e.g. ReLU after Convolution)."""
+
+    type: str
+    attrs: Any
+    name: str  # the fused layer's name, kept for reporting and export naming
+
+
+@dataclass(eq=False)
+class Node:
+    name: str
+    type: str
+    attrs: Any
+    inputs: list[Value]
+    outputs: list[Value]
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    loc: Location = field(default_factory=Location)
+    #: Caffe ``param { name: ... }`` per blob ("" when unnamed): shared weights when non-empty
+    param_names: tuple[str, ...] = ()
+    post_ops: tuple[PostOp, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"Node({self.name!r}, {self.type})"
+
+    @property
+    def shares_weights(self) -> bool:
+        return any(self.param_names)
+
+
+class IRError(Exception):
+    """An invariant of the IR is broken (a bug, not a user error)."""
+
+
+class Graph:
+    def __init__(self, name: str = "net"):
+        self.name = name
+        self.nodes: list[Node] = []
+        self.inputs: list[Value] = []
+        self.outputs: list[Value] = []
+        self.values: dict[str, Value] = {}
+        #: free-form facts for export metadata (e.g. preprocessing)
+        self.metadata: dict[str, str] = {}
+
+    # -- construction -------------------------------------------------------------------------
+    def new_value(self, name: str, shape: Shape, blob: str = "") -> Value:
+        if name in self.values:
+            raise IRError(f"value {name!r} already exists")
+        v = Value(name, tuple(int(d) for d in shape), blob=blob or name)
+        self.values[name] = v
+        return v
+
+    def fresh_name(self, base: str) -> str:
+        if base not in self.values:
+            return base
+        i = 1
+        while f"{base}_{i}" in self.values:
+            i += 1
+        return f"{base}_{i}"
+
+    def add_node(self, node: Node, index: int | None = None) -> Node:
+        for v in node.inputs:
+            v.users.append(node)
+        for v in node.outputs:
+            if v.producer is not None:
+                raise IRError(f"value {v.name!r} already has producer {v.producer.name!r}")
+            v.producer = node
+        if index is None:
+            self.nodes.append(node)
+        else:
+            self.nodes.insert(index, node)
+        return node
+
+    def remove_node(self, node: Node) -> None:
+        """Remove a node; its outputs must be unused (rewire them first)."""
+        for v in node.outputs:
+            if v.users:
+                raise IRError(f"cannot remove {node.name!r}: output {v.name!r} still used")
+            if v in self.outputs:
+                raise IRError(f"cannot remove {node.name!r}: {v.name!r} is a graph output")
+            v.producer = None
+            del self.values[v.name]
+        for v in node.inputs:
+            v.users.remove(node)
+        self.nodes.remove(node)
+
+    def set_input(self, node: Node, i: int, value: Value) -> None:
+        node.inputs[i].users.remove(node)
+        node.inputs[i] = value
+        value.users.append(node)
+
+    def replace_all_uses(self, old: Value, new: Value) -> None:
+        """Point every user of ``old`` at ``new``. A graph output moves too and keeps its
+        Caffe blob name: ``new`` takes over ``old``'s name in that case."""
+        for user in list(dict.fromkeys(old.users)):
+            for i, v in enumerate(user.inputs):
+                if v is old:
+                    user.inputs[i] = new
+                    new.users.append(user)
+        old.users.clear()
+        if old in self.outputs:
+            self.outputs[self.outputs.index(old)] = new
+            name = old.name
+            self.rename(old, self.fresh_name(name + "#old"))
+            self.rename(new, name)
+
+    def rename(self, value: Value, name: str) -> None:
+        if name == value.name:
+            return
+        if name in self.values:
+            raise IRError(f"value {name!r} already exists")
+        del self.values[value.name]
+        value.name = name
+        self.values[name] = value
+
+    # -- queries --------------------------------------------------------------------------------
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def nodes_of(self, *types: str) -> list[Node]:
+        return [n for n in self.nodes if n.type in types]
+
+    def count_types(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for n in self.nodes:
+            out[n.type] = out.get(n.type, 0) + 1
+        return out
+
+    def source_nodes(self) -> list[Node]:
+        return [n for n in self.nodes if not n.inputs and n.outputs and all(v in self.inputs for v in n.outputs)]
+
+    def lint(self) -> None:
+        """Check the invariants: topological order, one producer, use lists in sync, names unique."""
+        seen: set[int] = set()
+        for v in self.inputs:
+            seen.add(id(v))
+        names: set[str] = set()
+        for n in self.nodes:
+            if n.name in names:
+                raise IRError(f"duplicate node name {n.name!r}")
+            names.add(n.name)
+            for v in n.inputs:
+                if id(v) not in seen:
+                    raise IRError(f"{n.name!r} uses {v.name!r} before it is produced")
+                if n not in v.users:
+                    raise IRError(f"{v.name!r} does not list user {n.name!r}")
+                if self.values.get(v.name) is not v:
+                    raise IRError(f"{v.name!r} is not registered in the graph")
+            for v in n.outputs:
+                if v.producer is not n:
+                    raise IRError(f"{v.name!r} producer is not {n.name!r}")
+                if self.values.get(v.name) is not v:
+                    raise IRError(f"{v.name!r} is not registered in the graph")
+                seen.add(id(v))
+        for v in self.values.values():
+            for u in v.users:
+                if u not in self.nodes or v not in u.inputs:
+                    raise IRError(f"stale user {u.name!r} on {v.name!r}")
+                if v.users.count(u) != u.inputs.count(v):
+                    raise IRError(f"use count of {v.name!r} by {u.name!r} out of sync")
+            if v.producer is not None and v.producer not in self.nodes:
+                raise IRError(f"{v.name!r} has a removed producer")
+        for v in self.outputs:
+            if id(v) not in seen:
+                raise IRError(f"graph output {v.name!r} is never produced")
+
+    def iter_values(self) -> Iterable[Value]:
+        for v in self.inputs:
+            yield v
+        for n in self.nodes:
+            for v in n.outputs:
+                if v not in self.inputs:
+                    yield v

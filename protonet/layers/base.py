@@ -1,0 +1,137 @@
+"""The contract every Caffe layer type implements: one class, six facets.
+
+=========  ==================================================================
+facet      what it does
+=========  ==================================================================
+parse      the only code that reads the layer's ``*_param``; returns frozen attrs
+infer      output shapes from input shapes (pure arithmetic)
+weights    the layer's blobs in Caffe's order (name, shape, filler, role)
+cost       multiply-accumulates of one forward pass (params come from ``weights``)
+kernel     numpy forward with Caffe's exact semantics
+lower      ONNX nodes for it, through a :class:`Lowering` (never reads the proto)
+examples   prototxt snippets and input shapes that the test suite runs through
+=========  ==================================================================
+
+A layer raises user errors through ``ctx.error(...)`` so the message carries the
+file, line and layer. Shapes are tuples of ints; arrays are numpy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+import numpy as np
+
+from ..errors import LayerContext
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..export import Lowering
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Filler:
+    """Caffe's FillerParameter, read once (see :mod:`protonet.fillers`)."""
+
+    type: str = "constant"
+    value: float = 0.0
+    min: float = 0.0
+    max: float = 1.0
+    mean: float = 0.0
+    std: float = 1.0
+    sparse: int = -1
+    variance_norm: str = "FAN_IN"
+
+    @classmethod
+    def from_proto(cls, msg: Any, default: "Filler | None" = None) -> "Filler":
+        """Read a FillerParameter; ``default`` is used when the message is unset."""
+        if default is not None and not msg.ListFields():
+            return default
+        norm = type(msg).VarianceNorm.Name(msg.variance_norm)
+        return cls(msg.type, msg.value, msg.min, msg.max, msg.mean, msg.std, msg.sparse, norm)
+
+
+CONSTANT_ONE = Filler("constant", value=1.0)
+CONSTANT_ZERO = Filler("constant", value=0.0)
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One learnable (or state) blob of a layer, in Caffe's blob order.
+
+    ``role`` is ``weight`` or ``bias`` (both counted as params) or ``state``
+    (BatchNorm's running statistics: stored, not learned, not counted).
+    ``positive`` asks test/random initialisation for values > 0 (variances).
+    """
+
+    name: str
+    shape: Shape
+    filler: Filler = CONSTANT_ZERO
+    role: str = "weight"
+    positive: bool = False
+
+
+@dataclass(frozen=True)
+class Example:
+    """A prototxt snippet whose bottoms are ``in0, in1, ...`` with the given shapes."""
+
+    prototxt: str
+    inputs: tuple[Shape, ...]
+    name: str = ""
+    # inputs that must hold integers in [0, high) (e.g. Embed indices): {index: high}
+    int_inputs: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NoAttrs:
+    """Attrs of a layer that has no parameters."""
+
+
+class Layer:
+    """Base of every layer class. Subclasses set ``type_name`` and the facets."""
+
+    type_name: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    #: source layers (Input, data layers) produce graph inputs and have no kernel input
+    is_source: ClassVar[bool] = False
+    #: how many bottoms are accepted (min, max); max None = any
+    num_bottoms: ClassVar[tuple[int, int | None]] = (1, 1)
+    examples: ClassVar[tuple[Example, ...]] = ()
+
+    def parse(self, layer: Any, ctx: LayerContext) -> Any:
+        return NoAttrs()
+
+    def infer(self, attrs: Any, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        raise NotImplementedError
+
+    def weights(self, attrs: Any, shapes: Sequence[Shape]) -> list[WeightSpec]:
+        return []
+
+    def cost(self, attrs: Any, in_shapes: Sequence[Shape], out_shapes: Sequence[Shape]) -> int:
+        """Multiply-accumulates; 0 for layers that do no MAC-like work."""
+        return 0
+
+    def kernel(self, attrs: Any, xs: Sequence[np.ndarray], w: dict[str, np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def lower(self, attrs: Any, g: "Lowering") -> None:
+        raise NotImplementedError
+
+    def num_tops(self, attrs: Any, layer: Any) -> int | None:
+        """Required number of tops, or None when any count the layer's infer handles."""
+        return 1
+
+
+def canonical_axis(axis: int, ndim: int, ctx: LayerContext, what: str = "axis") -> int:
+    """Caffe's CanonicalAxisIndex: negative axes count from the end; out of range is an error."""
+    if not -ndim <= axis < ndim:
+        raise ctx.error(f"{what} {axis} is out of range for a {ndim}-D input")
+    return axis % ndim
+
+
+def prod(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n

@@ -1,0 +1,98 @@
+"""The library entry points that the CLI and the tests share: load -> build -> optimize ->
+export -> run, and verify (reference vs onnxruntime, blob by blob)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .build import BuildOptions, WeightReport, build_graph
+from .errors import ProtonetError, VerificationError
+from .export import export
+from .frontend import LoadedNet, load_net
+from .ir import Graph
+from .reference import ReferenceInterpreter
+from .runtime import make_session
+from .tolerances import VERIFY_RTOL, relative_error
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Compiled:
+    graph: Graph
+    loaded: LoadedNet
+    report: WeightReport
+    passes: list[Any] = field(default_factory=list)  # pass results, when optimized
+
+
+def load_weights(path: str | Path | None) -> Any:
+    if path is None:
+        return None
+    from .weights import load_caffemodel
+
+    return load_caffemodel(path)
+
+
+def compile_net(net: str | Path, weights: str | Path | None = None, options: BuildOptions | None = None,
+                optimize: bool = False, passes: list[str] | None = None) -> Compiled:
+    """Parse, upgrade, filter, build (and optionally optimize) a net definition."""
+    loaded = load_net(net)
+    wfile = load_weights(weights)
+    graph, report = build_graph(loaded, wfile, options)
+    results: list[Any] = []
+    if optimize:
+        from .passes import run_passes
+
+        results = run_passes(graph, passes)
+    return Compiled(graph, loaded, report, results)
+
+
+def random_inputs(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
+    """Standard-normal inputs for every graph input (deterministic under ``seed``)."""
+    rng = np.random.default_rng(seed)
+    return {v.name: rng.standard_normal(v.shape).astype(np.float32) for v in graph.inputs}
+
+
+@dataclass
+class BlobCheck:
+    name: str
+    shape: tuple[int, ...]
+    max_abs: float
+    rel: float
+
+    @property
+    def ok(self) -> bool:
+        return self.rel <= VERIFY_RTOL
+
+
+@dataclass
+class VerifyResult:
+    blobs: list[BlobCheck]
+    provider: str
+
+    @property
+    def ok(self) -> bool:
+        return all(b.ok for b in self.blobs)
+
+    @property
+    def worst(self) -> BlobCheck:
+        return max(self.blobs, key=lambda b: b.rel)
+
+
+def verify_graph(graph: Graph, feeds: Mapping[str, np.ndarray], provider: str = "auto") -> VerifyResult:
+    """Run the float64 reference and onnxruntime (fp32) on the same input; compare every blob."""
+    ref = ReferenceInterpreter(graph).run(feeds, keep_all=True)
+    model = export(graph, expose_all=True)
+    sess = make_session(model, provider)
+    got = sess.run(feeds)
+    checks = []
+    for v in graph.iter_values():
+        if v in graph.inputs or v.name not in got:
+            continue
+        mx, rel = relative_error(got[v.name], ref[v.name])
+        checks.append(BlobCheck(v.name, v.shape, mx, rel))
+    return VerifyResult(checks, sess.provider)

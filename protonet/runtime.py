@@ -1,0 +1,83 @@
+"""onnxruntime sessions: the CUDA execution provider when it is available and works, else CPU.
+
+The provider actually used is always reported (onnxruntime silently falls back to CPU when
+CUDA libraries are missing, so the session's own provider list is what counts).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import ProtonetError
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+#: CUDA execution provider options: exhaustive cuDNN algorithm search pays off for fixed shapes
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": "1"}
+
+
+@dataclass
+class Session:
+    session: Any
+    provider: str  # "cuda" or "cpu"
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.session.get_inputs()]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        names = outputs or self.output_names
+        res = self.session.run(names, {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()})
+        return dict(zip(names, res))
+
+
+def cuda_available() -> bool:
+    import onnxruntime as ort
+
+    return PROVIDERS["cuda"] in ort.get_available_providers()
+
+
+def make_session(model: Any, provider: str = "auto", threads: int | None = None,
+                 optimize: bool = True) -> Session:
+    """A session for an ONNX model (ModelProto, bytes or path). ``provider``: auto, cuda or cpu."""
+    import onnxruntime as ort
+
+    if provider not in ("auto", "cuda", "cpu"):
+        raise ProtonetError(f"unknown provider '{provider}' (auto, cuda or cpu)")
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    src = model.SerializeToString() if hasattr(model, "SerializeToString") else (
+        str(model) if not isinstance(model, (bytes, bytearray)) else bytes(model))
+    want_cuda = provider in ("auto", "cuda") and cuda_available()
+    if provider == "cuda" and not want_cuda:
+        raise ProtonetError("the CUDA execution provider is not available in this onnxruntime "
+                            "(install onnxruntime-gpu on a machine with an NVIDIA GPU)")
+    if want_cuda:
+        try:
+            sess = ort.InferenceSession(src, sess_options=so, providers=[
+                (PROVIDERS["cuda"], CUDA_OPTIONS), PROVIDERS["cpu"]])
+            if sess.get_providers()[0] == PROVIDERS["cuda"]:
+                return Session(sess, "cuda")
+        except Exception as e:  # a broken CUDA install: fall back unless cuda was demanded
+            if provider == "cuda":
+                raise ProtonetError(f"the CUDA execution provider failed to start: {e}") from None
+            log.info("CUDA execution provider unusable, using CPU: %s", e)
+        if provider == "cuda":
+            raise ProtonetError("the CUDA execution provider is installed but could not be used "
+                                "(CUDA/cuDNN libraries missing?)")
+    sess = ort.InferenceSession(src, sess_options=so, providers=[PROVIDERS["cpu"]])
+    return Session(sess, "cpu")
