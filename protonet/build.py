@@ -67,11 +67,11 @@ REFUSED_TYPES = {
 def check_types(loaded: LoadedNet) -> None:
     """Refuse Python layers; report every unsupported type at once."""
     unknown: list[str] = []
-    for layer in loaded.net.layer:
+    for i, layer in enumerate(loaded.net.layer):
         if layer.type in REFUSED_TYPES:
-            raise UnsupportedError(REFUSED_TYPES[layer.type], loaded.loc(layer))
+            raise UnsupportedError(REFUSED_TYPES[layer.type], loaded.loc(layer, i))
         if registry.get(layer.type) is None:
-            line = loaded.lines.get(layer.name)
+            line = loaded.line_of(layer, i)
             where = f"layer '{layer.name}'" + (f", line {line}" if line else "")
             unknown.append(f"{layer.type or '(no type)'} ({where})")
     if unknown:
@@ -79,13 +79,13 @@ def check_types(loaded: LoadedNet) -> None:
 
 
 def check_names(loaded: LoadedNet) -> None:
-    seen: dict[str, Any] = {}
-    for layer in loaded.net.layer:
+    seen: dict[str, int] = {}
+    for i, layer in enumerate(loaded.net.layer):
         if layer.name in seen:
-            first = loaded.lines.get(layer.name)
+            first = loaded.line_of(layer, seen[layer.name])
             raise ProtonetError(f"duplicate layer name '{layer.name}'" + (f" (first defined at line {first})"
-                                if first else ""), loaded.loc(layer))
-        seen[layer.name] = layer
+                                if first else ""), loaded.loc(layer, i))
+        seen[layer.name] = i
 
 
 def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | None = None) -> tuple[Graph, WeightReport]:
@@ -99,8 +99,8 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
     versions: dict[str, list[Value]] = {}
     counter = 0
 
-    for lp in loaded.net.layer:
-        loc = loaded.loc(lp)
+    for index, lp in enumerate(loaded.net.layer):
+        loc = loaded.loc(lp, index)
         ctx = LayerContext(loc)
         layer = registry.get(lp.type)
         assert layer is not None  # check_types
@@ -122,7 +122,8 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
         in_shapes = [v.shape for v in inputs]
         if layer.is_source:
             shapes = layer.infer(attrs, in_shapes, ctx)
-            shapes = [_input_shape(top, s, opts, ctx) for top, s in zip(lp.top, shapes)]
+            shapes = [_input_shape(top, s, opts, ctx, not g.inputs and i == 0)
+                      for i, (top, s) in enumerate(zip(lp.top, shapes))]
         else:
             shapes = layer.infer(attrs, in_shapes, ctx)
         if len(shapes) != len(lp.top):
@@ -162,9 +163,12 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
     return g, report
 
 
-def _input_shape(top: str, shape: tuple[int, ...], opts: BuildOptions, ctx: LayerContext) -> tuple[int, ...]:
+def _input_shape(top: str, shape: tuple[int, ...], opts: BuildOptions, ctx: LayerContext,
+                 first: bool) -> tuple[int, ...]:
     if top in opts.input_shapes:
         shape = tuple(opts.input_shapes[top])
+    elif "" in opts.input_shapes and first:  # an unnamed --input-shape applies to the first input
+        shape = tuple(opts.input_shapes[""])
     if opts.batch is not None and shape:
         shape = (int(opts.batch),) + tuple(shape[1:])
     if not shape:

@@ -39,7 +39,7 @@ def fill(f: Filler, shape: Shape, rng: np.random.Generator, ctx: LayerContext) -
     elif t == "uniform":
         out = rng.uniform(f.min, f.max, size=shape)
     elif t == "gaussian":
-        out = rng.normal(f.mean, f.std, size=shape)
+        out = rng.standard_normal(size=shape, dtype=np.float32) * np.float32(f.std) + np.float32(f.mean)
         if f.sparse >= 0:
             # Caffe: each weight is kept with probability sparse / num_outputs (num_outputs = shape[0])
             num_outputs = shape[0] if shape else 1
@@ -47,9 +47,9 @@ def fill(f: Filler, shape: Shape, rng: np.random.Generator, ctx: LayerContext) -
             out = out * keep
     elif t == "xavier":
         scale = np.sqrt(3.0 / _norm(f, shape))
-        out = rng.uniform(-scale, scale, size=shape)
+        out = (rng.random(size=shape, dtype=np.float32) * np.float32(2 * scale) - np.float32(scale))
     elif t == "msra":
-        out = rng.normal(0.0, np.sqrt(2.0 / _norm(f, shape)), size=shape)
+        out = rng.standard_normal(size=shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / _norm(f, shape)))
     elif t == "positive_unitball":
         out = rng.uniform(0.0, 1.0, size=shape)
         rows = out.reshape(shape[0], -1) if shape else out.reshape(1, -1)
@@ -65,7 +65,7 @@ def fill(f: Filler, shape: Shape, rng: np.random.Generator, ctx: LayerContext) -
     else:
         raise ctx.error(f"unknown filler type '{t}' (constant, uniform, gaussian, xavier, msra, "
                         f"positive_unitball, bilinear)")
-    return out.astype(np.float32)
+    return np.asarray(out, dtype=np.float32)
 
 
 def random_init(shape: Shape, positive: bool, rng: np.random.Generator) -> np.ndarray:

@@ -83,14 +83,24 @@ class LoadedNet:
     net: Any  # caffe_pb2.NetParameter
     path: str
     binary: bool
-    #: layer name -> source line (text files only)
+    #: layer name -> source line of its first block (text files only)
     lines: dict[str, int] = field(default_factory=dict)
     upgrades: list[str] = field(default_factory=list)
+    #: source line per entry of ``net.layer`` when known exactly (current-format text files)
+    layer_lines: list[int | None] | None = None
+    #: the ``layer`` blocks of the text, in order (current-format text files)
+    blocks: list[LayerSource] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
-    def loc(self, layer: Any | None = None) -> Location:
+    def line_of(self, layer: Any, index: int | None = None) -> int | None:
+        if index is not None and self.layer_lines is not None and index < len(self.layer_lines):
+            return self.layer_lines[index]
+        return self.lines.get(layer.name)
+
+    def loc(self, layer: Any | None = None, index: int | None = None) -> Location:
         if layer is None:
             return Location(self.path)
-        return Location(self.path, self.lines.get(layer.name), layer=layer.name or "(unnamed)",
+        return Location(self.path, self.line_of(layer, index), layer=layer.name or "(unnamed)",
                         layer_type=layer.type or None)
 
 
@@ -147,21 +157,40 @@ def read_net(path: str | Path) -> LoadedNet:
         raise ProtonetError(f"cannot read: {e.strerror}", Location(str(path))) from None
     if is_binary(data):
         return LoadedNet(parse_binary(data, str(path)), str(path), True)
-    net, blocks = parse_text(data.decode("utf-8"), str(path))
+    return read_text(data.decode("utf-8"), str(path))
+
+
+def read_text(text: str, path: str) -> LoadedNet:
+    """Parse prototxt text (``path`` names it in messages), without upgrading or filtering."""
+    net, blocks = parse_text(text, path)
     lines: dict[str, int] = {}
     for b in blocks:
         if b.name is not None and b.name not in lines:
             lines[b.name] = b.line
-    return LoadedNet(net, str(path), False, lines)
+    return LoadedNet(net, path, False, lines, blocks=blocks)
 
 
-def load_net(path: str | Path, phase: str = "TEST", stages: tuple[str, ...] = (), level: int = 0) -> LoadedNet:
-    """Read, upgrade to the current format and filter by phase: what Caffe's Net::Init sees."""
+def load_net(path: str | Path, phase: str = "TEST", stages: tuple[str, ...] = (), level: int = 0,
+             text: str | None = None) -> LoadedNet:
+    """Read, upgrade to the current format and filter by phase: what Caffe's Net::Init sees.
+    With ``text``, that prototxt text is parsed instead of reading ``path``."""
+    loaded = read_net(path) if text is None else read_text(text, str(path))
+    return prepare(loaded, phase, stages, level)
+
+
+def prepare(loaded: LoadedNet, phase: str = "TEST", stages: tuple[str, ...] = (), level: int = 0) -> LoadedNet:
+    """Upgrade a parsed net to the current format and filter it by phase (in place)."""
     from .upgrade import upgrade_net
 
-    loaded = read_net(path)
+    current_text = not loaded.binary and len(loaded.net.layers) == 0
+    lines: list[int | None] = [b.line for b in loaded.blocks if b.kind == "layer"]
     loaded.net, loaded.upgrades = upgrade_net(loaded.net, loaded.loc())
-    loaded.net = filter_phase(loaded.net, phase, stages, level)
+    if current_text and len(loaded.net.layer) == len(lines) + 1 and len(loaded.net.input) == 0 \
+            and any(u.startswith("input fields") for u in loaded.upgrades):
+        lines = [None] + lines  # the Input layer made from the input fields
+    loaded.net, kept = filter_phase(loaded.net, phase, stages, level, with_indices=True)
+    if current_text and len(lines) == max(kept, default=-1) + 1 or (current_text and not kept):
+        loaded.layer_lines = [lines[i] for i in kept]
     return loaded
 
 
@@ -182,8 +211,10 @@ def _meets_rule(state: Any, rule: Any) -> bool:
     return True
 
 
-def filter_phase(net: Any, phase: str = "TEST", stages: tuple[str, ...] = (), level: int = 0) -> Any:
-    """Keep the layers whose include/exclude rules admit the state (a new message)."""
+def filter_phase(net: Any, phase: str = "TEST", stages: tuple[str, ...] = (), level: int = 0,
+                 with_indices: bool = False) -> Any:
+    """Keep the layers whose include/exclude rules admit the state (a new message; with
+    ``with_indices`` also the indices of the kept layers)."""
     state = pb.NetState()
     state.CopyFrom(net.state)
     state.phase = pb.Phase.Value(phase)
@@ -193,7 +224,8 @@ def filter_phase(net: Any, phase: str = "TEST", stages: tuple[str, ...] = (), le
     out = pb.NetParameter()
     out.CopyFrom(net)
     del out.layer[:]
-    for layer in net.layer:
+    kept: list[int] = []
+    for i, layer in enumerate(net.layer):
         if layer.include and layer.exclude:
             raise SchemaError("a layer may have include rules or exclude rules, not both",
                               Location(layer=layer.name, layer_type=layer.type))
@@ -203,4 +235,5 @@ def filter_phase(net: Any, phase: str = "TEST", stages: tuple[str, ...] = (), le
             keep = not any(_meets_rule(state, r) for r in layer.exclude)
         if keep:
             out.layer.add().CopyFrom(layer)
-    return out
+            kept.append(i)
+    return (out, kept) if with_indices else out

@@ -144,6 +144,24 @@ class Graph:
         value.name = name
         self.values[name] = value
 
+    def copy(self) -> "Graph":
+        """An independent copy of the structure; weight arrays are shared (treat them read-only)."""
+        g = Graph(self.name)
+        g.metadata = dict(self.metadata)
+        vmap: dict[int, Value] = {}
+
+        def val(v: Value) -> Value:
+            if id(v) not in vmap:
+                vmap[id(v)] = g.new_value(v.name, v.shape, v.blob)
+            return vmap[id(v)]
+
+        g.inputs = [val(v) for v in self.inputs]
+        for n in self.nodes:
+            g.add_node(Node(n.name, n.type, n.attrs, [val(v) for v in n.inputs], [val(v) for v in n.outputs],
+                            dict(n.weights), n.loc, n.param_names, n.post_ops))
+        g.outputs = [val(v) for v in self.outputs]
+        return g
+
     # -- queries --------------------------------------------------------------------------------
     def node(self, name: str) -> Node:
         for n in self.nodes:

@@ -27,6 +27,7 @@ class Compiled:
     loaded: LoadedNet
     report: WeightReport
     passes: list[Any] = field(default_factory=list)  # pass results, when optimized
+    unoptimized: Graph | None = None  # the graph before the passes, when optimized
 
 
 def load_weights(path: str | Path | None) -> Any:
@@ -38,17 +39,35 @@ def load_weights(path: str | Path | None) -> Any:
 
 
 def compile_net(net: str | Path, weights: str | Path | None = None, options: BuildOptions | None = None,
-                optimize: bool = False, passes: list[str] | None = None) -> Compiled:
-    """Parse, upgrade, filter, build (and optionally optimize) a net definition."""
+                optimize: bool = False, passes: list[str] | None = None,
+                outputs: list[str] | None = None) -> Compiled:
+    """Parse, upgrade, filter, build (and optionally optimize) a net definition.
+
+    ``outputs`` keeps only the named network outputs (the dead-code pass then removes what
+    no longer feeds them)."""
     loaded = load_net(net)
     wfile = load_weights(weights)
     graph, report = build_graph(loaded, wfile, options)
+    if outputs:
+        select_outputs(graph, outputs, str(net))
+    unoptimized = None
     results: list[Any] = []
     if optimize:
         from .passes import run_passes
 
+        unoptimized = graph.copy()
         results = run_passes(graph, passes)
-    return Compiled(graph, loaded, report, results)
+    c = Compiled(graph, loaded, report, results)
+    c.unoptimized = unoptimized
+    return c
+
+
+def select_outputs(graph: Graph, names: list[str], src: str) -> None:
+    values = graph.values
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise ProtonetError(f"{src}: no blob named {', '.join(repr(m) for m in missing)} to use as --output")
+    graph.outputs = [values[n] for n in names]
 
 
 def random_inputs(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
@@ -73,6 +92,7 @@ class BlobCheck:
 class VerifyResult:
     blobs: list[BlobCheck]
     provider: str
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # onnxruntime's network outputs
 
     @property
     def ok(self) -> bool:
@@ -83,10 +103,23 @@ class VerifyResult:
         return max(self.blobs, key=lambda b: b.rel)
 
 
+def verify_compiled(c: Compiled, feeds: Mapping[str, np.ndarray], provider: str = "auto") -> VerifyResult:
+    """Verify a compiled net: every blob of the (optimized) graph, reference vs onnxruntime, and,
+    when passes ran, the network outputs against the reference run of the unoptimized graph."""
+    res = verify_graph(c.graph, feeds, provider)
+    if c.unoptimized is not None:
+        before = ReferenceInterpreter(c.unoptimized).run(feeds)
+        for name, ref in before.items():
+            if name in res.outputs:
+                mx, rel = relative_error(res.outputs[name], ref)
+                res.blobs.append(BlobCheck(f"{name} (vs unoptimized)", tuple(ref.shape), mx, rel))
+    return res
+
+
 def verify_graph(graph: Graph, feeds: Mapping[str, np.ndarray], provider: str = "auto") -> VerifyResult:
     """Run the float64 reference and onnxruntime (fp32) on the same input; compare every blob."""
     ref = ReferenceInterpreter(graph).run(feeds, keep_all=True)
-    model = export(graph, expose_all=True)
+    model = export(graph, expose_all=True, check=False)  # compile checks; this copy only adds outputs
     sess = make_session(model, provider)
     got = sess.run(feeds)
     checks = []
@@ -95,4 +128,4 @@ def verify_graph(graph: Graph, feeds: Mapping[str, np.ndarray], provider: str = 
             continue
         mx, rel = relative_error(got[v.name], ref[v.name])
         checks.append(BlobCheck(v.name, v.shape, mx, rel))
-    return VerifyResult(checks, sess.provider)
+    return VerifyResult(checks, sess.provider, {v.name: got[v.name] for v in graph.outputs})

@@ -40,10 +40,24 @@ class Session:
         return dict(zip(names, res))
 
 
+def _driver_present() -> bool:
+    """An NVIDIA driver is installed (libcuda loads): without it the CUDA provider cannot work."""
+    import ctypes
+
+    for lib in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            ctypes.CDLL(lib)
+            return True
+        except OSError:
+            continue
+    return False
+
+
 def cuda_available() -> bool:
+    """onnxruntime has the CUDA provider compiled in and a GPU driver is present."""
     import onnxruntime as ort
 
-    return PROVIDERS["cuda"] in ort.get_available_providers()
+    return PROVIDERS["cuda"] in ort.get_available_providers() and _driver_present()
 
 
 def make_session(model: Any, provider: str = "auto", threads: int | None = None,

@@ -7,10 +7,8 @@ import numpy as np
 import onnx
 
 from protonet.build import BuildOptions, build_graph
-from protonet.frontend import LoadedNet, filter_phase, parse_text
+from protonet.frontend import LoadedNet, load_net
 from protonet.layers.base import Example
-from protonet.upgrade import upgrade_net
-from protonet.errors import Location
 
 
 def example_net_text(ex: Example) -> str:
@@ -23,12 +21,7 @@ def example_net_text(ex: Example) -> str:
 
 
 def load_text(text: str, path: str = "test.prototxt") -> LoadedNet:
-    net, blocks = parse_text(text, path)
-    lines = {b.name: b.line for b in blocks if b.name}
-    loaded = LoadedNet(net, path, False, lines)
-    loaded.net, loaded.upgrades = upgrade_net(loaded.net, Location(path))
-    loaded.net = filter_phase(loaded.net)
-    return loaded
+    return load_net(path, text=text)
 
 
 def build_text(text: str, seed: int = 0, init: str = "random", **kw):

@@ -1,0 +1,385 @@
+"""The ``protonet`` command line: compile, verify, infer, summary, upgrade, layers, demo.
+
+User errors print one located line on stderr and exit 2 (3 for a verification mismatch);
+anything else is an internal error (exit 1; ``--debug`` shows the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import __version__
+from .errors import EXIT_INTERNAL, EXIT_MISMATCH, ProtonetError, VerificationError
+
+log = logging.getLogger("protonet")
+
+DEMO_NET = "googlenet.prototxt"
+
+
+def _say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def _parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """``name=1,3,224,224`` or ``1,3,224,224`` (the first input)."""
+    name, _, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad shape '{text}': use name=N,C,H,W or N,C,H,W") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"bad shape '{text}': dimensions must be positive integers")
+    return name, shape
+
+
+def _add_net_options(p: argparse.ArgumentParser, weights: bool = True) -> None:
+    if weights:
+        p.add_argument("-w", "--weights", metavar="W.caffemodel", help="trained weights (default: fillers)")
+    p.add_argument("--batch", type=int, metavar="N", help="override the batch dimension of every input")
+    p.add_argument("--seed", type=int, default=0, help="seed for filler-generated weights (default 0)")
+    p.add_argument("--input-shape", type=_parse_shape, action="append", default=[], metavar="[NAME=]N,C,H,W",
+                   help="shape of an input (data layers of train_val files, or a missing input shape)")
+    p.add_argument("--strict", action="store_true", help="a layer missing from the weights file is an error")
+
+
+def _add_opt_options(p: argparse.ArgumentParser, default_on: bool) -> None:
+    if default_on:
+        p.add_argument("--no-optimize", action="store_true", help="skip the optimizer passes")
+    else:
+        p.add_argument("--optimized", action="store_true", help="apply the optimizer passes first")
+    p.add_argument("--passes", metavar="a,b,c", help="run only these passes, in this order")
+    p.add_argument("--output", action="append", default=[], metavar="BLOB",
+                   help="keep only these network outputs (layers feeding nothing else are removed)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="protonet", description="Caffe prototxt -> ONNX compiler and runtime")
+    ap.add_argument("--version", action="version", version=f"protonet {__version__}")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    ap.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                    help="import a Python module of your own that registers custom layer classes")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("compile", help="compile a net definition to ONNX")
+    p.add_argument("net", help="prototxt (any Caffe format) or a .caffemodel")
+    p.add_argument("-o", "--out", required=True, metavar="OUT.onnx")
+    _add_net_options(p)
+    _add_opt_options(p, default_on=True)
+    p.add_argument("--explain", action="store_true", help="print what every pass matched, changed and declined")
+
+    p = sub.add_parser("verify", help="run the numpy reference and onnxruntime and compare every blob")
+    p.add_argument("net")
+    _add_net_options(p)
+    _add_opt_options(p, default_on=True)
+    p.add_argument("--input", metavar="x.npy|x.npz", help="input (default: seeded standard-normal noise)")
+    p.add_argument("--provider", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--all", action="store_true", help="print every blob (default: worst 10 and failures)")
+
+    p = sub.add_parser("infer", help="run a compiled model (or a net definition) on an input")
+    p.add_argument("model", help="MODEL.onnx or NET.prototxt")
+    _add_net_options(p)
+    p.add_argument("--input", required=True, metavar="x.npy|x.npz|image",
+                   help="input array(s), an image file (JPEG/PNG), or 'random'")
+    p.add_argument("-o", "--out", metavar="out.npz", help="write every network output under its blob name")
+    p.add_argument("--provider", default="auto", choices=["auto", "cuda", "cpu"])
+
+    p = sub.add_parser("summary", help="per-layer shapes, params, MACs and memory")
+    p.add_argument("nets", nargs="+", metavar="net")
+    _add_net_options(p, weights=False)
+    _add_opt_options(p, default_on=False)
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--compare", action="store_true", help="the networks side by side")
+
+    p = sub.add_parser("upgrade", help="rewrite a legacy (V0/V1) definition or caffemodel in the current format")
+    p.add_argument("old")
+    p.add_argument("-o", "--out", required=True, metavar="NEW")
+
+    p = sub.add_parser("layers", help="list the supported layer types and their facets")
+    p.add_argument("--format", choices=["markdown", "names"], default="markdown")
+
+    p = sub.add_parser("demo", help="compile, verify and run the embedded default net (GoogLeNet)")
+    p.add_argument("--net", help=f"net to use (default: the packaged {DEMO_NET})")
+    p.add_argument("-o", "--out", default="demo.onnx", metavar="OUT.onnx")
+    return ap
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def _options(args: argparse.Namespace) -> Any:
+    from .build import BuildOptions
+
+    shapes = {name: shape for name, shape in getattr(args, "input_shape", [])}
+    return BuildOptions(batch=args.batch, seed=args.seed, strict=getattr(args, "strict", False), input_shapes=shapes)
+
+
+def _compile(args: argparse.Namespace, net: str, optimize: bool) -> Any:
+    from .pipeline import compile_net
+
+    passes = args.passes.split(",") if getattr(args, "passes", None) else None
+    return compile_net(net, getattr(args, "weights", None), _options(args), optimize=optimize, passes=passes,
+                       outputs=getattr(args, "output", None) or None)
+
+
+def _report_loaded(c: Any) -> None:
+    if c.loaded.upgrades:
+        _say(f"upgraded from a legacy format: {'; '.join(c.loaded.upgrades)}")
+    for note in getattr(c.loaded, "notes", []):
+        _say(note)
+    _say(c.report.summary())
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_inputs(spec: str, names: list[str], shapes: dict[str, tuple[int, ...]], meta: str | None = None,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+    if spec == "random":
+        rng = np.random.default_rng(seed)
+        return {n: rng.standard_normal(shapes[n]).astype(np.float32) for n in names}
+    path = Path(spec)
+    if not path.is_file():
+        raise ProtonetError(f"{spec}: no such input file")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        with np.load(path) as z:
+            missing = [n for n in names if n not in z.files]
+            if missing:
+                raise ProtonetError(f"{spec}: no array for input(s) {', '.join(missing)} (has {', '.join(z.files)})")
+            return {n: z[n] for n in names}
+    if suffix == ".npy":
+        if len(names) != 1:
+            raise ProtonetError(f"{spec}: the net has {len(names)} inputs ({', '.join(names)}); give an .npz")
+        try:
+            return {names[0]: np.load(path, allow_pickle=False)}
+        except ValueError as e:
+            raise ProtonetError(f"{spec}: not a numpy array file: {e}") from None
+    if suffix in (".jpg", ".jpeg", ".png", ".bmp"):
+        from .preprocess import Preprocess, load_image
+
+        if len(names) != 1:
+            raise ProtonetError(f"{spec}: an image can feed a single-input net only")
+        pre = Preprocess.from_json(meta) if meta else None
+        return {names[0]: load_image(path, pre, shapes[names[0]])}
+    raise ProtonetError(f"{spec}: unknown input format (use .npy, .npz, an image or 'random')")
+
+
+def _check_input_shapes(feeds: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], src: str) -> None:
+    for n, x in feeds.items():
+        want = shapes[n]
+        if tuple(x.shape) != tuple(want):
+            raise ProtonetError(f"{src}: input '{n}' has shape {tuple(x.shape)}, the model expects {tuple(want)}"
+                                + (" (recompile with --batch)" if tuple(x.shape[1:]) == tuple(want[1:]) else ""))
+
+
+def _print_outputs(outs: dict[str, np.ndarray]) -> None:
+    for name, y in outs.items():
+        _say(f"output '{name}': shape {tuple(y.shape)}")
+        flat = y.reshape(y.shape[0], -1) if y.ndim >= 2 else None
+        if flat is not None and flat.shape[1] >= 5 and (y.ndim == 2 or all(d == 1 for d in y.shape[2:])):
+            for i, row in enumerate(flat[:8]):
+                top = np.argsort(-row, kind="stable")[:5]
+                _say(f"  [{i}] top-5: " + ", ".join(f"{int(k)} ({row[k]:.4f})" for k in top))
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .export import export, save_model
+
+    t0 = time.perf_counter()
+    c = _compile(args, args.net, optimize=not args.no_optimize)
+    _report_loaded(c)
+    if c.passes:
+        from .passes import explain
+
+        if args.explain:
+            _say(explain(c.passes))
+        else:
+            changed = [r for r in c.passes if r.changed]
+            _say("optimized: " + (", ".join(f"{r.name} ({len(r.changes)})" for r in changed) or "nothing to do"))
+    model = export(c.graph)
+    files = save_model(model, args.out)
+    size = sum(f.stat().st_size for f in files)
+    _say(f"wrote {args.out}: {len(model.graph.node)} ONNX nodes, opset {model.opset_import[0].version}, "
+         f"{size / 1e6:.1f} MB, inputs {', '.join(v.name for v in c.graph.inputs)}, outputs "
+         f"{', '.join(v.name for v in c.graph.outputs)} ({time.perf_counter() - t0:.1f}s)")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .pipeline import random_inputs, verify_compiled
+    from .tolerances import VERIFY_RTOL
+
+    c = _compile(args, args.net, optimize=not args.no_optimize)
+    _report_loaded(c)
+    shapes = {v.name: v.shape for v in c.graph.inputs}
+    if args.input:
+        feeds = _load_inputs(args.input, list(shapes), shapes)
+        _check_input_shapes(feeds, shapes, args.input)
+    else:
+        feeds = random_inputs(c.graph, args.seed)
+    res = verify_compiled(c, feeds, args.provider)
+    rows = res.blobs if args.all else sorted(res.blobs, key=lambda b: -b.rel)[:10]
+    rows = rows + [b for b in res.blobs if not b.ok and b not in rows]
+    width = max([len(b.name) for b in rows] + [4])
+    _say(f"{'blob'.ljust(width)}  {'shape':<18} {'max abs err':>12} {'max rel err':>12}")
+    for b in rows:
+        flag = "" if b.ok else "  MISMATCH"
+        _say(f"{b.name.ljust(width)}  {'x'.join(map(str, b.shape)):<18} {b.max_abs:12.3e} {b.rel:12.3e}{flag}")
+    worst = res.worst
+    _say(f"{len(res.blobs)} blobs compared on {res.provider.upper()}; worst {worst.name}: relative error "
+         f"{worst.rel:.3e} (tolerance {VERIFY_RTOL:g})")
+    if not res.ok:
+        bad = [b.name for b in res.blobs if not b.ok]
+        raise VerificationError(f"{len(bad)} blob(s) differ beyond tolerance: {', '.join(bad[:10])}")
+    _say("verify: OK")
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from .runtime import make_session
+
+    src = args.model
+    meta = None
+    if src.endswith(".onnx"):
+        import onnx
+
+        if not Path(src).is_file():
+            raise ProtonetError(f"{src}: no such file")
+        try:
+            model = onnx.load(src, load_external_data=False)
+        except Exception as e:
+            raise ProtonetError(f"{src}: not an ONNX model: {e}") from None
+        meta = {p.key: p.value for p in model.metadata_props}.get("protonet.preprocess")
+        sess = make_session(src, args.provider)
+        shapes = {i.name: tuple(d if isinstance(d, int) else -1 for d in i.shape)
+                  for i in sess.session.get_inputs()}
+    else:
+        from .export import export
+
+        c = _compile(args, src, optimize=True)
+        _report_loaded(c)
+        model = export(c.graph)
+        meta = c.graph.metadata.get("protonet.preprocess")
+        sess = make_session(model, args.provider)
+        shapes = {v.name: v.shape for v in c.graph.inputs}
+    feeds = _load_inputs(args.input, sess.input_names, shapes, meta, args.seed)
+    _check_input_shapes(feeds, shapes, args.input)
+    t0 = time.perf_counter()
+    outs = sess.run(feeds)
+    dt = time.perf_counter() - t0
+    _say(f"ran on {sess.provider.upper()} in {dt * 1e3:.1f} ms")
+    _print_outputs(outs)
+    if args.out:
+        _atomic_write(Path(args.out), lambda tmp: np.savez(open(tmp, "wb"), **outs))
+        _say(f"wrote {args.out}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .analysis import render_compare, render_table, summarize
+
+    results = []
+    for net in args.nets:
+        c = _compile(args, net, optimize=args.optimized)
+        results.append((Path(net).stem, summarize(c.graph)))
+    if args.format == "json":
+        data = [s.to_json() for _, s in results]
+        _say(json.dumps(data[0] if len(data) == 1 and not args.compare else data, indent=1))
+    elif args.compare or len(results) > 1:
+        _say(render_compare(results))
+    else:
+        _say(render_table(results[0][1]))
+    return 0
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from .upgrade import upgrade_file
+
+    ran = upgrade_file(args.old, args.out)
+    _say(f"upgraded: {'; '.join(ran)}" if ran else "already in the current format: nothing to upgrade")
+    _say(f"wrote {args.out}")
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from .layers import registry
+
+    if args.format == "names":
+        for name in sorted(registry.all_types()):
+            _say(name)
+        return 0
+    from .layertable import render_markdown
+
+    _say(render_markdown())
+    return 0
+
+
+def demo_net_path() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("protonet.nets").joinpath(DEMO_NET)))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    net = args.net or str(demo_net_path())
+    _say(f"== compile {net} -> {args.out}")
+    cmd_compile(build_parser().parse_args(["compile", net, "-o", args.out]))
+    _say(f"\n== verify {net} (numpy reference vs onnxruntime, every blob)")
+    cmd_verify(build_parser().parse_args(["verify", net]))
+    _say(f"\n== infer {args.out} on a generated input")
+    return cmd_infer(build_parser().parse_args(["infer", args.out, "--input", "random"]))
+
+
+COMMANDS = {"compile": cmd_compile, "verify": cmd_verify, "infer": cmd_infer, "summary": cmd_summary,
+            "upgrade": cmd_upgrade, "layers": cmd_layers, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="protonet: %(message)s")
+    try:
+        if args.plugin:
+            from .plugins import load_plugins
+
+            load_plugins(args.plugin)
+        return COMMANDS[args.command](args)
+    except ProtonetError as e:
+        if args.debug:
+            raise
+        print(f"protonet: {e}" if not e.loc.prefix() else str(e), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("protonet: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # an internal error: say so, briefly
+        if args.debug:
+            raise
+        print(f"protonet: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
