@@ -106,7 +106,7 @@ class _Exporter:
 
     def initializer(self, base: str, arr: np.ndarray) -> str:
         name = self.fresh(base)
-        self.inits[name] = numpy_helper.from_array(np.ascontiguousarray(arr), name)
+        self.inits[name] = numpy_helper.from_array(np.require(arr, requirements="C"), name)
         return name
 
     def lower_node(self, node: Node) -> None:

@@ -3,6 +3,7 @@ from . import registry
 from .base import Example, Filler, Layer, NoAttrs, WeightSpec
 from .registry import register
 
-from . import core  # noqa: E402,F401  (registers the core types)
+# importing a module registers its classes
+from . import core, bvlc, forks, ssd, recurrent  # noqa: E402,F401
 
 __all__ = ["Example", "Filler", "Layer", "NoAttrs", "WeightSpec", "register", "registry"]

@@ -335,6 +335,7 @@ class PoolAttrs:
     method: str  # MAX or AVE
     window: Window2D | None  # None: global pooling
     ceil_mode: bool
+    mask: bool = False  # MAX with a second top: the argmax of each window as h * W + w
 
 
 def pool_geometry(a: PoolAttrs, s: Shape) -> tuple[Window2D, tuple[int, int]]:
@@ -369,7 +370,12 @@ class Pooling(Layer):
         Example('layer { name: "p" type: "Pooling" bottom: "in0" top: "out" '
                 'pooling_param { pool: MAX kernel_size: 3 stride: 2 round_mode: FLOOR } }', ((1, 2, 8, 8),),
                 "max_floor"),
+        Example('layer { name: "p" type: "Pooling" bottom: "in0" top: "out" top: "mask" '
+                'pooling_param { pool: MAX kernel_size: 2 stride: 2 pad: 1 } }', ((2, 3, 5, 6),), "max_mask"),
     )
+
+    def num_tops(self, attrs: PoolAttrs, layer: Any) -> int | None:
+        return 2 if attrs.mask else 1
 
     def parse(self, layer: Any, ctx: LayerContext) -> PoolAttrs:
         p = layer.pooling_param
@@ -379,16 +385,19 @@ class Pooling(Layer):
         ceil_mode = True
         if "round_mode" in p.DESCRIPTOR.fields_by_name:
             ceil_mode = _enum_name(p, "round_mode") == "CEIL"
+        mask = len(layer.top) == 2
+        if mask and method != "MAX":
+            raise ctx.error("a second top (the argmax mask) needs pool: MAX")
         if p.global_pooling:
             if p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w"):
                 raise ctx.error("global_pooling and a kernel size cannot both be set")
             if p.pad or p.pad_h or p.pad_w or (p.HasField("stride") and p.stride != 1) or p.stride_h > 1 or p.stride_w > 1:
                 raise ctx.error("global_pooling needs pad 0 and stride 1")
-            return PoolAttrs(method, None, ceil_mode)
+            return PoolAttrs(method, None, ceil_mode, mask)
         win = pool_window(p, ctx)
         if win.pad[0] >= win.kernel[0] or win.pad[1] >= win.kernel[1]:
             raise ctx.error(f"pad {win.pad} must be smaller than the kernel {win.kernel}")
-        return PoolAttrs(method, win, ceil_mode)
+        return PoolAttrs(method, win, ceil_mode, mask)
 
     def infer(self, a: PoolAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         s = shapes[0]
@@ -396,7 +405,7 @@ class Pooling(Layer):
         win, (ho, wo) = pool_geometry(a, s)
         if ho <= 0 or wo <= 0:
             raise ctx.error(f"kernel {win.kernel} is larger than the padded input {s[2:]}")
-        return [(s[0], s[1], ho, wo)]
+        return [(s[0], s[1], ho, wo)] * (2 if a.mask else 1)
 
     def kernel(self, a: PoolAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         x = xs[0]
@@ -410,7 +419,15 @@ class Pooling(Layer):
         xp = np.pad(x, ((0, 0), (0, 0), (ph, eh), (pw, ew)), constant_values=fill)
         win_view = _windows(xp, (kh, kw), (sh, sw), (1, 1), (ho, wo))
         if a.method == "MAX":
-            return [win_view.max(axis=(2, 3))]
+            if not a.mask:
+                return [win_view.max(axis=(2, 3))]
+            n, c = x.shape[:2]
+            flat = win_view.reshape(n, c, kh * kw, ho, wo)
+            k = flat.argmax(axis=2)  # first maximum in row-major window order, as Caffe's strict >
+            top = np.take_along_axis(flat, k[:, :, None], axis=2)[:, :, 0]
+            hh = np.arange(ho)[:, None] * sh - ph + k // kw
+            ww = np.arange(wo)[None, :] * sw - pw + k % kw
+            return [top, (hh * wd + ww).astype(x.dtype)]
         # Caffe's divisor: window clipped to [-pad, size + pad), so padding counts, overhang doesn't
         def extent(n_out: int, k: int, s: int, p: int, size: int) -> np.ndarray:
             start = np.arange(n_out) * s - p
@@ -429,8 +446,15 @@ class Pooling(Layer):
         eh = max(0, (ho - 1) * sh + kh - s[2] - 2 * ph)
         ew = max(0, (wo - 1) * sw + kw - s[3] - 2 * pw)
         if a.method == "MAX":
-            g.op("MaxPool", g.inputs, g.outputs, kernel_shape=[kh, kw], strides=[sh, sw],
-                 pads=[ph, pw, ph + eh, pw + ew])
+            if not a.mask:
+                g.op("MaxPool", g.inputs, g.outputs, kernel_shape=[kh, kw], strides=[sh, sw],
+                     pads=[ph, pw, ph + eh, pw + ew])
+                return
+            # ONNX indices run over the whole NCHW tensor; Caffe's mask is h * W + w per plane
+            idx = g.op("MaxPool", g.inputs, [g.outputs[0], g.tmp("indices")], kernel_shape=[kh, kw],
+                       strides=[sh, sw], pads=[ph, pw, ph + eh, pw + ew])[1]
+            plane = g.op("Mod", [idx, g.const(np.array(s[2] * s[3], dtype=np.int64), "plane", np.int64)])
+            g.op("Cast", [plane], [g.outputs[1]], to=1)
             return
         x = g.inputs[0]
         if (ph or pw) and (eh or ew):

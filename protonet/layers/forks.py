@@ -1,0 +1,781 @@
+"""Layer types from popular Caffe forks, under the type names their prototxt files use.
+
+=====================  ==========================================================================
+type (aliases)         fork the semantics follow
+=====================  ==========================================================================
+Upsample               YOLO ports (nearest, one bottom) / SegNet (max-unpooling with a mask bottom)
+Interp                 PSPNet (hszhao/PSPNet) / DeepLab v2: bilinear, align-corners
+ReLU6                  the MobileNet-v2 ReLU6 add-on
+DepthwiseConvolution   yonghenglh6/DepthwiseConvolution; ConvolutionDepthwise: caffe-mobilenet
+ShuffleChannel         ShuffleNet (farmingyard)
+Permute, Normalize     SSD (weiliu89/caffe, branch ssd)
+Axpy                   SENet (hujie-frank/SENet)
+BN                     PSPNet (hszhao/PSPNet, yjxiong layout); SegNet's 2-blob form on request
+ROIPooling             Fast/Faster R-CNN (rbgirshick/caffe-fast-rcnn)
+=====================  ==========================================================================
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import LayerContext, UnsupportedError
+from .base import CONSTANT_ONE, CONSTANT_ZERO, Example, Filler, Layer, Shape, WeightSpec, prod
+from .core import Convolution, ConvAttrs, channel_shape, conv2d
+from .geometry import Window2D, conv_window
+from .registry import register
+
+
+def _need_4d(shape: Shape, ctx: LayerContext, what: str = "input") -> None:
+    if len(shape) != 4:
+        raise ctx.error(f"expects a 4-D (N, C, H, W) {what}, got shape {tuple(shape)}")
+
+
+def _need_2_to_4d(shape: Shape, ctx: LayerContext) -> None:
+    # Caffe's legacy channels()/height()/width() accessors: at most 4 axes, at least 2 here
+    if not 2 <= len(shape) <= 4:
+        raise ctx.error(f"expects a 2-D to 4-D input (N, C, ...), got shape {tuple(shape)}")
+
+
+# -- Upsample ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class UpsampleAttrs:
+    scale_h: int
+    scale_w: int
+    pad_out_h: bool
+    pad_out_w: bool
+    out_h: int  # upsample_h (SegNet, mask form only); 0 when unset
+    out_w: int
+    with_mask: bool
+
+
+@register
+class Upsample(Layer):
+    """Nearest-neighbour upsampling by integer factors (YOLO ports: one bottom; output
+    (H·scale_h − pad_out_h, W·scale_w − pad_out_w), pixel (h, w) copies (h // scale_h, w // scale_w)).
+    With a second bottom (SegNet max-unpooling): the output (upsample_h × upsample_w, or the
+    scaled size) starts at 0 and each input value is written at the flat plane index given by
+    the mask bottom (a Pooling argmax); when two values hit one index the later one wins, as in
+    Caffe's loop. Factors: ``scale`` (default 2) or ``scale_h`` + ``scale_w``. The mask form lowers to
+    ONNX ScatterElements, whose result for repeated indices the ONNX spec leaves open; onnxruntime
+    writes in order (the last wins, as Caffe), which tests/test_layers_forks.py checks."""
+
+    type_name = "Upsample"
+    num_bottoms = (1, 2)
+    examples = (
+        Example('layer { name: "u" type: "Upsample" bottom: "in0" top: "out" upsample_param { scale: 2 } }',
+                ((2, 3, 3, 4),), "scale2"),
+        Example('layer { name: "u" type: "Upsample" bottom: "in0" top: "out" '
+                'upsample_param { scale_h: 3 scale_w: 2 } }', ((1, 2, 2, 3),), "scale_hw"),
+        Example('layer { name: "u" type: "Upsample" bottom: "in0" top: "out" '
+                'upsample_param { scale: 2 pad_out_h: true } }', ((1, 2, 3, 3),), "pad_out"),
+        Example('layer { name: "u" type: "Upsample" bottom: "in0" bottom: "in1" top: "out" '
+                'upsample_param { upsample_h: 5 upsample_w: 4 } }', ((1, 2, 2, 2), (1, 2, 2, 2)), "mask",
+                int_inputs={1: 20}),
+        Example('layer { name: "u" type: "Upsample" bottom: "in0" bottom: "in1" top: "out" '
+                'upsample_param { scale: 2 } }', ((2, 1, 2, 3), (2, 1, 2, 3)), "mask_scale",
+                int_inputs={1: 24}),
+    )
+
+    def parse(self, layer: Any, ctx: LayerContext) -> UpsampleAttrs:
+        p = layer.upsample_param
+        has_h, has_w = p.HasField("upsample_h"), p.HasField("upsample_w")
+        if has_h != has_w:
+            raise ctx.error("upsample_h and upsample_w must be given together")
+        if p.HasField("scale_h") != p.HasField("scale_w"):
+            raise ctx.error("scale_h and scale_w must be given together")
+        if p.HasField("scale_h") and p.HasField("scale"):
+            raise ctx.error("give either scale or scale_h/scale_w, not both")
+        sh, sw = (int(p.scale_h), int(p.scale_w)) if p.HasField("scale_h") else (int(p.scale), int(p.scale))
+        if sh < 1 or sw < 1:
+            raise ctx.error(f"scale factors must be positive, got ({sh}, {sw})")
+        if (p.pad_out_h and sh != 2) or (p.pad_out_w and sw != 2):
+            raise ctx.error("pad_out_h/pad_out_w need a scale of 2 in that direction")
+        with_mask = len(layer.bottom) == 2
+        if has_h:
+            if not with_mask:
+                raise ctx.error("upsample_h/upsample_w belong to SegNet's max-unpooling form, which needs the "
+                                "pooling mask as a second bottom; for nearest upsampling use scale")
+            if p.upsample_h < 1 or p.upsample_w < 1:
+                raise ctx.error("upsample_h and upsample_w must be positive")
+        return UpsampleAttrs(sh, sw, bool(p.pad_out_h), bool(p.pad_out_w),
+                             int(p.upsample_h) if has_h else 0, int(p.upsample_w) if has_h else 0, with_mask)
+
+    def _out_hw(self, a: UpsampleAttrs, s: Shape) -> tuple[int, int]:
+        if a.out_h:
+            return a.out_h, a.out_w
+        return s[2] * a.scale_h - int(a.pad_out_h), s[3] * a.scale_w - int(a.pad_out_w)
+
+    def infer(self, a: UpsampleAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        s = shapes[0]
+        _need_4d(s, ctx)
+        if a.with_mask and tuple(shapes[1]) != tuple(s):
+            raise ctx.error(f"mask bottom shape {tuple(shapes[1])} must equal the data shape {tuple(s)}")
+        return [(s[0], s[1], *self._out_hw(a, s))]
+
+    def kernel(self, a: UpsampleAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
+        x = xs[0]
+        ho, wo = self._out_hw(a, x.shape)
+        if not a.with_mask:
+            y = np.repeat(np.repeat(x, a.scale_h, axis=2), a.scale_w, axis=3)
+            return [y[:, :, :ho, :wo]]
+        n, c = x.shape[:2]
+        planes = n * c
+        idx = xs[1].reshape(planes, -1).astype(np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= ho * wo):
+            raise ValueError(f"mask index out of range [0, {ho * wo}): the mask does not fit the output size")
+        flat = (np.arange(planes)[:, None] * (ho * wo) + idx).reshape(-1)
+        vals = x.reshape(-1)
+        # Caffe writes in order, so the last write to an index wins: keep each index's last occurrence
+        _, first_in_reversed = np.unique(flat[::-1], return_index=True)
+        keep = flat.size - 1 - first_in_reversed
+        y = np.zeros(planes * ho * wo, dtype=x.dtype)
+        y[flat[keep]] = vals[keep]
+        return [y.reshape(n, c, ho, wo)]
+
+    def lower(self, a: UpsampleAttrs, g: Any) -> None:
+        s = g.in_shapes[0]
+        out = g.out_shapes[0]
+        if not a.with_mask:
+            trim = a.pad_out_h or a.pad_out_w
+            scales = g.const([1.0, 1.0, float(a.scale_h), float(a.scale_w)], "scales")
+            y = g.op("Resize", [g.inputs[0], "", scales], None if trim else g.outputs, mode="nearest",
+                     coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+            if trim:
+                g.op("Slice", [y, g.int64s([0, 0], "starts"), g.int64s(list(out[2:]), "ends"),
+                               g.int64s([2, 3], "axes")], g.outputs)
+            return
+        data = g.op("Reshape", [g.inputs[0], g.int64s([0, 0, -1], "flat")])
+        idx = g.op("Cast", [g.op("Reshape", [g.inputs[1], g.int64s([0, 0, -1], "flat")])], to=7)  # int64
+        base = g.const(np.zeros((s[0], s[1], out[2] * out[3]), dtype=np.float32), "zeros")
+        y = g.op("ScatterElements", [base, idx, data], axis=2)
+        g.op("Reshape", [y, g.int64s([0, 0, out[2], out[3]], "shape")], g.outputs)
+
+
+# -- Interp ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class InterpAttrs:
+    zoom: int | None
+    shrink: int | None
+    height: int | None
+    width: int | None
+    pad_beg: int
+    pad_end: int
+
+
+@register
+class Interp(Layer):
+    """Bilinear resize with the align-corners convention (PSPNet / DeepLab v2): output pixel i
+    samples input position i·(in−1)/(out−1) (0 when out = 1). Output size, in Caffe's order of
+    precedence: shrink_factor only: (in−1)/s + 1; zoom_factor only: in + (in−1)(z−1); height and
+    width; both factors: shrink, then zoom. ``in`` is the input after pad_beg/pad_end, which may
+    only be ≤ 0 (a crop of −pad_beg at the start of both H and W, −pad_end at the end)."""
+
+    type_name = "Interp"
+    examples = (
+        Example('layer { name: "i" type: "Interp" bottom: "in0" top: "out" interp_param { zoom_factor: 2 } }',
+                ((1, 2, 3, 4),), "zoom"),
+        Example('layer { name: "i" type: "Interp" bottom: "in0" top: "out" interp_param { shrink_factor: 2 } }',
+                ((2, 2, 7, 6),), "shrink"),
+        Example('layer { name: "i" type: "Interp" bottom: "in0" top: "out" interp_param { height: 5 width: 1 } }',
+                ((1, 3, 3, 4),), "size"),
+        Example('layer { name: "i" type: "Interp" bottom: "in0" top: "out" '
+                'interp_param { shrink_factor: 2 zoom_factor: 3 } }', ((1, 2, 5, 5),), "shrink_zoom"),
+        Example('layer { name: "i" type: "Interp" bottom: "in0" top: "out" '
+                'interp_param { zoom_factor: 2 pad_beg: -1 pad_end: -1 } }', ((1, 2, 5, 6),), "crop"),
+        Example('layer { name: "i" type: "Interp" bottom: "in0" top: "out" interp_param { height: 4 width: 5 } }',
+                ((1, 1, 4, 5),), "copy"),
+    )
+
+    def parse(self, layer: Any, ctx: LayerContext) -> InterpAttrs:
+        p = layer.interp_param
+        if "interp_type" in p.DESCRIPTOR.fields_by_name and p.interp_type != "bilinear":
+            raise ctx.error(f"interp_type {p.interp_type!r} is not supported; only bilinear", UnsupportedError)
+        if p.pad_beg > 0 or p.pad_end > 0:
+            raise ctx.error(f"pad_beg/pad_end must be <= 0 (cropping), got {p.pad_beg}/{p.pad_end}; "
+                            "Caffe's Interp has no positive padding")
+        zoom = int(p.zoom_factor) if p.HasField("zoom_factor") else None
+        shrink = int(p.shrink_factor) if p.HasField("shrink_factor") else None
+        if zoom is not None and zoom < 1:
+            raise ctx.error(f"zoom_factor must be >= 1, got {zoom}")
+        if shrink is not None and shrink < 1:
+            raise ctx.error(f"shrink_factor must be >= 1, got {shrink}")
+        has_size = p.HasField("height") and p.HasField("width")
+        if zoom is None and shrink is None and not has_size:
+            raise ctx.error("set zoom_factor, shrink_factor, or both height and width")
+        h = int(p.height) if has_size else None
+        w = int(p.width) if has_size else None
+        return InterpAttrs(zoom, shrink, h, w, int(p.pad_beg), int(p.pad_end))
+
+    @staticmethod
+    def sizes(a: InterpAttrs, s: Shape) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(effective input H, W), (output H, W)."""
+        hin, win = s[2] + a.pad_beg + a.pad_end, s[3] + a.pad_beg + a.pad_end
+
+        def one(n: int) -> int:
+            if a.shrink is not None and a.zoom is None:
+                return (n - 1) // a.shrink + 1
+            if a.zoom is not None and a.shrink is None:
+                return n + (n - 1) * (a.zoom - 1)
+            if a.height is not None:
+                return -1
+            m = (n - 1) // a.shrink + 1  # type: ignore[operator]
+            return m + (m - 1) * (a.zoom - 1)  # type: ignore[operator]
+        ho, wo = one(hin), one(win)
+        if ho == -1:
+            ho, wo = a.height, a.width  # type: ignore[assignment]
+        return (hin, win), (ho, wo)
+
+    def infer(self, a: InterpAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        s = shapes[0]
+        _need_4d(s, ctx)
+        (hin, win), (ho, wo) = self.sizes(a, s)
+        if hin <= 0 or win <= 0:
+            raise ctx.error(f"pad_beg/pad_end crop the {s[2]}x{s[3]} input to nothing")
+        if ho <= 0 or wo <= 0:
+            raise ctx.error(f"output size {ho}x{wo} must be positive")
+        return [(s[0], s[1], ho, wo)]
+
+    @staticmethod
+    def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Lower index, upper index and upper weight of each output position (align corners)."""
+        ratio = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+        pos = np.arange(n_out) * ratio
+        lo = np.minimum(np.floor(pos).astype(np.int64), n_in - 1)
+        hi = np.where(lo < n_in - 1, lo + 1, lo)
+        return lo, hi, pos - lo
+
+    def kernel(self, a: InterpAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
+        x = xs[0]
+        (hin, win), (ho, wo) = self.sizes(a, x.shape)
+        c0 = -a.pad_beg
+        x = x[:, :, c0:c0 + hin, c0:c0 + win]
+        if (hin, win) == (ho, wo):
+            return [x.copy()]
+        hl, hh, hlam = self._taps(hin, ho)
+        wl, wh, wlam = self._taps(win, wo)
+        hlam = hlam.astype(x.dtype)[:, None]
+        wlam = wlam.astype(x.dtype)
+        top = x[:, :, hl, :] * (1 - hlam) + x[:, :, hh, :] * hlam
+        return [top[:, :, :, wl] * (1 - wlam) + top[:, :, :, wh] * wlam]
+
+    def lower(self, a: InterpAttrs, g: Any) -> None:
+        s = g.in_shapes[0]
+        (hin, win), _ = self.sizes(a, s)
+        x = g.inputs[0]
+        if a.pad_beg or a.pad_end:
+            c0 = -a.pad_beg
+            x = g.op("Slice", [x, g.int64s([c0, c0], "starts"), g.int64s([c0 + hin, c0 + win], "ends"),
+                               g.int64s([2, 3], "axes")])
+        sizes = g.int64s(list(g.out_shapes[0]), "sizes")
+        g.op("Resize", [x, "", "", sizes], g.outputs, mode="linear", coordinate_transformation_mode="align_corners")
+
+
+# -- ReLU6 ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReLU6Attrs:
+    negative_slope: float
+
+
+@register
+class ReLU6(Layer):
+    """min(max(x, 0), 6), plus negative_slope · min(x, 0) when a slope is given."""
+
+    type_name = "ReLU6"
+    examples = (
+        Example('layer { name: "r" type: "ReLU6" bottom: "in0" top: "out" }', ((2, 3, 4, 4),), "plain"),
+        Example('layer { name: "r" type: "ReLU6" bottom: "in0" top: "out" relu6_param { negative_slope: 0.1 } }',
+                ((2, 5),), "leaky"),
+    )
+
+    def parse(self, layer: Any, ctx: LayerContext) -> ReLU6Attrs:
+        return ReLU6Attrs(float(layer.relu6_param.negative_slope))
+
+    def infer(self, a: Any, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        return [shapes[0]]
+
+    def kernel(self, a: ReLU6Attrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
+        x = xs[0]
+        return [np.minimum(np.maximum(x, 0), 6) + a.negative_slope * np.minimum(x, 0)]
+
+    def lower(self, a: ReLU6Attrs, g: Any) -> None:
+        six = g.const(6.0, "six")
+        if a.negative_slope == 0:
+            g.op("Clip", [g.inputs[0], g.const(0.0, "zero"), six], g.outputs)
+        else:
+            leaky = g.op("LeakyRelu", g.inputs, alpha=a.negative_slope)
+            g.op("Clip", [leaky, "", six], g.outputs)
+
+
+# -- DepthwiseConvolution -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DepthwiseAttrs:
+    num_output: int | None  # None: as many outputs as input channels
+    window: Window2D
+    bias_term: bool
+    weight_filler: Filler
+    bias_filler: Filler
+    group: int | None  # as written in the prototxt, checked against the channels
+
+
+@register
+class DepthwiseConvolution(Layer):
+    """Depthwise convolution = Caffe Convolution with group = input channels C; each channel
+    gets num_output / C filters (num_output defaults to C; caffe-mobilenet's ConvolutionDepthwise
+    always produces C outputs). Weights (num_output, 1, kh, kw), bias (num_output,)."""
+
+    type_name = "DepthwiseConvolution"
+    aliases = ("ConvolutionDepthwise",)
+    examples = (
+        Example('layer { name: "dw" type: "DepthwiseConvolution" bottom: "in0" top: "out" '
+                'convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2 group: 4 } }',
+                ((2, 4, 7, 6),), "basic"),
+        Example('layer { name: "dw" type: "ConvolutionDepthwise" bottom: "in0" top: "out" '
+                'convolution_param { num_output: 3 kernel_h: 3 kernel_w: 1 bias_term: false dilation: 2 } }',
+                ((1, 3, 7, 5),), "alias_hw"),
+        Example('layer { name: "dw" type: "DepthwiseConvolution" bottom: "in0" top: "out" '
+                'convolution_param { num_output: 6 kernel_size: 3 } }', ((1, 3, 5, 5),), "multiplier"),
+    )
+
+    def parse(self, layer: Any, ctx: LayerContext) -> DepthwiseAttrs:
+        p = layer.convolution_param
+        if p.HasField("num_output") and p.num_output <= 0:
+            raise ctx.error("num_output must be positive")
+        if p.axis != 1:
+            raise ctx.error(f"axis {p.axis} is not supported (channels must be axis 1)")
+        return DepthwiseAttrs(int(p.num_output) if p.HasField("num_output") else None, conv_window(p, ctx),
+                              bool(p.bias_term), Filler.from_proto(p.weight_filler),
+                              Filler.from_proto(p.bias_filler), int(p.group) if p.HasField("group") else None)
+
+    @staticmethod
+    def conv_attrs(a: DepthwiseAttrs, channels: int) -> ConvAttrs:
+        return ConvAttrs(a.num_output or channels, a.window, channels, a.bias_term, a.weight_filler, a.bias_filler)
+
+    def infer(self, a: DepthwiseAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        s = shapes[0]
+        _need_4d(s, ctx)
+        c = s[1]
+        out = a.num_output or c
+        if out % c:
+            raise ctx.error(f"num_output {out} must be a multiple of the {c} input channels")
+        if a.group is not None and a.group not in (1, c):
+            raise ctx.error(f"group {a.group} contradicts a depthwise convolution over {c} channels "
+                            f"(group is the channel count)")
+        return Convolution().infer(self.conv_attrs(a, c), shapes, ctx)
+
+    def weights(self, a: DepthwiseAttrs, shapes: Sequence[Shape]) -> list[WeightSpec]:
+        return Convolution().weights(self.conv_attrs(a, shapes[0][1]), shapes)
+
+    def cost(self, a: DepthwiseAttrs, ins: Sequence[Shape], outs: Sequence[Shape]) -> int:
+        return prod(outs[0]) * prod(a.window.kernel)
+
+    def kernel(self, a: DepthwiseAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
+        c = xs[0].shape[1]
+        return [conv2d(xs[0], w["weight"], w.get("bias"), a.window, c)]
+
+    def lower(self, a: DepthwiseAttrs, g: Any) -> None:
+        Convolution().lower(self.conv_attrs(a, g.in_shapes[0][1]), g)
+
+
+# -- ShuffleChannel ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GroupAttrs:
+    group: int
+
+
+@register
+class ShuffleChannel(Layer):
+    """Channel shuffle: view the C channels as a (group, C/group) matrix and transpose it, so
+    output channel j·group + i is input channel i·(C/group) + j."""
+
+    type_name = "ShuffleChannel"
+    examples = (
+        Example('layer { name: "s" type: "ShuffleChannel" bottom: "in0" top: "out" '
+                'shuffle_channel_param { group: 3 } }', ((2, 6, 3, 2),), "g3"),
+        Example('layer { name: "s" type: "ShuffleChannel" bottom: "in0" top: "out" '
+                'shuffle_channel_param { group: 2 } }', ((2, 8),), "2d"),
+    )
+
+    def parse(self, layer: Any, ctx: LayerContext) -> GroupAttrs:
+        g = int(layer.shuffle_channel_param.group)
+        if g <= 0:
+            raise ctx.error(f"group must be positive, got {g}")
+        return GroupAttrs(g)
+
+    def infer(self, a: GroupAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        s = shapes[0]
+        if len(s) < 2:
+            raise ctx.error(f"expects at least 2 axes, got shape {tuple(s)}")
+        if s[1] % a.group:
+            raise ctx.error(f"channels {s[1]} are not divisible by group {a.group}")
+        return [s]
+
+    def kernel(self, a: GroupAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
+        x = xs[0]
+        n, c = x.shape[:2]
+        y = x.reshape(n, a.group, c // a.group, -1).swapaxes(1, 2)
+        return [y.reshape(x.shape)]
+
+    def lower(self, a: GroupAttrs, g: Any) -> None:
+        s = g.in_shapes[0]
+        rest = prod(s[2:])
+        y = g.op("Reshape", [g.inputs[0], g.int64s([0, a.group, s[1] // a.group, rest], "grouped")])
+        y = g.op("Transpose", [y], perm=[0, 2, 1, 3])
+        g.op("Reshape", [y, g.int64s([0] + list(s[1:]), "shape")], g.outputs)
+
+
+# -- Permute -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PermuteAttrs:
+    order: tuple[int, ...]
+
+
+@register
+class Permute(Layer):
+    """SSD's Permute: output axis i is input axis order[i]; axes missing from ``order`` follow in
+    their original order (so order 0 2 3 1 on 4-D equals order 0 2 3)."""
+
+    type_name = "Permute"
+    examples = (
+        Example('layer { name: "p" type: "Permute" bottom: "in0" top: "out" '
+                'permute_param { order: 0 order: 2 order: 3 order: 1 } }', ((2, 3, 4, 5),), "nhwc"),
+        Example('layer { name: "p" type: "Permute" bottom: "in0" top: "out" permute_param { order: 1 } }',
+                ((2, 3, 4),), "trailing"),
+        Example('layer { name: "p" type: "Permute" bottom: "in0" top: "out" }', ((2, 3),), "identity"),
+    )
+
+    def parse(self, layer: Any, ctx: LayerContext) -> PermuteAttrs:
+        order = tuple(int(o) for o in layer.permute_param.order)
+        if len(set(order)) != len(order):
+            raise ctx.error(f"order {list(order)} repeats an axis")
+        return PermuteAttrs(order)
+
+    @staticmethod
+    def perm(a: PermuteAttrs, ndim: int) -> list[int]:
+        return list(a.order) + [i for i in range(ndim) if i not in a.order]
+
+    def infer(self, a: PermuteAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        s = shapes[0]
+        bad = [o for o in a.order if o >= len(s)]
+        if bad:
+            raise ctx.error(f"order {list(a.order)} names axis {bad[0]}, but the input has {len(s)} axes")
+        return [tuple(s[i] for i in self.perm(a, len(s)))]
+
+    def kernel(self, a: PermuteAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
+        return [np.transpose(xs[0], self.perm(a, xs[0].ndim))]
+
+    def lower(self, a: PermuteAttrs, g: Any) -> None:
+        g.op("Transpose", g.inputs, g.outputs, perm=self.perm(a, len(g.in_shapes[0])))
+
+
+# -- Normalize -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NormalizeAttrs:
+    across_spatial: bool
+    channel_shared: bool
+    eps: float
+    filler: Filler
+
+
+@register
+class Normalize(Layer):
+    """SSD's L2 normalisation, per image: y = x / sqrt(Σ x² + eps) · scale. eps is added to the
+    sum of squares, inside the square root (not to the norm). across_spatial: one sum over all of
+    C·H·W; otherwise one per pixel over the channels. The scale blob is one value
+    (channel_shared, shape ()) or one per channel (C,); filled with 1 unless scale_filler is set."""
+
+    type_name = "Normalize"
+    examples = (
+        Example('layer { name: "n" type: "Normalize" bottom: "in0" top: "out" }', ((2, 3, 4, 4),), "across_shared"),
+        Example('layer { name: "n" type: "Normalize" bottom: "in0" top: "out" '
+                'norm_param { across_spatial: false channel_shared: false eps: 0.001 } }', ((2, 4, 3, 5),),
+                "per_pixel"),
+        Example('layer { name: "n" type: "Normalize" bottom: "in0" top: "out" '
+                'norm_param { across_spatial: true channel_shared: false } }', ((2, 5),), "2d"),
+    )
+
+    def parse(self, layer: Any, ctx: LayerContext) -> NormalizeAttrs:
+        p = layer.norm_param
+        if p.eps < 0:
+            raise ctx.error(f"eps must be non-negative, got {p.eps}")
+        return NormalizeAttrs(bool(p.across_spatial), bool(p.channel_shared), float(p.eps),
+                              Filler.from_proto(p.scale_filler, default=CONSTANT_ONE))
+
+    def infer(self, a: Any, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        _need_2_to_4d(shapes[0], ctx)
+        return [shapes[0]]
+
+    def weights(self, a: NormalizeAttrs, shapes: Sequence[Shape]) -> list[WeightSpec]:
+        return [WeightSpec("scale", () if a.channel_shared else (shapes[0][1],), a.filler)]
+
+    def _axes(self, a: NormalizeAttrs, ndim: int) -> list[int]:
+        return list(range(1, ndim)) if a.across_spatial else [1]
+
+    def kernel(self, a: NormalizeAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
+        x = xs[0]
+        norm = np.sqrt((x * x).sum(axis=tuple(self._axes(a, x.ndim)), keepdims=True) + a.eps)
+        scale = w["scale"]
+        if not a.channel_shared:
+            scale = scale.reshape(channel_shape(x.shape[1], x.ndim))
+        return [x / norm * scale]
+
+    def lower(self, a: NormalizeAttrs, g: Any) -> None:
+        ndim = len(g.in_shapes[0])
+        x = g.inputs[0]
+        ss = g.op("ReduceSumSquare", [x], axes=self._axes(a, ndim), keepdims=1)
+        norm = g.op("Sqrt", [g.op("Add", [ss, g.const(a.eps, "eps")])])
+        y = g.op("Div", [x, norm])
+        scale = g.weights["scale"]
+        if not a.channel_shared:
+            scale = scale.reshape(channel_shape(g.in_shapes[0][1], ndim))
+        g.op("Mul", [y, g.weight("scale", scale)], g.outputs)
+
+
+# -- Axpy ----------------------------------------------------------------------------------------
+
+@register
+class Axpy(Layer):
+    """SENet's Axpy with bottoms (a, x, y): top = a · x + y, where a is (N, C) or (N, C, 1, 1),
+    one factor per image and channel, and x and y have the same shape."""
+
+    type_name = "Axpy"
+    num_bottoms = (3, 3)
+    examples = (
+        Example('layer { name: "a" type: "Axpy" bottom: "in0" bottom: "in1" bottom: "in2" top: "out" }',
+                ((2, 3, 1, 1), (2, 3, 4, 5), (2, 3, 4, 5)), "4d"),
+        Example('layer { name: "a" type: "Axpy" bottom: "in0" bottom: "in1" bottom: "in2" top: "out" }',
+                ((2, 3), (2, 3, 4), (2, 3, 4)), "2d_scale"),
+    )
+
+    def infer(self, a: Any, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        sa, sx, sy = (tuple(s) for s in shapes)
+        if len(sx) < 2 or len(sa) < 2 or sa[:2] != sx[:2] or any(d != 1 for d in sa[2:]):
+            raise ctx.error(f"bottom 0 (the factors) must be (N, C) or (N, C, 1, 1) matching bottom 1 "
+                            f"{sx}, got {sa}")
+        if sx != sy:
+            raise ctx.error(f"bottoms 1 and 2 must have the same shape, got {sx} and {sy}")
+        return [sx]
+
+    def kernel(self, a: Any, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
+        f, x, y = xs
+        return [f.reshape(f.shape[:2] + (1,) * (x.ndim - 2)) * x + y]
+
+    def lower(self, a: Any, g: Any) -> None:
+        ndim = len(g.in_shapes[1])
+        f = g.op("Reshape", [g.inputs[0], g.int64s([0, 0] + [1] * (ndim - 2), "shape")])
+        g.op("Add", [g.op("Mul", [f, g.inputs[1]]), g.inputs[2]], g.outputs)
+
+
+# -- BN (fork batch norm) -------------------------------------------------------------------------
+
+SEGNET_VAR_EPS = 1e-9  # hard-coded in SegNet's bn_layer.cpp
+
+
+@dataclass(frozen=True)
+class BNAttrs:
+    layout: str  # "pspnet" (4 blobs) or "segnet" (2 blobs)
+    eps: float
+    segnet_inference: bool
+    filler_scale: Filler
+    filler_shift: Filler
+    frozen: bool
+
+
+@register
+class BN(Layer):
+    """The forks' "BN" layer (batch norm with its own scale and shift), two layouts:
+
+    * PSPNet (hszhao/PSPNet, from yjxiong/caffe; used when no SegNet field is set): blobs
+      slope, bias, mean, variance, each (1, C, 1, 1); in TEST phase
+      y = slope · (x − mean) / sqrt(variance + eps) + bias (eps from bn_param, default 1e-5).
+    * SegNet (alexgkendall/caffe-segnet; chosen by bn_mode / scale_filler / shift_filler):
+      blobs scale, shift, each (1, C, 1, 1). bn_mode INFERENCE: y = scale · x + shift (the
+      statistics are folded into the blobs); LEARN: the batch's own statistics,
+      y = scale · (x − E[x]) / sqrt(E[x²] − E[x]² + 1e-9) + shift, over N, H, W.
+    """
+
+    type_name = "BN"
+    examples = (
+        Example('layer { name: "bn" type: "BN" bottom: "in0" top: "out" }', ((2, 3, 4, 4),), "pspnet"),
+        Example('layer { name: "bn" type: "BN" bottom: "in0" top: "out" bn_param { eps: 0.001 } }',
+                ((2, 5),), "pspnet_2d"),
+        Example('layer { name: "bn" type: "BN" bottom: "in0" top: "out" bn_param { bn_mode: INFERENCE } }',
+                ((2, 3, 3, 2),), "segnet_inference"),
+        Example('layer { name: "bn" type: "BN" bottom: "in0" top: "out" '
+                'bn_param { scale_filler { type: "constant" value: 1 } shift_filler { type: "constant" } } }',
+                ((3, 2, 4, 4),), "segnet_learn"),
+    )
+
+    def parse(self, layer: Any, ctx: LayerContext) -> BNAttrs:
+        p = layer.bn_param
+        segnet = p.HasField("bn_mode") or p.HasField("scale_filler") or p.HasField("shift_filler")
+        if segnet:
+            if p.HasField("slope_filler") or p.HasField("bias_filler"):
+                raise ctx.error("mixes SegNet's fields (bn_mode, scale_filler, shift_filler) with PSPNet's "
+                                "(slope_filler, bias_filler); use one fork's layout")
+            inference = type(p).BNMode.Name(p.bn_mode) == "INFERENCE"
+            return BNAttrs("segnet", SEGNET_VAR_EPS, inference, Filler.from_proto(p.scale_filler),
+                           Filler.from_proto(p.shift_filler), False)
+        if p.eps < 0:
+            raise ctx.error(f"eps must be non-negative, got {p.eps}")
+        return BNAttrs("pspnet", float(p.eps), False, Filler.from_proto(p.slope_filler),
+                       Filler.from_proto(p.bias_filler), bool(p.frozen))
+
+    def infer(self, a: Any, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        _need_2_to_4d(shapes[0], ctx)
+        return [shapes[0]]
+
+    def weights(self, a: BNAttrs, shapes: Sequence[Shape]) -> list[WeightSpec]:
+        shape = (1, shapes[0][1], 1, 1)
+        if a.layout == "segnet":
+            return [WeightSpec("scale", shape, a.filler_scale), WeightSpec("shift", shape, a.filler_shift, "bias")]
+        return [WeightSpec("slope", shape, a.filler_scale), WeightSpec("bias", shape, a.filler_shift, "bias"),
+                WeightSpec("mean", shape, CONSTANT_ZERO, "state"),
+                WeightSpec("variance", shape, CONSTANT_ONE if a.frozen else CONSTANT_ZERO, "state", positive=True)]
+
+    def _affine(self, a: BNAttrs, w: dict, c: int, ndim: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-channel (multiplier, offset) when the layer is affine (not batch statistics)."""
+        cs = channel_shape(c, ndim)
+        if a.layout == "segnet":
+            if not a.segnet_inference:
+                return None
+            return w["scale"].reshape(cs), w["shift"].reshape(cs)
+        inv = w["slope"].reshape(cs) / np.sqrt(w["variance"].reshape(cs) + a.eps)
+        return inv, w["bias"].reshape(cs) - w["mean"].reshape(cs) * inv
+
+    def kernel(self, a: BNAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
+        x = xs[0]
+        cs = channel_shape(x.shape[1], x.ndim)
+        if a.layout == "pspnet":
+            mean, var = w["mean"].reshape(cs), w["variance"].reshape(cs)
+            return [w["slope"].reshape(cs) * (x - mean) / np.sqrt(var + a.eps) + w["bias"].reshape(cs)]
+        if a.segnet_inference:
+            return [w["scale"].reshape(cs) * x + w["shift"].reshape(cs)]
+        axes = (0,) + tuple(range(2, x.ndim))
+        mean = x.mean(axis=axes, keepdims=True)
+        var = (x * x).mean(axis=axes, keepdims=True) - mean * mean
+        return [(x - mean) / np.sqrt(var + a.eps) * w["scale"].reshape(cs) + w["shift"].reshape(cs)]
+
+    def lower(self, a: BNAttrs, g: Any) -> None:
+        s = g.in_shapes[0]
+        x = g.inputs[0]
+        aff = self._affine(a, {k: np.asarray(v, np.float64) for k, v in g.weights.items()}, s[1], len(s))
+        if aff is not None:
+            y = g.op("Mul", [x, g.const(aff[0], "mul")])
+            g.op("Add", [y, g.const(aff[1], "add")], g.outputs)
+            return
+        cs = channel_shape(s[1], len(s))
+        axes = [0] + list(range(2, len(s)))
+        mean = g.op("ReduceMean", [x], axes=axes, keepdims=1)
+        ex2 = g.op("ReduceMean", [g.op("Mul", [x, x])], axes=axes, keepdims=1)
+        var = g.op("Sub", [ex2, g.op("Mul", [mean, mean])])
+        std = g.op("Sqrt", [g.op("Add", [var, g.const(a.eps, "eps")])])
+        y = g.op("Div", [g.op("Sub", [x, mean]), std])
+        y = g.op("Mul", [y, g.weight("scale", g.weights["scale"].reshape(cs))])
+        g.op("Add", [y, g.weight("shift", g.weights["shift"].reshape(cs))], g.outputs)
+
+
+# -- ROIPooling ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ROIPoolAttrs:
+    pooled_h: int
+    pooled_w: int
+    spatial_scale: float
+
+
+def _round_half_away(x: np.ndarray) -> np.ndarray:
+    """C's round(): halves go away from zero (numpy's round goes to even)."""
+    return np.sign(x) * np.floor(np.abs(x) + np.float32(0.5))
+
+
+@register
+class ROIPooling(Layer):
+    """Fast R-CNN max pooling of each ROI (bottom 1, rows [batch_idx, x1, y1, x2, y2] in image
+    coordinates) of bottom 0 into a pooled_h × pooled_w grid. Caffe's arithmetic, in float32:
+    the corners are round(coord · spatial_scale) with halves away from zero; the ROI spans
+    max(end − start + 1, 1) cells; bin i covers [floor(i·bin), ceil((i+1)·bin)) from the ROI
+    start, bin = span / pooled, clipped to the map; an empty bin gives 0.
+
+    onnxruntime's MaxRoiPool (CPU) uses the same rounding and bin arithmetic, but starts each bin's
+    maximum at FLT_MIN (the smallest positive float, 1.2e-38) instead of −FLT_MAX, so a bin whose
+    values are all ≤ 0 comes out as 1.2e-38 instead of its (negative) maximum. The lowering
+    compensates: it pools x − m with m = min(x) − 1 (all values ≥ 1), adds m back, and multiplies
+    by the pooled all-ones map (0 exactly on empty bins), which costs one float32 rounding of
+    (x − m) + m."""
+
+    type_name = "ROIPooling"
+    num_bottoms = (2, 2)
+    examples = (
+        Example('layer { name: "r" type: "ROIPooling" bottom: "in0" bottom: "in1" top: "out" '
+                'roi_pooling_param { pooled_h: 2 pooled_w: 3 spatial_scale: 1 } }', ((2, 3, 6, 7), (4, 5)),
+                "scale1", int_inputs={1: 2}),
+        Example('layer { name: "r" type: "ROIPooling" bottom: "in0" bottom: "in1" top: "out" '
+                'roi_pooling_param { pooled_h: 3 pooled_w: 2 spatial_scale: 0.5 } }',
+                ((1, 2, 8, 8), (3, 5, 1, 1)), "scale_half", int_inputs={1: 1}),
+    )
+
+    def parse(self, layer: Any, ctx: LayerContext) -> ROIPoolAttrs:
+        p = layer.roi_pooling_param
+        if p.pooled_h <= 0 or p.pooled_w <= 0:
+            raise ctx.error(f"pooled_h and pooled_w must be positive, got {p.pooled_h} and {p.pooled_w}")
+        return ROIPoolAttrs(int(p.pooled_h), int(p.pooled_w), float(p.spatial_scale))
+
+    def infer(self, a: ROIPoolAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        s, r = shapes
+        _need_4d(s, ctx)
+        if len(r) < 2 or prod(r[1:]) != 5:
+            raise ctx.error(f"rois bottom must be (R, 5) rows [batch_index, x1, y1, x2, y2], got shape {tuple(r)}")
+        return [(r[0], s[1], a.pooled_h, a.pooled_w)]
+
+    def _bins(self, start: int, span: int, pooled: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """[start, end) of each bin, float32 as in Caffe, clipped to [0, size]."""
+        bin_size = np.float32(span) / np.float32(pooled)
+        i = np.arange(pooled, dtype=np.float32)
+        lo = np.floor(i * bin_size).astype(np.int64) + start
+        hi = np.ceil((i + np.float32(1)) * bin_size).astype(np.int64) + start
+        return np.clip(lo, 0, size), np.clip(hi, 0, size)
+
+    def kernel(self, a: ROIPoolAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
+        x, rois = xs
+        n, c, h, wd = x.shape
+        rois = rois.reshape(rois.shape[0], 5).astype(np.float32)
+        corners = _round_half_away(rois[:, 1:] * np.float32(a.spatial_scale)).astype(np.int64)
+        out = np.zeros((rois.shape[0], c, a.pooled_h, a.pooled_w), dtype=x.dtype)
+        hh, ww = np.arange(h), np.arange(wd)
+        for r in range(rois.shape[0]):  # one ROI at a time; the bins are vectorised
+            b = int(rois[r, 0])
+            if not 0 <= b < n:
+                raise ValueError(f"ROI {r} has batch index {b}, outside the batch of {n}")
+            x1, y1, x2, y2 = (int(v) for v in corners[r])
+            hs, he = self._bins(y1, max(y2 - y1 + 1, 1), a.pooled_h, h)
+            ws, we = self._bins(x1, max(x2 - x1 + 1, 1), a.pooled_w, wd)
+            in_w = (ww[None, :] >= ws[:, None]) & (ww[None, :] < we[:, None])  # (pw, W)
+            in_h = (hh[None, :] >= hs[:, None]) & (hh[None, :] < he[:, None])  # (ph, H)
+            # max over each bin's columns, then over its rows; -inf marks "nothing"
+            t = np.where(in_w[None, None], x[b][:, :, None, :], -np.inf).max(axis=-1)  # (C, H, pw)
+            t = np.where(in_h[None, :, None, :], np.moveaxis(t, 1, 2)[:, None], -np.inf).max(axis=-1)
+            empty = (he <= hs)[:, None] | (we <= ws)[None, :]
+            out[r] = np.where(empty[None], 0, t)
+        return [out]
+
+    def lower(self, a: ROIPoolAttrs, g: Any) -> None:
+        s, r = g.in_shapes
+        x, rois = g.inputs
+        if len(r) != 2:
+            rois = g.op("Reshape", [rois, g.int64s([r[0], 5], "rois2d")])
+        attrs = dict(pooled_shape=[a.pooled_h, a.pooled_w], spatial_scale=a.spatial_scale)
+        low = g.op("Sub", [g.op("ReduceMin", [x], keepdims=1), g.const(1.0, "one")])
+        pooled = g.op("MaxRoiPool", [g.op("Sub", [x, low]), rois], **attrs)
+        ones = g.const(np.ones((s[0], 1, s[2], s[3]), dtype=np.float32), "ones")
+        nonempty = g.op("MaxRoiPool", [ones, rois], **attrs)
+        g.op("Mul", [g.op("Add", [pooled, low]), nonempty], g.outputs)

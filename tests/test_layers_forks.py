@@ -1,0 +1,349 @@
+"""Hand-computed cases for the fork layers' traps (protonet/layers/forks.py and ssd.py), each run
+through the numpy kernel AND through onnxruntime, plus their located parameter errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harness import build_text, example_net_text
+from protonet.errors import ProtonetError
+from protonet.export import export
+from protonet.layers.base import Example
+from protonet.reference import ReferenceInterpreter
+from protonet.runtime import make_session
+
+
+def run_both(layer: str, inputs: list, weights: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Build Input layers + ``layer`` (bottoms in0, in1, ...), set ``weights`` on the layer, and
+    return the output blob 'out' from the kernel and from onnxruntime."""
+    arrays = [np.asarray(x, dtype=np.float32) for x in inputs]
+    graph = build_text(example_net_text(Example(layer, tuple(a.shape for a in arrays))))
+    node = graph.nodes[-1]
+    for k, v in (weights or {}).items():
+        assert k in node.weights, f"{k} not in {list(node.weights)}"
+        node.weights[k] = np.asarray(v, dtype=np.float32).reshape(node.weights[k].shape)
+    feeds = {f"in{i}": a for i, a in enumerate(arrays)}
+    ref = ReferenceInterpreter(graph).run(feeds)["out"]
+    got = make_session(export(graph), "cpu").run(feeds)["out"]
+    return ref, got
+
+
+def check(layer: str, inputs: list, expected, weights: dict | None = None, atol: float = 1e-5) -> None:
+    ref, got = run_both(layer, inputs, weights)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert ref.shape == expected.shape, (ref.shape, expected.shape)
+    np.testing.assert_allclose(ref, expected, atol=atol, rtol=0)
+    np.testing.assert_allclose(got, expected, atol=atol, rtol=0)
+
+
+def error(layer: str, shapes: tuple, match: str) -> None:
+    with pytest.raises(ProtonetError, match=match) as info:
+        build_text(example_net_text(Example(layer, shapes)))
+    assert "test.prototxt:" in str(info.value)
+
+
+# -- Upsample -------------------------------------------------------------------------------------
+
+def test_upsample_nearest_pad_out_drops_last_row():
+    layer = 'layer { name: "u" type: "Upsample" bottom: "in0" top: "out" upsample_param { scale: 2 pad_out_h: true } }'
+    check(layer, [np.array([[1, 2], [3, 4]]).reshape(1, 1, 2, 2)], [[[[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4]]]])
+
+
+def test_upsample_scale_hw():
+    layer = 'layer { name: "u" type: "Upsample" bottom: "in0" top: "out" upsample_param { scale_h: 1 scale_w: 3 } }'
+    check(layer, [np.array([1, 2]).reshape(1, 1, 1, 2)], [[[[1, 1, 1, 2, 2, 2]]]])
+
+
+def test_upsample_mask_unpools_to_flat_indices_last_write_wins():
+    layer = ('layer { name: "u" type: "Upsample" bottom: "in0" bottom: "in1" top: "out" '
+             'upsample_param { upsample_h: 2 upsample_w: 3 } }')
+    # plane 0: 5 -> index 4 (row 1, col 1), 6 -> index 0; plane 1: both to index 2, the later (8) wins
+    ref, got = run_both(layer, [np.array([5, 6, 7, 8]).reshape(1, 2, 1, 2), np.array([4, 0, 2, 2]).reshape(1, 2, 1, 2)])
+    expected = [[[[6, 0, 0], [0, 5, 0]], [[0, 0, 8], [0, 0, 0]]]]
+    np.testing.assert_array_equal(ref, expected)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_upsample_errors():
+    error('layer { name: "u" type: "Upsample" bottom: "in0" top: "out" '
+          'upsample_param { upsample_h: 4 upsample_w: 4 } }',
+          ((1, 1, 2, 2),), "mask as a second bottom")
+    error('layer { name: "u" type: "Upsample" bottom: "in0" top: "out" '
+          'upsample_param { scale: 2 scale_h: 2 scale_w: 2 } }',
+          ((1, 1, 2, 2),), "either scale or scale_h")
+    error('layer { name: "u" type: "Upsample" bottom: "in0" top: "out" upsample_param { scale: 3 pad_out_w: true } }',
+          ((1, 1, 2, 2),), "scale of 2")
+    error('layer { name: "u" type: "Upsample" bottom: "in0" bottom: "in1" top: "out" }', ((1, 1, 2, 2), (1, 1, 2, 3)),
+          "mask bottom shape")
+
+
+# -- Interp ----------------------------------------------------------------------------------------
+
+def test_interp_zoom_is_align_corners():
+    # align corners: the corners stay put, so 2 -> 3 samples at 0, 0.5, 1 (half-pixel would not)
+    layer = 'layer { name: "i" type: "Interp" bottom: "in0" top: "out" interp_param { zoom_factor: 2 } }'
+    check(layer, [np.arange(4).reshape(1, 1, 2, 2)], [[[[0, 0.5, 1], [1, 1.5, 2], [2, 2.5, 3]]]])
+
+
+def test_interp_shrink_and_single_row():
+    # shrink 2: (5-1)/2+1 = 3 columns at 0, 2, 4; H = 1 stays 1 (ratio 0)
+    layer = 'layer { name: "i" type: "Interp" bottom: "in0" top: "out" interp_param { shrink_factor: 2 } }'
+    check(layer, [np.arange(0, 50, 10).reshape(1, 1, 1, 5)], [[[[0, 20, 40]]]])
+
+
+def test_interp_negative_pad_crops():
+    layer = ('layer { name: "i" type: "Interp" bottom: "in0" top: "out" '
+             'interp_param { height: 3 width: 2 pad_beg: -1 pad_end: -1 } }')
+    x = np.arange(16).reshape(1, 1, 4, 4)  # crop [[5, 6], [9, 10]], then 2 -> 3 rows
+    check(layer, [x], [[[[5, 6], [7, 8], [9, 10]]]])
+
+
+def test_interp_errors():
+    error('layer { name: "i" type: "Interp" bottom: "in0" top: "out" interp_param { zoom_factor: 2 pad_beg: 1 } }',
+          ((1, 1, 2, 2),), "pad_beg/pad_end must be <= 0")
+    error('layer { name: "i" type: "Interp" bottom: "in0" top: "out" interp_param { height: 3 } }',
+          ((1, 1, 2, 2),), "set zoom_factor, shrink_factor, or both height and width")
+    error('layer { name: "i" type: "Interp" bottom: "in0" top: "out" interp_param { zoom_factor: 0 } }',
+          ((1, 1, 2, 2),), "zoom_factor must be >= 1")
+
+
+# -- ReLU6 ---------------------------------------------------------------------------------------------
+
+def test_relu6_clips_at_six():
+    check('layer { name: "r" type: "ReLU6" bottom: "in0" top: "out" }', [[[-3, 0.5, 6.5, 7]]], [[0, 0.5, 6, 6]])
+
+
+def test_relu6_leaky_below_zero():
+    check('layer { name: "r" type: "ReLU6" bottom: "in0" top: "out" relu6_param { negative_slope: 0.1 } }',
+          [[[-3, 0.5, 7]]], [[-0.3, 0.5, 6]])
+
+
+# -- DepthwiseConvolution ------------------------------------------------------------------------------
+
+def test_depthwise_group_is_channels_and_multiplier_maps_outputs_to_inputs():
+    # 2 input channels, 4 outputs: output j reads input channel j // 2 (group = channels = 2)
+    layer = ('layer { name: "dw" type: "DepthwiseConvolution" bottom: "in0" top: "out" '
+             'convolution_param { num_output: 4 kernel_size: 1 bias_term: false } }')
+    x = [[[[1.0]], [[2.0]]]]
+    check(layer, [x], [[[[1.0]], [[2.0]], [[6.0]], [[8.0]]]], {"weight": [1, 2, 3, 4]})
+
+
+def test_convolution_depthwise_alias_3x3_with_bias():
+    layer = ('layer { name: "dw" type: "ConvolutionDepthwise" bottom: "in0" top: "out" '
+             'convolution_param { num_output: 2 kernel_size: 3 pad: 1 } }')
+    x = np.stack([np.ones((3, 3)), 2 * np.ones((3, 3))])[None]
+    w = np.ones((2, 1, 3, 3))
+    # centre sees 9 taps, corners 4, edges 6; channel 1 doubles; bias 10 and 20
+    ch0 = np.array([[4, 6, 4], [6, 9, 6], [4, 6, 4]])
+    check(layer, [x], np.stack([ch0 + 10, 2 * ch0 + 20])[None], {"weight": w, "bias": [10, 20]})
+
+
+def test_depthwise_errors():
+    error('layer { name: "dw" type: "DepthwiseConvolution" bottom: "in0" top: "out" '
+          'convolution_param { num_output: 4 kernel_size: 3 group: 2 } }', ((1, 4, 5, 5),), "group 2 contradicts")
+    error('layer { name: "dw" type: "DepthwiseConvolution" bottom: "in0" top: "out" '
+          'convolution_param { num_output: 5 kernel_size: 3 } }', ((1, 2, 5, 5),), "multiple of the 2 input channels")
+
+
+# -- ShuffleChannel ----------------------------------------------------------------------------------
+
+def test_shuffle_channel_order():
+    # C = 6, group 2: output j*2 + i = input i*3 + j -> input channels 0 3 1 4 2 5
+    layer = 'layer { name: "s" type: "ShuffleChannel" bottom: "in0" top: "out" shuffle_channel_param { group: 2 } }'
+    x = np.arange(6).reshape(1, 6, 1, 1)
+    check(layer, [x], np.array([0, 3, 1, 4, 2, 5]).reshape(1, 6, 1, 1))
+
+
+def test_shuffle_channel_error():
+    error('layer { name: "s" type: "ShuffleChannel" bottom: "in0" top: "out" shuffle_channel_param { group: 4 } }',
+          ((1, 6, 2, 2),), "not divisible by group 4")
+
+
+# -- Permute -------------------------------------------------------------------------------------------
+
+def test_permute_appends_missing_axes_in_order():
+    # order 0 2 on 4-D means 0 2 1 3
+    layer = 'layer { name: "p" type: "Permute" bottom: "in0" top: "out" permute_param { order: 0 order: 2 } }'
+    x = np.arange(6).reshape(1, 2, 3, 1)
+    check(layer, [x], [[[[0], [3]], [[1], [4]], [[2], [5]]]])
+
+
+def test_permute_errors():
+    error('layer { name: "p" type: "Permute" bottom: "in0" top: "out" permute_param { order: 0 order: 4 } }',
+          ((1, 2, 3, 4),), "names axis 4")
+    error('layer { name: "p" type: "Permute" bottom: "in0" top: "out" permute_param { order: 1 order: 1 } }',
+          ((1, 2, 3, 4),), "repeats an axis")
+
+
+# -- Normalize -----------------------------------------------------------------------------------------
+
+def test_normalize_eps_inside_the_root_across_spatial():
+    # sqrt(3² + 4² + eps 11) = 6 (eps added to the norm would give 16)
+    layer = 'layer { name: "n" type: "Normalize" bottom: "in0" top: "out" norm_param { eps: 11 } }'
+    check(layer, [[[[[3.0]], [[4.0]]]]], [[[[1.0]], [[4.0 / 3]]]], {"scale": 2.0})
+
+
+def test_normalize_per_pixel_per_channel_scale():
+    layer = ('layer { name: "n" type: "Normalize" bottom: "in0" top: "out" '
+             'norm_param { across_spatial: false channel_shared: false eps: 11 } }')
+    x = [[[[3.0, 0.0]], [[4.0, 5.0]]]]  # both pixels: sqrt(25 + 11) = 6
+    check(layer, [x], [[[[0.5, 0.0]], [[2.0, 2.5]]]], {"scale": [1.0, 3.0]})
+
+
+# -- Axpy ----------------------------------------------------------------------------------------------
+
+def test_axpy_scales_per_channel():
+    layer = 'layer { name: "a" type: "Axpy" bottom: "in0" bottom: "in1" bottom: "in2" top: "out" }'
+    check(layer, [[[[[2.0]], [[-1.0]]]], [[[[1, 2]], [[3, 4]]]], np.ones((1, 2, 1, 2))],
+          [[[[3, 5]], [[-2, -3]]]])
+
+
+def test_axpy_error():
+    error('layer { name: "a" type: "Axpy" bottom: "in0" bottom: "in1" bottom: "in2" top: "out" }',
+          ((1, 3, 1, 1), (1, 2, 2, 2), (1, 2, 2, 2)), "must be \\(N, C\\) or \\(N, C, 1, 1\\)")
+
+
+# -- BN -----------------------------------------------------------------------------------------------
+
+def test_bn_pspnet_formula_and_blob_order():
+    # slope·(x − mean)/sqrt(var + eps) + bias: channel 0 2·4/2 + 1 = 5, channel 1 (5 − 3)/1 + 0 = 2
+    layer = 'layer { name: "bn" type: "BN" bottom: "in0" top: "out" bn_param { eps: 1 } }'
+    check(layer, [[[[[5.0]], [[5.0]]]]], [[[[5.0]], [[2.0]]]],
+          {"slope": [2, 1], "bias": [1, 0], "mean": [1, 3], "variance": [3, 0]})
+
+
+def test_bn_segnet_inference_is_affine_only():
+    layer = 'layer { name: "bn" type: "BN" bottom: "in0" top: "out" bn_param { bn_mode: INFERENCE } }'
+    check(layer, [[[[[5.0]], [[-1.0]]]]], [[[[11.0]], [[-2.0]]]], {"scale": [2, 3], "shift": [1, 1]})
+
+
+def test_bn_segnet_learn_uses_batch_statistics():
+    # batch [1, 3]: mean 2, var E[x²] − mean² = 5 − 4 = 1, eps 1e-9
+    layer = 'layer { name: "bn" type: "BN" bottom: "in0" top: "out" bn_param { bn_mode: LEARN } }'
+    check(layer, [[[[[1.0]]], [[[3.0]]]]], [[[[-1.0]]], [[[1.0]]]], {"scale": [1], "shift": [0]})
+
+
+def test_bn_error_mixed_layouts():
+    error('layer { name: "bn" type: "BN" bottom: "in0" top: "out" '
+          'bn_param { bn_mode: INFERENCE slope_filler { type: "constant" } } }', ((1, 2, 2, 2),), "mixes SegNet")
+
+
+# -- ROIPooling -----------------------------------------------------------------------------------------
+
+NEG = -(np.arange(16, dtype=np.float32) + 1).reshape(1, 1, 4, 4)  # value at (r, c) is -(4r + c + 1)
+
+
+def test_roi_pooling_rounds_half_away_and_keeps_negative_maxima():
+    layer = ('layer { name: "r" type: "ROIPooling" bottom: "in0" bottom: "in1" top: "out" '
+             'roi_pooling_param { pooled_h: 1 pooled_w: 1 spatial_scale: 1 } }')
+    # x1 = round(0.5) = 1, y1 = 1, x2 = round(2.4) = 2, y2 = round(2.5) = 3: rows 1..3, cols 1..2 -> max -6
+    # (round-half-even would give rows/cols 0..2 -> -1); a ROI outside the map pools an empty bin -> 0
+    rois = [[0, 0.5, 0.5, 2.4, 2.5], [0, 10, 10, 12, 12]]
+    check(layer, [NEG, rois], np.array([-6.0, 0.0]).reshape(2, 1, 1, 1))
+
+
+def test_roi_pooling_scale_and_bins():
+    layer = ('layer { name: "r" type: "ROIPooling" bottom: "in0" bottom: "in1" top: "out" '
+             'roi_pooling_param { pooled_h: 2 pooled_w: 1 spatial_scale: 0.5 } }')
+    # corners round(1.5) = 2 and round(3) = 3 in x, round(0.5) = 1 and round(2.5) = 3 in y:
+    # rows 1..3 (3 rows, bins [floor(0), ceil(1.5)) = rows 1, 2 and [floor(1.5), ceil(3)) = rows 2, 3),
+    # cols 2..3 -> maxima -(4·1 + 2 + 1) = -7 and -(4·2 + 2 + 1) = -11
+    rois = [[0, 3, 1, 6, 5]]
+    check(layer, [NEG, rois], np.array([-7.0, -11.0]).reshape(1, 1, 2, 1))
+
+
+def test_roi_pooling_errors():
+    error('layer { name: "r" type: "ROIPooling" bottom: "in0" bottom: "in1" top: "out" '
+          'roi_pooling_param { pooled_h: 0 pooled_w: 2 } }', ((1, 1, 4, 4), (1, 5)), "pooled_h and pooled_w")
+    error('layer { name: "r" type: "ROIPooling" bottom: "in0" bottom: "in1" top: "out" '
+          'roi_pooling_param { pooled_h: 2 pooled_w: 2 } }', ((1, 1, 4, 4), (1, 4)), "rows \\[batch_index")
+
+
+# -- PriorBox ---------------------------------------------------------------------------------------------
+
+def test_prior_box_order_and_int_sizes():
+    # 1x1 map on a 10x10 image: centre (5, 5). min_size 4.7 acts as 4 and max_size 9.2 as 9 (Caffe
+    # stores them in ints). Order: min box, sqrt(4·9) = 6 box, then ar 4 (8 wide, 2 high), ar 1/4.
+    layer = ('layer { name: "pb" type: "PriorBox" bottom: "in0" bottom: "in1" top: "out" prior_box_param { '
+             'min_size: 4.7 max_size: 9.2 aspect_ratio: 4 flip: true } }')
+    boxes = [0.3, 0.3, 0.7, 0.7, 0.2, 0.2, 0.8, 0.8, 0.1, 0.4, 0.9, 0.6, 0.4, 0.1, 0.6, 0.9]
+    check(layer, [np.zeros((1, 1, 1, 1)), np.zeros((1, 3, 10, 10))], [[boxes, [0.1] * 16]])
+
+
+def test_prior_box_step_offset_clip_and_four_variances():
+    # img 10x10 given, step 4, offset 0: centres x = 0 and 4, y = 0; min box 2x2, clipped to [0, 1]
+    layer = ('layer { name: "pb" type: "PriorBox" bottom: "in0" bottom: "in1" top: "out" prior_box_param { '
+             'min_size: 2 img_size: 10 step: 4 offset: 0 clip: true variance: 0.1 variance: 0.1 '
+             'variance: 0.2 variance: 0.2 } }')
+    boxes = [0, 0, 0.1, 0.1, 0.3, 0, 0.5, 0.1]
+    check(layer, [np.zeros((1, 1, 1, 2)), np.zeros((1, 3, 7, 7))], [[boxes, [0.1, 0.1, 0.2, 0.2] * 2]])
+
+
+def test_prior_box_errors():
+    shapes = ((1, 1, 2, 2), (1, 3, 8, 8))
+    error('layer { name: "pb" type: "PriorBox" bottom: "in0" bottom: "in1" top: "out" '
+          'prior_box_param { min_size: 10 max_size: 5 } }', shapes, "max_size 5 must be greater than min_size 10")
+    error('layer { name: "pb" type: "PriorBox" bottom: "in0" bottom: "in1" top: "out" prior_box_param { } }',
+          shapes, "min_size missing")
+    error('layer { name: "pb" type: "PriorBox" bottom: "in0" bottom: "in1" top: "out" '
+          'prior_box_param { min_size: 4 variance: 0.1 variance: 0.2 } }', shapes, "1 or 4 variance")
+
+
+# -- DetectionOutput -------------------------------------------------------------------------------------
+
+P0, P1, P2 = [0.1, 0.1, 0.3, 0.3], [0.15, 0.1, 0.35, 0.3], [0.6, 0.6, 0.8, 0.8]  # IoU(P0, P1) = 0.6
+
+
+def _det_layer(extra: str) -> str:
+    return ('layer { name: "det" type: "DetectionOutput" bottom: "in0" bottom: "in1" bottom: "in2" top: "out" '
+            f'detection_output_param {{ num_classes: 3 background_label_id: 0 code_type: CENTER_SIZE {extra} }} }}')
+
+
+def _det_inputs(priors: list, conf: list) -> list:
+    n = len(priors)
+    prior = np.array([np.ravel(priors), [0.1, 0.1, 0.2, 0.2] * n], dtype=np.float32)[None]
+    return [np.zeros((1, 4 * n)), np.array(conf, dtype=np.float32).reshape(1, -1), prior]
+
+
+def test_detection_output_rows_are_label_major_with_nms():
+    # class 1: P0 (0.3) beats P1 (0.25, IoU 0.6 > 0.5); class 2: P1 (0.65) beats P0 (0.6).
+    # Caffe writes label 1 before label 2 although 0.65 > 0.3; the third row is padding.
+    conf = [[0.1, 0.3, 0.6], [0.1, 0.25, 0.65]]
+    expected = [[0, 1, 0.3, *P0], [0, 2, 0.65, *P1], [-1] * 7]
+    check(_det_layer("nms_param { nms_threshold: 0.5 } keep_top_k: 3"), _det_inputs([P0, P1], conf),
+          np.array(expected).reshape(1, 1, 3, 7))
+
+
+def test_detection_output_keep_top_k_keeps_best_overall():
+    conf = [[0.1, 0.3, 0.6], [0.1, 0.25, 0.65]]
+    check(_det_layer("nms_param { nms_threshold: 0.5 } keep_top_k: 1"), _det_inputs([P0, P1], conf),
+          np.array([0, 2, 0.65, *P1]).reshape(1, 1, 1, 7))
+
+
+def test_detection_output_top_k_limits_candidates_before_nms():
+    # class 1 scores P0 0.9, P1 0.8, P2 0.7; top_k 2 keeps P0, P1 as candidates and NMS drops P1,
+    # so P2 never appears (limiting the NMS output to 2 would have kept P2). class 2 is below 0.5.
+    conf = [[0, 0.9, 0.1], [0, 0.8, 0.1], [0, 0.7, 0.1]]
+    expected = [[0, 1, 0.9, *P0]] + [[-1] * 7] * 3
+    check(_det_layer("nms_param { nms_threshold: 0.5 top_k: 2 } confidence_threshold: 0.5"),
+          _det_inputs([P0, P1, P2], conf), np.array(expected).reshape(1, 1, 4, 7))
+
+
+def test_detection_output_decodes_center_size_with_variances():
+    # prior P2 (centre 0.7, size 0.2); loc (1, 0, ln 2, 0) with variances 0.1, 0.1, 0.2, 0.2:
+    # centre x 0.7 + 0.1·1·0.2 = 0.72, width 0.2·exp(0.2·ln 2) = 0.2·2^0.2
+    w = 0.2 * 2 ** 0.2
+    inputs = _det_inputs([P2], [[0, 0.9, 0.1]])
+    inputs[0] = np.array([[1.0, 0.0, np.log(2.0), 0.0]])
+    expected = [[0, 1, 0.9, 0.72 - w / 2, 0.6, 0.72 + w / 2, 0.8], [-1] * 7]  # 2 classes x 1 prior rows
+    check(_det_layer("nms_param { nms_threshold: 0.5 } confidence_threshold: 0.2"), inputs,
+          np.array(expected).reshape(1, 1, 2, 7))
+
+
+def test_detection_output_errors():
+    shapes = ((1, 8), (1, 6), (1, 2, 8))
+    error(_det_layer("nms_param { nms_threshold: 0.5 eta: 0.9 }"), shapes, "eta 0.9")
+    error(_det_layer("keep_top_k: 0"), shapes, "keep_top_k must be positive")
+    error(_det_layer(""), ((1, 12), (1, 6), (1, 2, 8)), "bottom 0 \\(loc\\) holds 12 values")
+    error('layer { name: "det" type: "DetectionOutput" bottom: "in0" bottom: "in1" bottom: "in2" top: "out" }',
+          shapes, "num_classes must be set")
