@@ -1,16 +1,39 @@
-"""Caffe's chain of format upgrades, applied in Caffe's order.
+"""Caffe's chain of format upgrades, applied in Caffe's order (UpgradeNetAsNeeded).
 
 Each step is a pair ``needs(net) -> bool`` / ``apply(net, loc) -> new net``; ``apply`` never
 mutates its argument. :func:`upgrade_net` runs every step whose ``needs`` holds and reports
-which ran. The same chain serves text and binary definitions and ``.caffemodel`` files.
+which ran. The same chain serves text and binary definitions and ``.caffemodel`` files, and
+:func:`upgrade_file` writes the result (``protonet upgrade OLD -o NEW``).
+
+The chain:
+
+1. V0 -> V1 (:mod:`protonet.legacy`): padding layers folded into the next conv/pool, V0 type
+   strings to V1 enums, every V0 field into its V1 ``*_param``;
+2. data-transform fields -> ``transform_param`` (V1 Data/ImageData/WindowData layers);
+3. V1 -> V2: enum types to type strings, ``blobs_lr``/``weight_decay``/``param``/``blob_share_mode``
+   to ``param { name share_mode lr_mult decay_mult }``, every ``*_param`` and the blobs carried over;
+4. ``input``/``input_dim``/``input_shape`` -> a leading ``Input`` layer;
+5. BatchNorm: the three ``param { lr_mult: 0 }`` blocks old BatchNorm layers had to declare.
+
+After the chain none of the ``needs`` holds, so upgrading an upgraded net runs no step.
 """
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
-from .errors import Location, SchemaError
+from google.protobuf import text_format
+
+from .errors import Location, ProtonetError, SchemaError
+from .legacy import (MIXED_FORMATS, needs_data_upgrade, needs_v0_upgrade, needs_v1_upgrade, upgrade_data_transform,
+                     upgrade_v0, upgrade_v1)
 from .schema import pb
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,18 +56,27 @@ def needs_input_upgrade(net: Any) -> bool:
 
 
 def upgrade_input(net: Any, loc: Location) -> Any:
-    """``input`` + ``input_dim`` (4 per input) or ``input_shape`` -> one leading Input layer."""
+    """``input`` + ``input_dim`` (4 per input) or ``input_shape`` -> one leading Input layer.
+
+    Input names with neither are simply removed, as Caffe does: that is how its old
+    ``Net::ToProto`` wrote caffemodels (names only). In a net definition the layers that read
+    such an input then fail to build ("bottom ... is not produced"), as they do in Caffe."""
     n = len(net.input)
+    if not net.input_dim and not net.input_shape:
+        log.info("%s: input(s) %s have no shape (a legacy caffemodel writes names only): removed; a net "
+                 "definition needs input_shape { dim: ... } or 4 input_dim values per input",
+                 loc.prefix() or "net", ", ".join(repr(i) for i in net.input))
+        out = _copy(net)
+        del out.input[:]
+        return out
     if net.input_dim and net.input_shape:
         raise SchemaError("give input_dim or input_shape, not both", loc)
     if net.input_dim and len(net.input_dim) != 4 * n:
         raise SchemaError(f"{len(net.input_dim)} input_dim values for {n} input(s); "
                           f"input_dim needs exactly 4 values per input", loc)
-    if not net.input_dim and len(net.input_shape) not in (n,):
-        if not net.input_shape:
-            raise SchemaError(f"input '{net.input[0]}' has no shape: add input_shape {{ dim: ... }} "
-                              f"or 4 input_dim values per input", loc)
-        raise SchemaError(f"{len(net.input_shape)} input_shape blocks for {n} input(s)", loc)
+    if not net.input_dim and len(net.input_shape) != n:
+        raise SchemaError(f"{len(net.input_shape)} input_shape blocks for {n} input(s); give one "
+                          f"input_shape per input, in the same order", loc)
     out = _copy(net)
     del out.layer[:]
     layer = out.layer.add()
@@ -65,17 +97,55 @@ def upgrade_input(net: Any, loc: Location) -> Any:
     return out
 
 
-# The chain, in Caffe's order (UpgradeNetAsNeeded). The legacy steps are added by
-# protonet.legacy, which registers them into this list at import.
+# -- BatchNorm param blocks ----------------------------------------------------------------------
+
+def _bn_needs(layer: Any) -> bool:
+    if layer.type != "BatchNorm" or len(layer.param) != 3:
+        return False
+    # the form this step leaves for named (shared) statistics: names kept, learning frozen
+    frozen = all(p.HasField("lr_mult") and p.lr_mult == 0 and p.HasField("decay_mult") and p.decay_mult == 0
+                 for p in layer.param)
+    return not (frozen and any(p.name for p in layer.param))
+
+
+def needs_batchnorm_upgrade(net: Any) -> bool:
+    """Caffe's NetNeedsBatchNormUpgrade: a BatchNorm layer declares three ``param`` blocks."""
+    return any(_bn_needs(layer) for layer in net.layer)
+
+
+def upgrade_batchnorm(net: Any, loc: Location) -> Any:
+    """Old BatchNorm layers had to declare ``param { lr_mult: 0 }`` three times (mean, variance,
+    scale factor are statistics, not learned); current Caffe freezes them itself.
+
+    The blocks are dropped (Caffe's original UpgradeNetBatchNorm). When one of them names its
+    blob (statistics shared between layers), the names are kept and lr_mult/decay_mult are set
+    to 0 instead (what current Caffe does to all three), so that the sharing survives."""
+    out = _copy(net)
+    for layer in out.layer:
+        if not _bn_needs(layer):
+            continue
+        if any(p.name for p in layer.param):
+            for p in layer.param:
+                p.lr_mult = 0.0
+                p.decay_mult = 0.0
+        else:
+            del layer.param[:]
+    return out
+
+
+# The chain, in Caffe's order (UpgradeNetAsNeeded).
 CHAIN: list[Upgrade] = [
+    Upgrade("V0 -> V1 layers", needs_v0_upgrade, upgrade_v0),
+    Upgrade("data transform fields -> transform_param", needs_data_upgrade, upgrade_data_transform),
+    Upgrade("V1 -> V2 layers", needs_v1_upgrade, upgrade_v1),
     Upgrade("input fields -> Input layer", needs_input_upgrade, upgrade_input),
+    Upgrade("BatchNorm param blocks", needs_batchnorm_upgrade, upgrade_batchnorm),
 ]
 
 
 def check_not_mixed(net: Any, loc: Location) -> None:
     if len(net.layer) and len(net.layers):
-        raise SchemaError("the file mixes current 'layer { ... }' blocks with legacy 'layers { ... }' "
-                          "blocks; convert all to one format (protonet upgrade converts 'layers' files)", loc)
+        raise SchemaError(MIXED_FORMATS, loc)
 
 
 def upgrade_net(net: Any, loc: Location) -> tuple[Any, list[str]]:
@@ -86,4 +156,55 @@ def upgrade_net(net: Any, loc: Location) -> tuple[Any, list[str]]:
         if step.needs(net):
             net = step.apply(net, loc)
             ran.append(step.name)
+            log.info("%s: upgraded: %s", loc.prefix() or "net", step.name)
     return net, ran
+
+
+# -- files -----------------------------------------------------------------------------------------
+
+TEXT_SUFFIXES = (".prototxt", ".pbtxt", ".txt")
+BINARY_SUFFIXES = (".caffemodel", ".binaryproto", ".pb")
+
+
+def serialize_net(net: Any, binary: bool) -> bytes:
+    """The bytes of ``net`` as a binary NetParameter or as protobuf text."""
+    if binary:
+        return net.SerializeToString()
+    return text_format.MessageToString(net).encode("utf-8")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same directory, then rename over ``path``: a failure never
+    leaves a partial file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def upgrade_file(src: str | Path, dst: str | Path) -> list[str]:
+    """Read ``src`` (text or binary), upgrade it to the current format and write ``dst``, as text
+    (``.prototxt``/``.pbtxt``/``.txt``) or binary (``.caffemodel``/``.binaryproto``/``.pb``) by its
+    extension. Returns the names of the steps that ran (empty for a current file)."""
+    from .frontend import read_net
+
+    out = Path(dst)
+    suffix = out.suffix.lower()
+    if suffix not in TEXT_SUFFIXES + BINARY_SUFFIXES:
+        raise ProtonetError(f"cannot tell the output format from the extension '{out.suffix}': use "
+                            f"{'/'.join(TEXT_SUFFIXES)} for text or {'/'.join(BINARY_SUFFIXES)} for binary",
+                            Location(str(dst)))
+    if not out.parent.is_dir():
+        raise ProtonetError(f"output directory '{out.parent}' does not exist", Location(str(dst)))
+    loaded = read_net(src)
+    net, ran = upgrade_net(loaded.net, loaded.loc())
+    write_atomic(out, serialize_net(net, suffix in BINARY_SUFFIXES))
+    log.info("%s -> %s: %s", src, dst, ", ".join(ran) if ran else "already current")
+    return ran
