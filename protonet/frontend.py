@@ -91,6 +91,8 @@ class LoadedNet:
     #: the ``layer`` blocks of the text, in order (current-format text files)
     blocks: list[LayerSource] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: ONNX metadata entries describing the data layers' preprocessing (train_val files)
+    preprocess: dict[str, str] = field(default_factory=dict)
 
     def line_of(self, layer: Any, index: int | None = None) -> int | None:
         if index is not None and self.layer_lines is not None and index < len(self.layer_lines):
@@ -171,17 +173,37 @@ def read_text(text: str, path: str) -> LoadedNet:
 
 
 def load_net(path: str | Path, phase: str = "TEST", stages: tuple[str, ...] = (), level: int = 0,
-             text: str | None = None) -> LoadedNet:
-    """Read, upgrade to the current format and filter by phase: what Caffe's Net::Init sees.
-    With ``text``, that prototxt text is parsed instead of reading ``path``."""
+             text: str | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None,
+             deploy: bool = True) -> LoadedNet:
+    """Read, upgrade to the current format, filter by phase and convert a training definition to
+    its deploy form: what Caffe's Net::Init sees in the TEST phase. With ``text``, that prototxt
+    text is parsed instead of reading ``path``."""
     loaded = read_net(path) if text is None else read_text(text, str(path))
-    return prepare(loaded, phase, stages, level)
+    return prepare(loaded, phase, stages, level, input_shapes, deploy)
 
 
-def prepare(loaded: LoadedNet, phase: str = "TEST", stages: tuple[str, ...] = (), level: int = 0) -> LoadedNet:
-    """Upgrade a parsed net to the current format and filter it by phase (in place)."""
+def _shape_bare_inputs(loaded: LoadedNet, input_shapes: dict[str, tuple[int, ...]]) -> None:
+    """``input:`` fields without input_dim/input_shape in a text definition: take the shapes
+    from ``input_shapes`` (``--input-shape``) or say what is missing."""
+    net = loaded.net
+    if not net.input or net.input_dim or net.input_shape:
+        return
+    for i, name in enumerate(net.input):
+        shape = input_shapes.get(name) or (input_shapes.get("") if i == 0 else None)
+        if shape is None:
+            raise SchemaError(f"input '{name}' has no shape: add input_shape {{ dim: ... }} or 4 input_dim "
+                              f"values per input, or give --input-shape {name}=N,C,H,W", loaded.loc())
+        net.input_shape.add().dim.extend(shape)
+
+
+def prepare(loaded: LoadedNet, phase: str = "TEST", stages: tuple[str, ...] = (), level: int = 0,
+            input_shapes: dict[str, tuple[int, ...]] | None = None, deploy: bool = True) -> LoadedNet:
+    """Upgrade a parsed net to the current format, filter it by phase and convert training-only
+    layers (data layers -> inputs, losses dropped) for deployment (in place)."""
     from .upgrade import upgrade_net
 
+    if not loaded.binary:
+        _shape_bare_inputs(loaded, input_shapes or {})
     current_text = not loaded.binary and len(loaded.net.layers) == 0
     lines: list[int | None] = [b.line for b in loaded.blocks if b.kind == "layer"]
     loaded.net, loaded.upgrades = upgrade_net(loaded.net, loaded.loc())
@@ -191,6 +213,21 @@ def prepare(loaded: LoadedNet, phase: str = "TEST", stages: tuple[str, ...] = ()
     loaded.net, kept = filter_phase(loaded.net, phase, stages, level, with_indices=True)
     if current_text and len(lines) == max(kept, default=-1) + 1 or (current_text and not kept):
         loaded.layer_lines = [lines[i] for i in kept]
+    return deploy_step(loaded, input_shapes) if deploy else loaded
+
+
+def deploy_step(loaded: LoadedNet, input_shapes: dict[str, tuple[int, ...]] | None = None) -> LoadedNet:
+    """Training-only layers -> deploy form (data layers become inputs, losses go), in place."""
+    from .deploy import needs_deploy, to_deploy
+
+    if needs_deploy(loaded.net):
+        where = loaded.layer_lines if loaded.layer_lines is not None else loaded.lines
+        loaded.net, notes = to_deploy(loaded.net, loaded.loc(), input_shapes or {}, where,
+                                      base_dir=Path(loaded.path).parent)
+        if loaded.layer_lines is not None:
+            loaded.layer_lines = [loaded.layer_lines[i] for i in notes.kept]
+        loaded.notes.extend(notes)
+        loaded.preprocess = notes.metadata()
     return loaded
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from .build import BuildOptions, WeightReport, build_graph
 from .errors import ProtonetError, VerificationError
 from .export import export
-from .frontend import LoadedNet, load_net
+from .frontend import LoadedNet, deploy_step, load_net
 from .ir import Graph
 from .reference import ReferenceInterpreter
 from .runtime import make_session
@@ -45,9 +45,18 @@ def compile_net(net: str | Path, weights: str | Path | None = None, options: Bui
 
     ``outputs`` keeps only the named network outputs (the dead-code pass then removes what
     no longer feeds them)."""
-    loaded = load_net(net)
+    opts = options or BuildOptions()
+    from .weights import looks_like_caffemodel, net_from_caffemodel
+
+    if looks_like_caffemodel(net):  # a caffemodel alone carries the whole definition
+        loaded = deploy_step(net_from_caffemodel(net, input_shapes=opts.input_shapes), opts.input_shapes)
+        if weights is None:
+            weights = net
+    else:
+        loaded = load_net(net, input_shapes=opts.input_shapes)
     wfile = load_weights(weights)
-    graph, report = build_graph(loaded, wfile, options)
+    graph, report = build_graph(loaded, wfile, opts)
+    graph.metadata.update(loaded.preprocess)
     if outputs:
         select_outputs(graph, outputs, str(net))
     unoptimized = None

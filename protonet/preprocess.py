@@ -1,0 +1,220 @@
+"""Test-time input preprocessing, as Caffe's data layers apply it, recorded and replayed.
+
+:class:`Preprocess` is what a training definition's data layer says about its inputs
+(``transform_param``: scale, mean_value or mean_file, crop_size; the channel order is BGR, as
+Caffe's OpenCV-based readers produce). :mod:`protonet.deploy` extracts it, the exporter stores it
+as JSON under ``metadata_props["protonet.preprocess"]``, and :func:`load_image` replays it on an
+image file.
+
+Caffe's test-time ``DataTransformer`` on an H0 x W0 image: crop the centre ``crop_size`` square at
+offset ``((H0 - crop) // 2, (W0 - crop) // 2)``, subtract the mean (``mean_value`` per channel, or
+the ``mean_file`` blob at the same offset), multiply by ``scale``; ``mirror`` applies in training
+only. Caffe's images come pre-sized (by ``convert_imageset`` or ``new_height/new_width``); for an
+arbitrary photo :func:`load_image` first resizes (bilinear, Pillow) by the first rule that applies:
+
+1. the ``ImageData`` layer's ``new_height x new_width`` (Caffe resizes to exactly that);
+2. with a crop and a mean file: the mean image's H x W (the size the database images had);
+3. with a crop: the shorter side to ``8/7`` of the crop (256 for 224, 259 for 227), keeping
+   the aspect ratio (the usual ImageNet evaluation recipe);
+4. without a crop: exactly the input's H x W.
+
+An image that already has the target size is not resampled. Pillow's bilinear filter
+antialiases when shrinking, where OpenCV's ``INTER_LINEAR`` does not, so values of a downscaled
+image differ slightly from a Caffe pipeline built on OpenCV.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+import numpy as np
+
+from .errors import Location, ProtonetError
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """One input's test-time transform (a frozen value; arrays are kept base64-encoded)."""
+
+    input: str
+    shape: tuple[int, ...]  # the net input (N, C, H, W)
+    scale: float = 1.0
+    crop_size: int = 0
+    mean_value: tuple[float, ...] = ()
+    mean_file: str | None = None
+    mean_shape: tuple[int, ...] = ()  # (C, H, W) of the mean image, when the file was read
+    mean_image: str = ""  # base64 of little-endian float32 values, C-order
+    channels: int = 3
+    resize: tuple[int, int] | None = None  # ImageData new_height, new_width
+    channel_order: str = "BGR"
+    source: str = ""  # the data layer type it came from
+    version: int = FORMAT_VERSION
+
+    # -- (de)serialisation ----------------------------------------------------------------------
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["shape"], d["mean_value"], d["mean_shape"] = list(self.shape), list(self.mean_value), list(self.mean_shape)
+        d["resize"] = list(self.resize) if self.resize else None
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Preprocess":
+        try:
+            d = json.loads(text)
+            if not isinstance(d, dict):
+                raise ValueError("not a JSON object")
+            if int(d.get("version", 1)) > FORMAT_VERSION:
+                raise ValueError(f"format version {d['version']} is newer than this protonet "
+                                 f"understands ({FORMAT_VERSION})")
+            known = set(cls.__dataclass_fields__)
+            d = {k: v for k, v in d.items() if k in known}
+            d["shape"] = tuple(int(x) for x in d.get("shape", ()))
+            d["mean_value"] = tuple(float(x) for x in d.get("mean_value", ()))
+            d["mean_shape"] = tuple(int(x) for x in d.get("mean_shape", ()))
+            if d.get("resize") is not None:
+                d["resize"] = tuple(int(x) for x in d["resize"])
+            return cls(**d)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ProtonetError(f"invalid preprocessing metadata: {e}") from None
+
+    @staticmethod
+    def encode_array(a: np.ndarray) -> str:
+        return base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode("ascii")
+
+    def mean_array(self) -> np.ndarray | None:
+        """The mean image (C, H, W) as float32, or None."""
+        if not self.mean_image:
+            return None
+        a = np.frombuffer(base64.b64decode(self.mean_image), dtype="<f4").astype(np.float32)
+        return a.reshape(self.mean_shape)
+
+    def describe(self) -> str:
+        mean = (f"mean {list(self.mean_value)}" if self.mean_value else
+                f"mean image {self.mean_file} {self.mean_shape or '(not read)'}" if self.mean_file else "no mean")
+        crop = f", centre crop {self.crop_size}" if self.crop_size else ""
+        return f"{self.input}: {self.channel_order if self.channels == 3 else 'gray'}, {mean}, scale {self.scale:g}{crop}"
+
+
+def read_mean_file(path: str | Path) -> np.ndarray:
+    """A ``mean_file`` (a binary BlobProto, usually ``mean.binaryproto``) as a (C, H, W) array."""
+    from .schema import pb
+    from .weights import blob_from_proto
+
+    loc = Location(str(path))
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ProtonetError(f"cannot read mean file: {e.strerror}", loc) from None
+    blob = pb.BlobProto()
+    try:
+        blob.ParseFromString(data)
+    except Exception as e:
+        raise ProtonetError(f"not a valid BlobProto mean file: {e}", loc) from None
+    b = blob_from_proto(blob, loc)
+    shape = tuple(b.shape)
+    while len(shape) > 3 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) != 3:
+        raise ProtonetError(f"mean file blob has shape {tuple(b.shape)}, expected (1, C, H, W)", loc)
+    return b.data.reshape(shape)
+
+
+def _target_size(meta: Preprocess, img_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[int, int]:
+    """The (H, W) to resize to before the centre crop (rules in the module docstring)."""
+    h0, w0 = img_hw
+    if meta.resize:
+        return meta.resize
+    cropping = meta.crop_size > 0
+    if cropping and len(meta.mean_shape) == 3:
+        return meta.mean_shape[1], meta.mean_shape[2]
+    if cropping:
+        if (h0, w0) == out_hw:
+            return h0, w0
+        side = max(out_hw) * 8 // 7
+        if h0 <= w0:
+            return side, max(out_hw[1], round(w0 * side / h0))
+        return max(out_hw[0], round(h0 * side / w0)), side
+    return out_hw
+
+
+def load_image(path: str | Path, meta: Preprocess | None, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Read a JPEG/PNG file and apply the test-time transform: a float32 (N, C, H, W) array
+    (the one image repeated over the batch N) ready to feed the input ``meta`` describes.
+
+    ``shape`` is the input's (N, C, H, W) (default ``meta.shape``); ``meta=None`` means no
+    mean, scale 1, BGR (or gray for C = 1), resized to H x W.
+    """
+    from PIL import Image
+
+    loc = Location(str(path))
+    if shape is None:
+        if meta is None or not meta.shape:
+            raise ProtonetError("the input shape is unknown; give it", loc)
+        shape = meta.shape
+    if len(shape) != 4:
+        raise ProtonetError(f"an image feeds a 4-D (N, C, H, W) input, not {tuple(shape)}", loc)
+    n, c, h, w = (int(d) for d in shape)
+    if (c <= 0 or h <= 0 or w <= 0) and meta is not None and len(meta.shape) == 4:  # dynamic dims
+        c, h, w = (d if d > 0 else m for d, m in zip((c, h, w), meta.shape[1:]))
+    if n <= 0:
+        n = 1
+    if h <= 0 or w <= 0:
+        raise ProtonetError(f"the input's height and width are unknown ({tuple(shape)})", loc)
+    if c not in (1, 3):
+        raise ProtonetError(f"an image has 1 or 3 channels; the input wants {c}", loc)
+    if meta is None:
+        meta = Preprocess(input="", shape=tuple(shape), channels=c)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB" if c == 3 else "L")
+            th, tw = _target_size(meta, (im.height, im.width), (h, w))
+            if (im.height, im.width) != (th, tw):
+                im = im.resize((tw, th), Image.BILINEAR)
+            pixels = np.asarray(im, dtype=np.float32)
+    except (OSError, ValueError) as e:
+        raise ProtonetError(f"cannot read image: {e}", loc) from None
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    ih, iw = pixels.shape[:2]
+    if ih < h or iw < w:
+        raise ProtonetError(f"image of {ih}x{iw} after resizing is smaller than the input's {h}x{w}", loc)
+    top, left = (ih - h) // 2, (iw - w) // 2  # Caffe's test-time crop offsets
+    x = pixels[top:top + h, left:left + w]
+    if c == 3 and meta.channel_order.upper() == "BGR":
+        x = x[:, :, ::-1]
+    x = np.ascontiguousarray(x.transpose(2, 0, 1))  # HWC -> CHW
+    if meta.mean_value:
+        mv = np.asarray(meta.mean_value, dtype=np.float32)
+        if mv.size not in (1, c):
+            raise ProtonetError(f"{mv.size} mean values for a {c}-channel input", loc)
+        x = x - np.broadcast_to(mv, (c,)).reshape(c, 1, 1)  # one value serves every channel
+    else:
+        mean = meta.mean_array()
+        if mean is not None:
+            x = x - _crop_mean(mean, (ih, iw), (top, left), (c, h, w), loc)
+        elif meta.mean_file:
+            raise ProtonetError(f"the model's preprocessing subtracts the mean file '{meta.mean_file}', "
+                                f"which was not found when it was compiled", loc)
+    if meta.scale != 1.0:
+        x = x * np.float32(meta.scale)
+    return np.ascontiguousarray(np.broadcast_to(x[None], (n, c, h, w)), dtype=np.float32)
+
+
+def _crop_mean(mean: np.ndarray, img_hw: tuple[int, int], offset: tuple[int, int], chw: tuple[int, int, int],
+               loc: Location) -> np.ndarray:
+    """The mean pixels under the crop: at the crop's offset when the mean has the image's size
+    (Caffe's rule), else its own centre."""
+    c, h, w = chw
+    if mean.shape[0] != c:
+        raise ProtonetError(f"mean image has {mean.shape[0]} channel(s), the input {c}", loc)
+    mh, mw = mean.shape[1:]
+    if (mh, mw) == img_hw:
+        top, left = offset
+    elif mh >= h and mw >= w:
+        top, left = (mh - h) // 2, (mw - w) // 2
+    else:
+        raise ProtonetError(f"mean image {mh}x{mw} is smaller than the input's {h}x{w}", loc)
+    return mean[:, top:top + h, left:left + w]

@@ -1,0 +1,328 @@
+"""A small protobuf wire-format scanner for large ``.caffemodel`` files.
+
+Parsing a caffemodel with ``ParseFromString`` materialises every float of every blob as a
+protobuf repeated field, and turning those into numpy arrays costs tens of seconds and several
+times the file size in memory for a VGG-sized model. This module walks the wire format of a
+memory-mapped file instead and keeps only *byte ranges*:
+
+* ``NetParameter``: ``layer`` (100, LayerParameter) and ``layers`` (2, V1LayerParameter) are
+  scanned; every other field is copied verbatim (it is small);
+* a layer: its ``blobs`` (7 in LayerParameter, 6 in V1LayerParameter) are scanned as
+  ``BlobProto``; all other fields are kept as bytes, so that protobuf parses the layer's
+  definition (name, type, params) from a small blob-free message;
+* ``BlobProto``: ``num/channels/height/width`` (1..4), ``data`` (5, packed float), ``diff`` (6,
+  skipped), ``shape`` (7, ``BlobShape.dim`` = 1 packed int64), ``double_data`` (8),
+  ``double_diff`` (9, skipped), OpenCV's ``raw_data_type`` (10) and ``raw_data`` (12).
+
+Values are not decoded here: a :class:`BlobRecord` holds (offset, count, dtype) chunks that the
+caller copies out (``np.frombuffer(mm, dtype, count, offset)`` or ``readinto``). A V1 layer that
+wraps a V0 layer (``layers { layer { ... } }``) is flagged so the caller can take protobuf's path.
+
+Every length is checked against the end of its enclosing message, each step consumes at least one
+byte, and bad input raises :class:`WireError` with the byte offset: no crash, no hang.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# wire types
+VARINT, FIXED64, LEN, SGROUP, EGROUP, FIXED32 = 0, 1, 2, 3, 4, 5
+
+# field numbers (proto/caffe.proto)
+NET_LAYERS_V1 = 2
+NET_LAYER = 100
+LAYER_NAME = 1          # LayerParameter.name
+LAYER_BLOBS = 7         # LayerParameter.blobs
+V1_V0LAYER = 1          # V1LayerParameter.layer (a V0LayerParameter)
+V1_NAME = 4             # V1LayerParameter.name
+V1_BLOBS = 6            # V1LayerParameter.blobs
+BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH = 1, 2, 3, 4
+BLOB_DATA, BLOB_DIFF, BLOB_SHAPE, BLOB_DOUBLE_DATA, BLOB_DOUBLE_DIFF = 5, 6, 7, 8, 9
+BLOB_RAW_TYPE, BLOB_RAW_DATA = 10, 12
+SHAPE_DIM = 1
+
+#: BlobProto.Type (OpenCV) -> numpy dtype of raw_data
+RAW_TYPES = {0: "<f8", 1: "<f4", 2: "<f2", 3: "<i4", 4: "<u4"}
+RAW_TYPE_NAMES = {0: "DOUBLE", 1: "FLOAT", 2: "FLOAT16", 3: "INT", 4: "UINT"}
+
+
+class WireError(Exception):
+    """Malformed wire data; ``offset`` is the absolute byte offset of the problem."""
+
+    def __init__(self, message: str, offset: int):
+        super().__init__(message)
+        self.offset = offset
+
+
+def read_varint(buf, pos: int, end: int) -> tuple[int, int]:
+    """Decode a base-128 varint at ``pos``; return (value, next position)."""
+    result = shift = 0
+    start = pos
+    while True:
+        if pos >= end:
+            raise WireError(f"truncated at byte {pos}", pos)
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift >= 70:
+            raise WireError(f"malformed varint at byte {start}", start)
+
+
+def to_int64(v: int) -> int:
+    """Two's complement reinterpretation of a varint as int64 (protobuf's int32/int64)."""
+    v &= (1 << 64) - 1
+    return v - (1 << 64) if v >= (1 << 63) else v
+
+
+def iter_fields(buf, start: int, end: int):
+    """Yield (field number, wire type, tag start, value start, value end) over a message.
+
+    For VARINT fields value start..end covers the varint bytes; for LEN fields the payload.
+    """
+    pos = start
+    while pos < end:
+        tag_at = pos
+        key, pos = read_varint(buf, pos, end)
+        num, wt = key >> 3, key & 7
+        if num == 0:
+            raise WireError(f"invalid field number 0 at byte {tag_at}", tag_at)
+        if wt == VARINT:
+            _, nxt = read_varint(buf, pos, end)
+        elif wt == FIXED64:
+            nxt = pos + 8
+        elif wt == FIXED32:
+            nxt = pos + 4
+        elif wt == LEN:
+            n, pos = read_varint(buf, pos, end)
+            nxt = pos + n
+        else:
+            raise WireError(f"unsupported wire type {wt} (field {num}) at byte {tag_at}", tag_at)
+        if nxt > end:
+            raise WireError(f"truncated at byte {end} (field {num} at byte {tag_at} needs "
+                            f"{nxt - pos} bytes, {end - pos} left)", end)
+        yield num, wt, tag_at, pos, nxt
+        pos = nxt
+
+
+@dataclass
+class BlobRecord:
+    """Where one BlobProto's values live in the file."""
+
+    offset: int  # of the BlobProto payload
+    shape: tuple[int, ...] | None = None  # from BlobShape
+    legacy: tuple[int, int, int, int] = (0, 0, 0, 0)  # num/channels/height/width
+    has_legacy: bool = False  # any of num/channels/height/width present (Caffe then uses them)
+    #: (offset, count, dtype) chunks of values, in order; all of one field
+    chunks: list[tuple[int, int, str]] = field(default_factory=list)
+    source: str = ""  # "data", "double_data", "raw_data" or "" (no values)
+    raw_type: int | None = None
+
+    @property
+    def count(self) -> int:
+        return sum(c[1] for c in self.chunks)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c[1] * int(c[2][-1]) for c in self.chunks)
+
+
+@dataclass
+class LayerRecord:
+    """One layer of the file: its blob-free definition bytes and its blobs."""
+
+    field: int  # NET_LAYER or NET_LAYERS_V1
+    offset: int
+    definition: bytes  # the layer message without its blobs
+    name: str | None = None
+    blobs: list[BlobRecord] = field(default_factory=list)
+    v0: bool = False  # wraps a V0 layer (blobs inside it; take the protobuf path)
+    span: tuple[int, int] = (0, 0)  # payload range of the whole layer
+
+
+@dataclass
+class NetRecord:
+    """The scanned file: net-level fields (verbatim bytes) and the layers."""
+
+    header: bytes
+    layers: list[LayerRecord]
+
+
+def _packed(buf, num: int, wt: int, vs: int, ve: int, itemsize: int, dtype: str,
+            chunks: list[tuple[int, int, str]]) -> None:
+    if wt == LEN:
+        if (ve - vs) % itemsize:
+            raise WireError(f"packed field {num} of {ve - vs} bytes is not a multiple of {itemsize}", vs)
+        if ve > vs:
+            chunks.append((vs, (ve - vs) // itemsize, dtype))
+    elif (wt == FIXED32 and itemsize == 4) or (wt == FIXED64 and itemsize == 8):
+        # one unpacked repeated element
+        chunks.append((vs, 1, dtype))
+    else:
+        raise WireError(f"field {num} has wire type {wt}, expected packed or fixed{itemsize * 8}", vs)
+
+
+def scan_blob(buf, start: int, end: int) -> BlobRecord:
+    """Scan one BlobProto payload."""
+    rec = BlobRecord(start)
+    legacy = [0, 0, 0, 0]
+    values: dict[str, list[tuple[int, int, str]]] = {"data": [], "double_data": [], "raw_data": []}
+    for num, wt, tag, vs, ve in iter_fields(buf, start, end):
+        if BLOB_NUM <= num <= BLOB_WIDTH:
+            if wt != VARINT:
+                raise WireError(f"BlobProto field {num} has wire type {wt}, expected a varint", tag)
+            legacy[num - 1] = to_int64(read_varint(buf, vs, ve)[0])
+            rec.has_legacy = True
+        elif num == BLOB_DATA:
+            _packed(buf, num, wt, vs, ve, 4, "<f4", values["data"])
+        elif num == BLOB_DOUBLE_DATA:
+            _packed(buf, num, wt, vs, ve, 8, "<f8", values["double_data"])
+        elif num == BLOB_SHAPE:
+            if wt != LEN:
+                raise WireError(f"BlobProto.shape has wire type {wt}", tag)
+            dims = list(rec.shape or ())
+            for dnum, dwt, dtag, dvs, dve in iter_fields(buf, vs, ve):
+                if dnum != SHAPE_DIM:
+                    continue
+                if dwt == LEN:
+                    p = dvs
+                    while p < dve:
+                        d, p = read_varint(buf, p, dve)
+                        dims.append(to_int64(d))
+                elif dwt == VARINT:
+                    dims.append(to_int64(read_varint(buf, dvs, dve)[0]))
+                else:
+                    raise WireError(f"BlobShape.dim has wire type {dwt}", dtag)
+            rec.shape = tuple(dims)
+        elif num == BLOB_RAW_TYPE:
+            if wt != VARINT:
+                raise WireError(f"BlobProto.raw_data_type has wire type {wt}", tag)
+            rec.raw_type = read_varint(buf, vs, ve)[0]
+        elif num == BLOB_RAW_DATA:
+            if wt != LEN:
+                raise WireError(f"BlobProto.raw_data has wire type {wt}", tag)
+            values["raw_data"] = [(vs, ve - vs, "|u1")]  # bytes field: the last one wins
+        # diff (6), double_diff (9) and unknown fields: skipped
+    rec.legacy = tuple(legacy)  # type: ignore[assignment]
+    # Caffe's FromProto reads double_data first, then data; OpenCV prefers raw_data
+    if values["raw_data"]:
+        off, n, _ = values["raw_data"][0]
+        code = 2 if rec.raw_type is None else rec.raw_type  # FLOAT16 is the only writer's choice
+        dtype = RAW_TYPES.get(code)
+        if dtype is None:
+            raise WireError(f"unknown raw_data_type {code}", start)
+        size = int(dtype[-1])
+        if n % size:
+            raise WireError(f"raw_data of {n} bytes is not a multiple of {size} ({RAW_TYPE_NAMES[code]})", off)
+        rec.chunks, rec.source, rec.raw_type = [(off, n // size, dtype)], "raw_data", code
+    elif values["double_data"]:
+        rec.chunks, rec.source = _merge(values["double_data"]), "double_data"
+    elif values["data"]:
+        rec.chunks, rec.source = _merge(values["data"]), "data"
+    return rec
+
+
+def _merge(chunks: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """Join chunks that are contiguous in the file (unpacked elements are 5 or 9 bytes apart,
+    so they stay separate; packed runs are one chunk each)."""
+    out: list[tuple[int, int, str]] = []
+    for off, n, dt in chunks:
+        if out and out[-1][0] + out[-1][1] * int(dt[-1]) == off:
+            o, m, _ = out[-1]
+            out[-1] = (o, m + n, dt)
+        else:
+            out.append((off, n, dt))
+    return out
+
+
+def _layer_name(buf, start: int, end: int, name_field: int) -> str | None:
+    """Best-effort name of a layer (for error messages), tolerant of later corruption."""
+    try:
+        for num, wt, _, vs, ve in iter_fields(buf, start, end):
+            if num == name_field and wt == LEN:
+                return bytes(buf[vs:ve]).decode("utf-8", "replace")
+    except WireError:
+        pass
+    return None
+
+
+class LayerWireError(WireError):
+    """A WireError inside a known layer."""
+
+    def __init__(self, message: str, offset: int, layer: str | None):
+        super().__init__(message, offset)
+        self.layer = layer
+
+
+def scan_layer(buf, kind: int, start: int, end: int) -> LayerRecord:
+    name_field, blobs_field = (LAYER_NAME, LAYER_BLOBS) if kind == NET_LAYER else (V1_NAME, V1_BLOBS)
+    parts: list[bytes] = []
+    rec = LayerRecord(kind, start, b"", span=(start, end))
+    try:
+        for num, wt, tag, vs, ve in iter_fields(buf, start, end):
+            if num == blobs_field and wt == LEN:
+                rec.blobs.append(scan_blob(buf, vs, ve))
+                continue
+            if num == name_field and wt == LEN:
+                rec.name = bytes(buf[vs:ve]).decode("utf-8", "replace")
+            if kind == NET_LAYERS_V1 and num == V1_V0LAYER:
+                rec.v0 = True
+            parts.append(bytes(buf[tag:ve]))
+    except WireError as e:
+        raise LayerWireError(str(e), e.offset, rec.name or _layer_name(buf, start, end, name_field)) from None
+    rec.definition = b"".join(parts)
+    return rec
+
+
+def encode_varint(v: int) -> bytes:
+    out = bytearray()
+    v &= (1 << 64) - 1
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def encode_len_field(num: int, payload: bytes) -> bytes:
+    return encode_varint((num << 3) | LEN) + encode_varint(len(payload)) + payload
+
+
+def scan_net(buf, start: int = 0, end: int | None = None) -> NetRecord:
+    """Scan a NetParameter: layers with their blobs, everything else kept verbatim."""
+    end = len(buf) if end is None else end
+    header: list[bytes] = []
+    layers: list[LayerRecord] = []
+    pos = start
+    while pos < end:
+        tag = pos
+        key, pos = read_varint(buf, pos, end)
+        num, wt = key >> 3, key & 7
+        if num in (NET_LAYER, NET_LAYERS_V1) and wt == LEN:
+            n, vs = read_varint(buf, pos, end)
+            ve = vs + n
+            if ve > end:  # name the layer the file stops in
+                name = _layer_name(buf, vs, end, LAYER_NAME if num == NET_LAYER else V1_NAME)
+                raise LayerWireError(f"truncated at byte {end} (the layer at byte {tag} needs {n} bytes, "
+                                     f"{end - vs} left)", end, name)
+            layers.append(scan_layer(buf, num, vs, ve))
+            pos = ve
+        else:
+            for _, _, t, _, ve in iter_fields(buf, tag, end):
+                header.append(bytes(buf[t:ve]))
+                pos = ve
+                break
+    return NetRecord(b"".join(header), layers)
+
+
+def stripped_net_bytes(rec: NetRecord) -> bytes:
+    """The NetParameter without blobs: header fields, then every layer's definition."""
+    parts = [rec.header]
+    for layer in rec.layers:
+        parts.append(encode_len_field(layer.field, layer.definition))
+    return b"".join(parts)
