@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     ap.add_argument("-v", "--verbose", action="store_true", help="log progress")
     ap.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                    help="import a Python module of your own that registers custom layer classes")
+                    help="a module on PYTHONPATH or a path to a .py file of your own that registers "
+                         "custom layer classes (see README)")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("compile", help="compile a net definition to ONNX")
@@ -133,7 +134,7 @@ def _compile(args: argparse.Namespace, net: str, optimize: bool) -> Any:
 def _report_loaded(c: Any) -> None:
     if c.loaded.upgrades:
         _say(f"upgraded from a legacy format: {'; '.join(c.loaded.upgrades)}")
-    for note in getattr(c.loaded, "notes", []):
+    for note in c.loaded.notes:
         _say(note)
     _say(c.report.summary())
 
@@ -330,14 +331,18 @@ def cmd_layers(args: argparse.Namespace) -> int:
         return 0
     from .layertable import render_markdown
 
-    _say(render_markdown())
+    _say(render_markdown(include_plugins=True))
     return 0
 
 
 def demo_net_path() -> Path:
+    """The packaged nets/ (protonet.nets in an installed wheel), or the checkout's nets/."""
     from importlib import resources
 
-    return Path(str(resources.files("protonet.nets").joinpath(DEMO_NET)))
+    try:
+        return Path(str(resources.files("protonet.nets").joinpath(DEMO_NET)))
+    except ModuleNotFoundError:  # running from a source checkout
+        return Path(__file__).resolve().parent.parent / "nets" / DEMO_NET
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

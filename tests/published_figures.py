@@ -234,8 +234,8 @@ PUBLISHED: Dict[str, Dict[str, Any]] = {
     "densenet121": dict(
         title="DenseNet-121 (k=32)",
         paper="Huang et al., Densely Connected Convolutional Networks, CVPR 2017",
-        input=(1, 3, 224, 224), params=7_978_856, macs=2.9e9, approx=False,
-        source="Huang et al. 2017 (8.0M params, ~2.9G FLOPs = mult-adds); 7,978,856 params and "
-               "2.87 GFLOPS in torchvision docs",
+        input=(1, 3, 224, 224), params=7_978_856, macs=2.83e9, approx=False,
+        source="torchvision model documentation: 7,978,856 params, 2.83 GFLOPS (its GFLOPS are "
+               "multiply-adds); Huang et al. 2017 read ~2.9G off a plot (Figure 3)",
         convention=f"{_PARAMS_BN}; {_CONV_FC}", params_include_biases=True),
 }
