@@ -184,8 +184,9 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> list[Pat
             onnx.save_model(model, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data_name, size_threshold=1024)
             onnx.checker.check_model(str(tmp_model), full_check=True)
-            os.replace(Path(tmp) / data_name, path.parent / data_name)
-            written.append(path.parent / data_name)
+            if (Path(tmp) / data_name).exists():
+                os.replace(Path(tmp) / data_name, path.parent / data_name)
+                written.append(path.parent / data_name)
         else:
             onnx.save_model(model, tmp_model)
         os.replace(tmp_model, path)

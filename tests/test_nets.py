@@ -29,6 +29,14 @@ def test_core_net_verifies(net: str, batch: int):
     assert len(res.blobs) >= len(c.graph.nodes) - len(c.graph.inputs)
 
 
+@pytest.mark.parametrize("net", [n for n in ALL if n not in CORE])
+def test_zoo_net_verifies(net: str):
+    """Every other net of the zoo at batch 1: optimized ONNX vs the reference, every blob."""
+    c = compile_net(NETS / f"{net}.prototxt", options=BuildOptions(batch=1), optimize=True)
+    res = verify_compiled(c, random_inputs(c.graph))
+    assert res.ok, f"worst blob {res.worst.name}: relative error {res.worst.rel:.3g}"
+
+
 def _counts(net: str) -> tuple[int, int]:
     fig = PUBLISHED[net]
     params = summarize(compile_net(NETS / f"{net}.prototxt").graph).total.params

@@ -1,0 +1,163 @@
+"""The command line, end to end through a subprocess: outputs, exit codes, files."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from protonet import cli
+from protonet.layers import registry
+from protonet.layers.core import ReLU
+
+ROOT = Path(__file__).resolve().parent.parent
+LENET = str(ROOT / "nets" / "lenet.prototxt")
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "protonet", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_compile_verify_infer_round_trip(tmp_path: Path):
+    out = tmp_path / "lenet.onnx"
+    r = run("compile", LENET, "-o", str(out), "--batch", "2")
+    assert r.returncode == 0, r.stderr
+    assert "filled from their weight_filler" in r.stdout and f"wrote {out}" in r.stdout
+    model = onnx.load(out)
+    onnx.checker.check_model(model, full_check=True)
+    assert [i.name for i in model.graph.input] == ["data"] and [o.name for o in model.graph.output] == ["prob"]
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [2, 1, 28, 28]
+
+    r = run("verify", LENET, "--batch", "2")
+    assert r.returncode == 0, r.stderr
+    assert "verify: OK" in r.stdout and "on CPU" in r.stdout
+
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = run("infer", str(out), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "out.npz"))
+    assert r.returncode == 0, r.stderr
+    assert "output 'prob': shape (2, 10)" in r.stdout and "top-5" in r.stdout
+    with np.load(tmp_path / "out.npz") as z:
+        assert z.files == ["prob"]
+        np.testing.assert_allclose(z["prob"].sum(axis=1), 1.0, rtol=1e-5)
+
+    # the same net run from its definition gives the same outputs (same seed, same fillers)
+    r2 = run("infer", LENET, "--batch", "2", "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "o2.npz"))
+    assert r2.returncode == 0, r2.stderr
+    with np.load(tmp_path / "out.npz") as a, np.load(tmp_path / "o2.npz") as b:
+        np.testing.assert_allclose(a["prob"], b["prob"], rtol=1e-5)
+
+
+def test_infer_rejects_wrong_input_shape(tmp_path: Path):
+    out = tmp_path / "lenet.onnx"
+    assert run("compile", LENET, "-o", str(out)).returncode == 0
+    np.save(tmp_path / "x.npy", np.zeros((3, 1, 28, 28), np.float32))
+    r = run("infer", str(out), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "o.npz"))
+    assert r.returncode == 2
+    assert r.stderr.strip().endswith("input 'data' has shape (3, 1, 28, 28), the model expects (1, 1, 28, 28) "
+                                     "(recompile with --batch)")
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_summary_json_totals():
+    r = run("summary", LENET, "--format", "json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    # LeNet: conv1 20*1*25+20, conv2 50*20*25+50, ip1 500*800+500, ip2 10*500+10
+    assert data["total"]["params"] == 520 + 25_050 + 400_500 + 5_010
+    # MACs: conv1 20*24*24*25, conv2 50*8*8*500, ip1 800*500, ip2 500*10
+    assert data["total"]["macs"] == 288_000 + 1_600_000 + 400_000 + 5_000
+    assert [row["name"] for row in data["layers"]][:2] == ["data", "conv1"]
+    assert data["layers"][1]["output_shapes"] == [[1, 20, 24, 24]]
+
+
+def test_summary_compare_side_by_side():
+    r = run("summary", "--compare", LENET, str(ROOT / "nets" / "squeezenet1_1.prototxt"))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:3] == ["network", "params", "MACs"]
+    assert lines[2].startswith("lenet") and lines[3].startswith("squeezenet1_1")
+
+
+def test_compile_output_selection_and_unknown_blob(tmp_path: Path):
+    r = run("compile", LENET, "-o", str(tmp_path / "a.onnx"), "--output", "ip1")
+    assert r.returncode == 0, r.stderr
+    model = onnx.load(tmp_path / "a.onnx")
+    assert [o.name for o in model.graph.output] == ["ip1"]
+    assert not any(n.op_type == "Softmax" for n in model.graph.node)
+    r = run("compile", LENET, "-o", str(tmp_path / "b.onnx"), "--output", "nope")
+    assert r.returncode == 2 and "no blob named 'nope'" in r.stderr
+    assert not (tmp_path / "b.onnx").exists()
+
+
+def test_unknown_pass_is_a_clear_error(tmp_path: Path):
+    r = run("compile", LENET, "-o", str(tmp_path / "a.onnx"), "--passes", "fold_batchnorm,squash")
+    assert r.returncode == 2 and "squash" in r.stderr and "fold_batchnorm" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_provider_cuda_without_gpu_is_a_clear_error():
+    from protonet.runtime import cuda_available
+
+    if cuda_available():  # on a GPU machine the CUDA run itself is the check
+        r = run("verify", LENET, "--provider", "cuda")
+        assert r.returncode == 0 and "on CUDA" in r.stdout
+    else:
+        r = run("verify", LENET, "--provider", "cuda")
+        assert r.returncode == 2 and "CUDA execution provider" in r.stderr
+
+
+def test_layers_lists_every_type():
+    r = run("layers", "--format", "names")
+    assert r.returncode == 0
+    names = set(r.stdout.split())
+    assert set(registry.all_types()) == names and {"Convolution", "LSTM", "DetectionOutput"} <= names
+
+
+class _WrongReLU(ReLU):
+    """A deliberately broken lowering: ONNX computes 2*relu(x), the kernel relu(x)."""
+
+    type_name = "WrongReLU"
+
+    def lower(self, a, g):
+        y = g.op("Relu", g.inputs)
+        g.op("Mul", [y, g.const(2.0, "two")], g.outputs)
+
+
+def test_verify_mismatch_exits_3(tmp_path: Path, capsys):
+    registry.register(_WrongReLU)
+    try:
+        net = tmp_path / "n.prototxt"
+        net.write_text('input: "x"\ninput_shape { dim: 1 dim: 4 }\n'
+                       'layer { name: "r" type: "WrongReLU" bottom: "x" top: "y" }\n')
+        assert cli.main(["verify", str(net), "--no-optimize"]) == 3
+        captured = capsys.readouterr()
+        assert "MISMATCH" in captured.out
+        assert captured.err.strip() == "protonet: 1 blob(s) differ beyond tolerance: y"
+    finally:
+        registry.unregister("WrongReLU")
+
+
+def test_upgrade_command(tmp_path: Path):
+    old = tmp_path / "old.prototxt"
+    old.write_text('name: "v1"\ninput: "data"\ninput_dim: 1\ninput_dim: 1\ninput_dim: 4\ninput_dim: 4\n'
+                   'layers { name: "relu" type: RELU bottom: "data" top: "out" }\n')
+    r = run("upgrade", str(old), "-o", str(tmp_path / "new.prototxt"))
+    assert r.returncode == 0, r.stderr
+    assert "V1" in r.stdout
+    r = run("upgrade", str(tmp_path / "new.prototxt"), "-o", str(tmp_path / "again.prototxt"))
+    assert "nothing to upgrade" in r.stdout
+    assert (tmp_path / "new.prototxt").read_text() == (tmp_path / "again.prototxt").read_text()
+    r = run("verify", str(old))
+    assert r.returncode == 0 and "upgraded from a legacy format" in r.stdout
+
+
+@pytest.mark.parametrize("args", [["compile"], ["bogus"], ["verify", LENET, "--batch", "x"]])
+def test_usage_errors_exit_2(args):
+    r = run(*args)
+    assert r.returncode == 2 and "usage:" in r.stderr
