@@ -140,13 +140,13 @@ def human_bytes(n: float) -> str:
 
 
 def render_table(s: Summary) -> str:
-    head = ("layer", "type", "output", "params", "MACs", "memory")
+    head = ("layer", "type", "output", "weights", "biases", "MACs", "memory")
     rows = [head]
     for r in s.layers:
         shape = ", ".join("x".join(str(d) for d in sh) for sh in r.output_shapes)
         t = r.type + ("+" + "+".join(r.fused) if r.fused else "")
-        rows.append((r.name, t, shape, f"{r.params:,}" if r.params else "-", human(r.macs) if r.macs else "-",
-                     human_bytes(r.output_bytes)))
+        rows.append((r.name, t, shape, f"{r.weights:,}" if r.weights else "-", f"{r.biases:,}" if r.biases else "-",
+                     human(r.macs) if r.macs else "-", human_bytes(r.output_bytes) if r.output_bytes else "in place"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]

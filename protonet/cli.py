@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import __version__
-from .errors import EXIT_INTERNAL, EXIT_MISMATCH, ProtonetError, VerificationError
+from .errors import EXIT_INTERNAL, ProtonetError, VerificationError
 
 log = logging.getLogger("protonet")
 
@@ -302,6 +302,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     results = []
     for net in args.nets:
         c = _compile(args, net, optimize=args.optimized)
+        if c.loaded.upgrades and args.format == "table":
+            _say(f"{net}: upgraded from a legacy format: {'; '.join(c.loaded.upgrades)}")
         results.append((Path(net).stem, summarize(c.graph)))
     if args.format == "json":
         data = [s.to_json() for _, s in results]

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .build import BuildOptions, WeightReport, build_graph
-from .errors import ProtonetError, VerificationError
+from .errors import ProtonetError
 from .export import export
 from .frontend import LoadedNet, deploy_step, load_net
 from .ir import Graph

@@ -161,3 +161,42 @@ def test_upgrade_command(tmp_path: Path):
 def test_usage_errors_exit_2(args):
     r = run(*args)
     assert r.returncode == 2 and "usage:" in r.stderr
+
+
+TRAIN_VAL = """
+name: "tiny_imagenet_style"
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
+        transform_param { crop_size: 8 mirror: true mean_value: 104 mean_value: 117 mean_value: 123 scale: 0.5 }
+        data_param { source: "train_lmdb" batch_size: 32 backend: LMDB } }
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TEST }
+        transform_param { crop_size: 8 mean_value: 104 mean_value: 117 mean_value: 123 scale: 0.5 }
+        data_param { source: "val_lmdb" batch_size: 2 backend: LMDB } }
+layer { name: "copy" type: "Split" bottom: "data" top: "data_seen" top: "data_fc" }
+layer { name: "fc" type: "InnerProduct" bottom: "data_fc" top: "fc" inner_product_param { num_output: 5 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+layer { name: "accuracy" type: "Accuracy" bottom: "fc" bottom: "label" top: "accuracy" include { phase: TEST } }
+"""
+
+
+def test_train_val_compiles_and_infers_on_a_photo(tmp_path: Path):
+    from PIL import Image
+
+    (tmp_path / "train_val.prototxt").write_text(TRAIN_VAL)
+    r = run("compile", "train_val.prototxt", "-o", "m.onnx", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "became Input 'data' of shape (2, 3, 8, 8)" in r.stdout
+    model = onnx.load(tmp_path / "m.onnx")
+    assert [o.name for o in model.graph.output] == ["data_seen", "loss"]
+    assert "protonet.preprocess" in {p.key for p in model.metadata_props}
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "photo.png")
+    r = run("infer", "m.onnx", "--input", "photo.png", "-o", "out.npz", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    with np.load(tmp_path / "out.npz") as z:
+        seen = z["data_seen"]
+        probs = z["loss"]
+    # Caffe's test transform of a uniform RGB (10, 20, 30) photo: BGR (30, 20, 10) minus the mean
+    # values (104, 117, 123), times scale 0.5
+    want = np.array([(30 - 104) * 0.5, (20 - 117) * 0.5, (10 - 123) * 0.5]).reshape(1, 3, 1, 1)
+    np.testing.assert_allclose(seen, np.broadcast_to(want, (2, 3, 8, 8)))
+    assert probs.shape == (2, 5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from protonet.build import BuildOptions, build_graph
+from protonet.build import BuildOptions
 from protonet.errors import ProtonetError
 from protonet.export import export, save_model
 from protonet.frontend import filter_phase, load_net, scan_layer_blocks

@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from harness import build_text, example_inputs, example_net_text, onnx_inferred_shapes

@@ -24,3 +24,19 @@ def test_two_setup_commands():
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert setup_commands()[1] in ci
+
+
+def test_plugin_example_runs(tmp_path):
+    """The README's plugin example, as written, registers a type that compiles and verifies."""
+    import subprocess
+    import sys
+
+    section = (ROOT / "README.md").read_text().split("## Plugins", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "mish.py").write_text(code)
+    (tmp_path / "net.prototxt").write_text('input: "x"\ninput_shape { dim: 2 dim: 5 }\n'
+                                           'layer { name: "m" type: "Mish" bottom: "x" top: "y" }\n')
+    r = subprocess.run([sys.executable, "-m", "protonet", "--plugin", "mish.py", "verify", "net.prototxt"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "verify: OK" in r.stdout

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -40,19 +39,12 @@ DEFAULT_NETS = ("lenet", "alexnet", "googlenet", "vgg16", "resnet50", "mobilenet
 THREADS = 2
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine() -> str:
-    return (f"{cpu_model()}, {os.cpu_count()} logical cores visible, {platform.system()} {platform.release()}; "
-            f"Python {platform.python_version()}, onnxruntime {ort.__version__} (CPUExecutionProvider, "
+    from machine import describe
+
+    m = describe()
+    return (f"{m['CPU']}, {m['cores available']} cores available, {m['RAM']}, {m['OS']}; "
+            f"Python {m['python']}, onnxruntime {ort.__version__} (CPUExecutionProvider, "
             f"intra_op_num_threads={THREADS}, inter_op_num_threads=1, intra-op spinning off, "
             f"graph optimizations ORT_ENABLE_ALL), "
             f"numpy {np.__version__}")

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,6 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from machine import describe  # tools/machine.py
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,31 +147,6 @@ def measure(path: Path, what: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def machine() -> dict[str, str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = "unknown"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    except OSError:
-        pass
-    import google.protobuf
-    from google.protobuf.internal import api_implementation
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"CPU": cpu, "cores available": str(cores), "RAM": mem, "OS": platform.platform(),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "protobuf": f"{google.protobuf.__version__} ({api_implementation.Type()} backend)"}
-
-
 ROWS = [("read", "read the file's bytes (`Path.read_bytes`)"),
         ("parse", "protobuf `ParseFromString` (bytes already in memory)"),
         ("protobuf", "protobuf route to arrays: read + ParseFromString + `np.asarray` per blob"),
@@ -219,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
              "the interpreter, numpy and protobuf, shown as *baseline*, and any mapped file pages it "
              "touched). The page cache is warm.", "",
              "## Machine", ""]
-    lines += [f"- {k}: {v}" for k, v in machine().items()]
+    lines += [f"- {k}: {v}" for k, v in describe().items()]
     lines += ["", "## Results", "",
               "| operation | time (s) | peak RSS (MB) | baseline RSS (MB) | peak / file size | runs |",
               "|---|---:|---:|---:|---:|---:|"]

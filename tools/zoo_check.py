@@ -19,7 +19,6 @@ import argparse
 import importlib.util
 import math
 import re
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 

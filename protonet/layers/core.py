@@ -9,7 +9,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import LayerContext
-from .base import (CONSTANT_ONE, CONSTANT_ZERO, Example, Filler, Layer, NoAttrs, Shape, WeightSpec,
+from .base import (CONSTANT_ONE, CONSTANT_ZERO, Example, Filler, Layer, Shape, WeightSpec,
                    canonical_axis, prod)
 from .geometry import Window2D, conv_output_size, conv_window, pool_output_size, pool_window
 from .registry import register

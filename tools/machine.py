@@ -1,0 +1,41 @@
+"""Describe the machine a benchmark ran on (shared by the scripts in tools/)."""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def _proc_field(path: str, key: str) -> str | None:
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def describe() -> dict[str, str]:
+    """CPU model, cores available to this process, RAM, OS and the library versions that matter."""
+    import google.protobuf
+    import numpy as np
+    import onnxruntime as ort
+    from google.protobuf.internal import api_implementation
+
+    mem = _proc_field("/proc/meminfo", "MemTotal")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "CPU": _proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
+        "cores available": str(cores),
+        "RAM": f"{int(mem.split()[0]) / 1024 / 1024:.1f} GiB" if mem else "unknown",
+        "OS": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "onnxruntime": f"{ort.__version__} (providers: {', '.join(ort.get_available_providers())})",
+        "protobuf": f"{google.protobuf.__version__} ({api_implementation.Type()} backend)",
+    }
+
+
+def markdown() -> list[str]:
+    return [f"- {k}: {v}" for k, v in describe().items()]
