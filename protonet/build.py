@@ -91,6 +91,8 @@ def check_names(loaded: LoadedNet) -> None:
 def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | None = None) -> tuple[Graph, WeightReport]:
     """Build the IR for a loaded (upgraded, filtered) net."""
     opts = options or BuildOptions()
+    if not loaded.net.layer:
+        raise ProtonetError("the file defines no layers", Location(loaded.path))
     check_types(loaded)
     check_names(loaded)
     g = Graph(loaded.net.name or "net")
@@ -130,6 +132,8 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
             raise ctx.error(f"produces {len(shapes)} output(s) but names {len(lp.top)} top(s)")
         for s in shapes:
             if any(d <= 0 for d in s):
+                if layer.is_source:
+                    raise ctx.error(f"shape {tuple(s)} has a non-positive dimension")
                 raise ctx.error(f"output shape {tuple(s)} has a non-positive dimension "
                                 f"(input shapes {', '.join(str(tuple(x)) for x in in_shapes)})")
         specs = layer.weights(attrs, in_shapes)

@@ -81,17 +81,19 @@ def make_session(model: Any, provider: str = "auto", threads: int | None = None,
         raise ProtonetError("the CUDA execution provider is not available in this onnxruntime "
                             "(install onnxruntime-gpu on a machine with an NVIDIA GPU)")
     if want_cuda:
+        ort.set_default_logger_severity(4)  # a failed CUDA start is reported once, below, not by ORT
         try:
             sess = ort.InferenceSession(src, sess_options=so, providers=[
                 (PROVIDERS["cuda"], CUDA_OPTIONS), PROVIDERS["cpu"]])
             if sess.get_providers()[0] == PROVIDERS["cuda"]:
                 return Session(sess, "cuda")
-        except Exception as e:  # a broken CUDA install: fall back unless cuda was demanded
-            if provider == "cuda":
-                raise ProtonetError(f"the CUDA execution provider failed to start: {e}") from None
-            log.info("CUDA execution provider unusable, using CPU: %s", e)
+            reason = "the CUDA or cuDNN libraries onnxruntime needs could not be loaded"
+        except Exception as e:  # a broken CUDA install
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        finally:
+            ort.set_default_logger_severity(2)
         if provider == "cuda":
-            raise ProtonetError("the CUDA execution provider is installed but could not be used "
-                                "(CUDA/cuDNN libraries missing?)")
+            raise ProtonetError(f"the CUDA execution provider could not be used: {reason}")
+        log.warning("CUDA execution provider unusable (%s); running on CPU", reason)
     sess = ort.InferenceSession(src, sess_options=so, providers=[PROVIDERS["cpu"]])
     return Session(sess, "cpu")
