@@ -394,3 +394,18 @@ def test_upgraded_v0_net_compiles_with_folded_padding():
     shapes = {n.name: n.outputs[0].shape for n in c.graph.nodes}
     assert shapes["conv1"] == (1, 8, 32, 32)  # pad 2, kernel 5: the padding layer's pad reached conv1
     assert shapes["pool1"] == (1, 8, 17, 17)  # pad 1, kernel 3, stride 2, ceil: (32 + 2 - 3) / 2 + 1
+
+
+@pytest.mark.parametrize("sample", ["batchnorm", "input_shape", "v0_padding", "v1_data_transform", "v1_lenet"])
+def test_legacy_sample_compiles_and_verifies(sample):
+    """The samples that are whole nets (not type catalogues) compile straight from the legacy
+    file and verify blob by blob, like the upgraded file does."""
+    from protonet.pipeline import compile_net, random_inputs, verify_compiled
+
+    src = Path(__file__).parent / "data" / "legacy" / f"{sample}.prototxt"
+    c = compile_net(src, optimize=True)
+    assert c.loaded.upgrades
+    res = verify_compiled(c, random_inputs(c.graph))
+    assert res.ok, f"worst {res.worst.name}: {res.worst.rel:.3g}"
+    expected = compile_net(src.with_name(f"{sample}.expected.prototxt"), optimize=True)
+    assert [n.type for n in c.graph.nodes] == [n.type for n in expected.graph.nodes]
