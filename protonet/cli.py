@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_net_options(p)
     _add_opt_options(p, default_on=True)
     p.add_argument("--explain", action="store_true", help="print what every pass matched, changed and declined")
+    p.add_argument("--opset", type=int, help="target another ONNX opset (through onnx.version_converter; "
+                                             "default 17)")
 
     p = sub.add_parser("verify", help="run the numpy reference and onnxruntime and compare every blob")
     p.add_argument("net")
@@ -204,7 +206,7 @@ def _print_outputs(outs: dict[str, np.ndarray]) -> None:
 # -- commands ----------------------------------------------------------------------------------
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from .export import export, save_model
+    from .export import convert_opset, export, save_model
 
     t0 = time.perf_counter()
     c = _compile(args, args.net, optimize=not args.no_optimize)
@@ -218,6 +220,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
             changed = [r for r in c.passes if r.changed]
             _say("optimized: " + (", ".join(f"{r.name} ({len(r.changes)})" for r in changed) or "nothing to do"))
     model = export(c.graph)
+    if args.opset is not None:
+        model = convert_opset(model, args.opset)
     files = save_model(model, args.out)
     size = sum(f.stat().st_size for f in files)
     _say(f"wrote {args.out}: {len(model.graph.node)} ONNX nodes, opset {model.opset_import[0].version}, "

@@ -200,3 +200,21 @@ def test_train_val_compiles_and_infers_on_a_photo(tmp_path: Path):
     np.testing.assert_allclose(seen, np.broadcast_to(want, (2, 3, 8, 8)))
     assert probs.shape == (2, 5)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_other_opsets_through_the_version_converter(tmp_path: Path):
+    outs = {}
+    for opset in (17, 18, 21):
+        model = tmp_path / f"m{opset}.onnx"
+        r = run("compile", str(ROOT / "nets" / "googlenet.prototxt"), "-o", str(model), "--opset", str(opset))
+        assert r.returncode == 0, r.stderr
+        assert onnx.load(model).opset_import[0].version == opset
+        r = run("infer", str(model), "--input", "random", "-o", str(tmp_path / f"o{opset}.npz"))
+        assert r.returncode == 0, r.stderr
+        with np.load(tmp_path / f"o{opset}.npz") as z:
+            outs[opset] = z["prob"]
+    np.testing.assert_allclose(outs[18], outs[17], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(outs[21], outs[17], rtol=1e-5, atol=1e-7)
+    r = run("compile", LENET, "-o", str(tmp_path / "old.onnx"), "--opset", "5")
+    assert r.returncode == 2 and r.stderr.startswith("protonet: cannot convert the model to opset 5")
+    assert not (tmp_path / "old.onnx").exists()

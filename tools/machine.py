@@ -23,6 +23,8 @@ def describe() -> dict[str, str]:
     import onnxruntime as ort
     from google.protobuf.internal import api_implementation
 
+    from protonet.runtime import cuda_available
+
     mem = _proc_field("/proc/meminfo", "MemTotal")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
@@ -32,7 +34,8 @@ def describe() -> dict[str, str]:
         "OS": platform.platform(),
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "onnxruntime": f"{ort.__version__} (providers: {', '.join(ort.get_available_providers())})",
+        "onnxruntime": f"{ort.__version__} (providers compiled in: {', '.join(ort.get_available_providers())}; "
+                       f"CUDA usable here: {'yes' if cuda_available() else 'no'})",
         "protobuf": f"{google.protobuf.__version__} ({api_implementation.Type()} backend)",
     }
 
