@@ -99,6 +99,7 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
     report = WeightReport(source=weights.path if weights is not None else "fillers")
     current: dict[str, Value] = {}  # blob name -> its latest version
     versions: dict[str, list[Value]] = {}
+    shared: dict[str, np.ndarray] = {}  # Caffe param { name } -> the one blob all its users share
     counter = 0
 
     for index, lp in enumerate(loaded.net.layer):
@@ -136,8 +137,9 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
                     raise ctx.error(f"shape {tuple(s)} has a non-positive dimension")
                 raise ctx.error(f"output shape {tuple(s)} has a non-positive dimension "
                                 f"(input shapes {', '.join(str(tuple(x)) for x in in_shapes)})")
+        _check_tops(lp, inputs, shapes, current, ctx)
         specs = layer.weights(attrs, in_shapes)
-        node_weights = _weights_for(lp, specs, weights, opts, report, ctx)
+        node_weights = _weights_for(lp, specs, weights, opts, report, ctx, shared)
         outputs = []
         for top, shape in zip(lp.top, shapes):
             counter += 1
@@ -155,16 +157,50 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
     if weights is not None:
         names = {lp.name for lp in loaded.net.layer}
         report.ignored = [n for n in weights.layers if n not in names]
-    # SSA names: the last version keeps the blob name, earlier versions become blob#k
-    for blob, vs in versions.items():
-        for k, v in enumerate(vs[:-1]):
-            g.rename(v, f"{blob}#{k}")
-        g.rename(vs[-1], blob)
+    unused = [n for n in opts.input_shapes if n and n not in versions]
+    if unused:
+        raise ProtonetError(f"--input-shape names {', '.join(repr(n) for n in unused)}, which is not an input "
+                            f"of the net (inputs: {', '.join(v.blob for v in g.inputs)})", Location(loaded.path))
+    _name_versions(g, versions)
     g.outputs = [v for v in current.values() if not v.users]
     if not g.outputs:
         raise ProtonetError("the net has no outputs", Location(loaded.path))
     g.lint()
     return g, report
+
+
+def _name_versions(g: Graph, versions: dict[str, list[Value]]) -> None:
+    """SSA names: a graph input keeps its blob name (its in-place rewrites become blob#k); any
+    other blob's last version keeps the name and earlier versions become blob#k, with k chosen
+    so that no name a Caffe blob already has is taken."""
+    taken = set(versions)
+    for blob, vs in versions.items():
+        keep = vs[0] if vs[0] in g.inputs else vs[-1]
+        k = 0
+        for v in vs:
+            if v is keep:
+                continue
+            while f"{blob}#{k}" in taken or f"{blob}#{k}" in g.values:
+                k += 1
+            g.rename(v, f"{blob}#{k}")
+            k += 1
+        g.rename(keep, blob)
+
+
+def _check_tops(lp: Any, inputs: list[Value], shapes: list, current: dict[str, Value], ctx: LayerContext) -> None:
+    """Caffe reuses a blob name only in place (top i == bottom i), and then keeps its shape."""
+    if len(set(lp.top)) != len(lp.top):
+        raise ctx.error(f"lists a top twice: {', '.join(lp.top)}")
+    for j, top in enumerate(lp.top):
+        in_place = j < len(lp.bottom) and lp.bottom[j] == top
+        if top in current and not in_place:
+            prev = current[top].producer
+            where = f" (line {prev.loc.line})" if prev is not None and prev.loc.line else ""
+            raise ctx.error(f"top '{top}' is already produced by layer '{prev.name if prev else '?'}'{where}; "
+                            f"Caffe reuses a blob name only in place (top {j} == bottom {j})")
+        if in_place and tuple(shapes[j]) != inputs[j].shape:
+            raise ctx.error(f"in-place top '{top}' would change shape {inputs[j].shape} -> {tuple(shapes[j])}; "
+                            f"give the top its own name")
 
 
 def _input_shape(top: str, shape: tuple[int, ...], opts: BuildOptions, ctx: LayerContext,
@@ -180,16 +216,24 @@ def _input_shape(top: str, shape: tuple[int, ...], opts: BuildOptions, ctx: Laye
     return tuple(shape)
 
 
+#: the largest blob protonet fills or loads (ONNX stores a tensor in one protobuf of < 2 GB)
+MAX_BLOB_VALUES = 1 << 29
+
+
 def _weights_for(lp: Any, specs: list, wfile: Any, opts: BuildOptions, report: WeightReport,
-                 ctx: LayerContext) -> dict[str, np.ndarray]:
+                 ctx: LayerContext, shared: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if not specs:
         return {}
+    for spec in specs:
+        if prod(spec.shape) > MAX_BLOB_VALUES:
+            raise ctx.error(f"blob '{spec.name}' of shape {tuple(spec.shape)} has {prod(spec.shape):,} values, "
+                            f"more than protonet's limit of {MAX_BLOB_VALUES:,}")
     out: dict[str, np.ndarray] = {}
     blobs = wfile.layers.get(lp.name) if wfile is not None else None
     if blobs is not None:
         if len(blobs) != len(specs):
-            raise WeightsError(f"{wfile.path}: layer '{lp.name}' has {len(blobs)} blob(s), the net expects "
-                               f"{len(specs)} ({', '.join(s.name for s in specs)})", ctx.loc.with_layer(None, None))
+            raise WeightsError(f"layer '{lp.name}' has {len(blobs)} blob(s), the net expects "
+                               f"{len(specs)} ({', '.join(s.name for s in specs)})", Location(wfile.path))
         for i, (spec, blob) in enumerate(zip(specs, blobs)):
             if not blob.matches(spec.shape):
                 raise WeightsError(f"layer '{lp.name}': blob {i} ({spec.name}) shape {tuple(blob.shape)} does not "
@@ -204,11 +248,21 @@ def _weights_for(lp: Any, specs: list, wfile: Any, opts: BuildOptions, report: W
     else:
         report.filled.append(lp.name)
     for i, spec in enumerate(specs):
+        pname = lp.param[i].name if i < len(lp.param) else ""
+        if pname and pname in shared:  # a blob shared with an earlier layer (Caffe param { name })
+            blob = shared[pname]
+            if blob.size != prod(spec.shape):
+                raise ctx.error(f"param '{pname}' is shared with a blob of shape {blob.shape}, which does not "
+                                f"fit {spec.name} {tuple(spec.shape)}")
+            out[spec.name] = blob.reshape(spec.shape)
+            continue
         rng = layer_rng(opts.seed, lp.name, i)
         if opts.init == "random":
             out[spec.name] = random_init(spec.shape, spec.positive, rng)
         else:
             out[spec.name] = fill(spec.filler, spec.shape, rng, ctx)
+        if pname:
+            shared[pname] = out[spec.name]
     return out
 
 

@@ -151,3 +151,53 @@ def test_pooling_rejects_pad_not_smaller_than_kernel():
     with pytest.raises(ProtonetError, match=r"layer 'p' \(Pooling\): pad \(2, 2\) must be smaller than the kernel"):
         build_text('layer { name: "in" type: "Input" top: "in0" input_param { shape { dim: 1 dim: 1 dim: 4 dim: 4 } } }\n'
                    + pool("pool: MAX kernel_size: 2 stride: 1 pad: 2"))
+
+
+def test_pooling_clips_both_axes_when_either_pads():
+    # kernel 1x2, stride 3x1, pad 0x1 on 5x4: rows ceil(4/3)+1 = 3, and because the layer pads
+    # (on w), Caffe also clips rows: (3-1)*3 = 6 >= 5+0, so 2 rows; cols ceil(4/1)+1 = 5
+    x = np.arange(20, dtype=np.float64).reshape(1, 1, 5, 4)
+    layer = pool("pool: MAX kernel_h: 1 kernel_w: 2 stride_h: 3 stride_w: 1 pad_h: 0 pad_w: 1")
+    want = [[[[0, 1, 2, 3, 3], [12, 13, 14, 15, 15]]]]
+    check(layer, x, want)
+
+
+def test_max_pool_window_past_the_input_keeps_minus_flt_max():
+    # kernel 1, stride 2 on 4x4 without padding: ceil(3/2)+1 = 3 outputs per axis, the last
+    # window starts at 4, past the input: Caffe leaves -FLT_MAX there (mask -1)
+    m = -float(np.finfo(np.float32).max)
+    want = [[[[0, 2, m], [8, 10, m], [m, m, m]]]]
+    check(pool("pool: MAX kernel_size: 1 stride: 2"), X44, want)
+    text = (f'layer {{ name: "in" type: "Input" top: "in0" input_param {{ shape {{ dim: 1 dim: 1 dim: 4 dim: 4 }} }} }}\n'
+            'layer { name: "p" type: "Pooling" bottom: "in0" top: "out" top: "mask" '
+            'pooling_param { pool: MAX kernel_size: 1 stride: 2 } }\n')
+    g = build_text(text)
+    feeds = {"in0": X44.astype(np.float32)}
+    ref = ReferenceInterpreter(g).run(feeds)
+    ort = make_session(export(g), "cpu").run(feeds)
+    mask = [[[[0, 2, -1], [8, 10, -1], [-1, -1, -1]]]]
+    np.testing.assert_array_equal(ref["mask"], mask)
+    np.testing.assert_array_equal(ort["mask"], mask)
+
+
+def test_ave_pool_window_past_the_input_is_refused():
+    with pytest.raises(ProtonetError, match=r"layer 'p' \(Pooling\): the last AVE window\(s\) of the 3x3 output "
+                                            r"hold no input value"):
+        build_text('layer { name: "in" type: "Input" top: "in0" input_param { shape { dim: 1 dim: 1 dim: 4 dim: 4 } } }\n'
+                   + pool("pool: AVE kernel_size: 1 stride: 2"))
+
+
+def test_roi_pooling_rounds_corners_like_c_round():
+    # x1 = 0.49999997 (the float32 just below 0.5): C's round() gives 0, so the ROI starts at
+    # column 0, where the maximum 9 is (a float32 floor(x + 0.5) would give 1 and miss it)
+    v = float(np.nextafter(np.float32(0.5), np.float32(0)))
+    text = ('layer { name: "d" type: "Input" top: "x" top: "rois" '
+            'input_param { shape { dim: 1 dim: 1 dim: 4 dim: 4 } shape { dim: 1 dim: 5 } } }\n'
+            'layer { name: "r" type: "ROIPooling" bottom: "x" bottom: "rois" top: "out" '
+            'roi_pooling_param { pooled_h: 1 pooled_w: 1 spatial_scale: 1 } }\n')
+    g = build_text(text)
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    x[0, 0, :, 0] = 9.0
+    feeds = {"x": x, "rois": np.array([[0, v, 0, 3, 3]], np.float32)}
+    assert ReferenceInterpreter(g).run(feeds)["out"].ravel().tolist() == [9.0]
+    assert make_session(export(g), "cpu").run(feeds)["out"].ravel().tolist() == [9.0]

@@ -1209,7 +1209,9 @@ class SPP(Layer):
                 raise ctx.error(f"pyramid level {level} ({2 ** level} bins) needs pad {win.pad} >= kernel "
                                 f"{win.kernel} for a {s[2]}x{s[3]} input, which Caffe's pooling refuses; "
                                 f"lower pyramid_height or use a larger input")
-            ho, wo = (pool_output_size(s[2 + i], win.kernel[i], win.stride[i], win.pad[i]) for i in range(2))
+            clip = win.pad[0] > 0 or win.pad[1] > 0
+            ho, wo = (pool_output_size(s[2 + i], win.kernel[i], win.stride[i], win.pad[i], clip=clip)
+                      for i in range(2))
             out.append((PoolAttrs(a.method, win, True), (s[0], s[1], ho, wo)))
         return out
 

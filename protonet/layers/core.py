@@ -11,7 +11,10 @@ from numpy.lib.stride_tricks import as_strided
 from ..errors import LayerContext
 from .base import (CONSTANT_ONE, CONSTANT_ZERO, Example, Filler, Layer, Shape, WeightSpec,
                    canonical_axis, prod)
-from .geometry import Window2D, conv_output_size, conv_window, pool_output_size, pool_window
+from .geometry import Window2D, conv_output_size, conv_window, pool_nonempty, pool_output_size, pool_window
+
+#: Caffe's starting value of a max (an empty window keeps it)
+FLT_MAX = float(np.finfo(np.float32).max)
 from .registry import register
 
 
@@ -341,7 +344,9 @@ class PoolAttrs:
 def pool_geometry(a: PoolAttrs, s: Shape) -> tuple[Window2D, tuple[int, int]]:
     """The effective window (global pooling covers the input) and the output size."""
     win = a.window if a.window is not None else Window2D((s[2], s[3]), (1, 1), (0, 0))
-    out = tuple(pool_output_size(s[2 + i], win.kernel[i], win.stride[i], win.pad[i], a.ceil_mode) for i in range(2))
+    clip = win.pad[0] > 0 or win.pad[1] > 0  # Caffe clips both axes when either pads
+    out = tuple(pool_output_size(s[2 + i], win.kernel[i], win.stride[i], win.pad[i], a.ceil_mode, clip)
+                for i in range(2))
     return win, out  # type: ignore[return-value]
 
 
@@ -405,6 +410,11 @@ class Pooling(Layer):
         win, (ho, wo) = pool_geometry(a, s)
         if ho <= 0 or wo <= 0:
             raise ctx.error(f"kernel {win.kernel} is larger than the padded input {s[2:]}")
+        full = (pool_nonempty(s[2], ho, win.stride[0], win.pad[0]), pool_nonempty(s[3], wo, win.stride[1], win.pad[1]))
+        if a.method == "AVE" and full != (ho, wo):
+            raise ctx.error(f"the last AVE window(s) of the {ho}x{wo} output hold no input value (stride "
+                            f"{win.stride} exceeds kernel {win.kernel} on a {s[2]}x{s[3]} input); Caffe divides "
+                            f"0 by 0 there: use round_mode: FLOOR or a stride that covers the input")
         return [(s[0], s[1], ho, wo)] * (2 if a.mask else 1)
 
     def kernel(self, a: PoolAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
@@ -419,15 +429,17 @@ class Pooling(Layer):
         xp = np.pad(x, ((0, 0), (0, 0), (ph, eh), (pw, ew)), constant_values=fill)
         win_view = _windows(xp, (kh, kw), (sh, sw), (1, 1), (ho, wo))
         if a.method == "MAX":
-            if not a.mask:
-                return [win_view.max(axis=(2, 3))]
             n, c = x.shape[:2]
             flat = win_view.reshape(n, c, kh * kw, ho, wo)
             k = flat.argmax(axis=2)  # first maximum in row-major window order, as Caffe's strict >
             top = np.take_along_axis(flat, k[:, :, None], axis=2)[:, :, 0]
+            empty = ~(top > -FLT_MAX)  # a window with no input value keeps Caffe's start, -FLT_MAX
+            top = np.where(empty, -FLT_MAX, top)
+            if not a.mask:
+                return [top]
             hh = np.arange(ho)[:, None] * sh - ph + k // kw
             ww = np.arange(wo)[None, :] * sw - pw + k % kw
-            return [top, (hh * wd + ww).astype(x.dtype)]
+            return [top, np.where(empty, -1, hh * wd + ww).astype(x.dtype)]
         # Caffe's divisor: window clipped to [-pad, size + pad), so padding counts, overhang doesn't
         def extent(n_out: int, k: int, s: int, p: int, size: int) -> np.ndarray:
             start = np.arange(n_out) * s - p
@@ -446,15 +458,7 @@ class Pooling(Layer):
         eh = max(0, (ho - 1) * sh + kh - s[2] - 2 * ph)
         ew = max(0, (wo - 1) * sw + kw - s[3] - 2 * pw)
         if a.method == "MAX":
-            if not a.mask:
-                g.op("MaxPool", g.inputs, g.outputs, kernel_shape=[kh, kw], strides=[sh, sw],
-                     pads=[ph, pw, ph + eh, pw + ew])
-                return
-            # ONNX indices run over the whole NCHW tensor; Caffe's mask is h * W + w per plane
-            idx = g.op("MaxPool", g.inputs, [g.outputs[0], g.tmp("indices")], kernel_shape=[kh, kw],
-                       strides=[sh, sw], pads=[ph, pw, ph + eh, pw + ew])[1]
-            plane = g.op("Mod", [idx, g.const(np.array(s[2] * s[3], dtype=np.int64), "plane", np.int64)])
-            g.op("Cast", [plane], [g.outputs[1]], to=1)
+            self._lower_max(a, g, win, (ho, wo))
             return
         x = g.inputs[0]
         if (ph or pw) and (eh or ew):
@@ -465,6 +469,30 @@ class Pooling(Layer):
         else:
             g.op("AveragePool", [x], g.outputs, kernel_shape=[kh, kw], strides=[sh, sw],
                  pads=[ph, pw, ph + eh, pw + ew], count_include_pad=1 if (ph or pw) else 0)
+
+
+    def _lower_max(self, a: PoolAttrs, g: Any, win: Window2D, out: tuple[int, int]) -> None:
+        """MaxPool over the windows that hold input values; windows past the input (no padding,
+        stride > kernel) are appended as Caffe leaves them: -FLT_MAX, mask -1."""
+        s = g.in_shapes[0]
+        (kh, kw), (sh, sw), (ph, pw) = win.kernel, win.stride, win.pad
+        vh, vw = pool_nonempty(s[2], out[0], sh, ph), pool_nonempty(s[3], out[1], sw, pw)
+        eh = max(0, (vh - 1) * sh + kh - s[2] - 2 * ph)
+        ew = max(0, (vw - 1) * sw + kw - s[3] - 2 * pw)
+        extra = (out[0] - vh, out[1] - vw)
+        outs = list(g.outputs) if extra == (0, 0) else [g.tmp("pooled"), g.tmp("mask")][:len(g.outputs)]
+        attrs = dict(kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph + eh, pw + ew])
+        if not a.mask:
+            g.op("MaxPool", g.inputs, outs[:1], **attrs)
+        else:
+            # ONNX indices run over the whole NCHW tensor; Caffe's mask is h * W + w per plane
+            idx = g.op("MaxPool", g.inputs, [outs[0], g.tmp("indices")], **attrs)[1]
+            plane = g.op("Mod", [idx, g.const(np.array(s[2] * s[3], dtype=np.int64), "plane", np.int64)])
+            g.op("Cast", [plane], [outs[1]], to=1)
+        if extra != (0, 0):
+            pads = g.int64s([0, 0, 0, 0, 0, 0, extra[0], extra[1]], "empty_windows")
+            for src, dst, fill in zip(outs, g.outputs, (-FLT_MAX, -1.0)):
+                g.op("Pad", [src, pads, g.const(np.float32(fill), "fill")], [dst], mode="constant")
 
 
 # -- LRN -----------------------------------------------------------------------------------------

@@ -694,8 +694,10 @@ class ROIPoolAttrs:
 
 
 def _round_half_away(x: np.ndarray) -> np.ndarray:
-    """C's round(): halves go away from zero (numpy's round goes to even)."""
-    return np.sign(x) * np.floor(np.abs(x) + np.float32(0.5))
+    """C's round(): halves go away from zero (numpy's round goes to even). The addition is done
+    in float64, where it is exact for float32 inputs (0.49999997 + 0.5 must not round up)."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
 @register

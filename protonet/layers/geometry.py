@@ -92,12 +92,20 @@ def deconv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: 
     return stride * (size - 1) + extent - 2 * pad
 
 
-def pool_output_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool = True) -> int:
-    """Caffe pooling: round up (CEIL, the default) or down, then, when padding is used,
-    drop the last window if it would start at or beyond ``size + pad`` (in the padding).
+def pool_output_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool = True,
+                     clip: bool | None = None) -> int:
+    """Caffe pooling: round up (CEIL, the default) or down, then, when the layer pads (on either
+    axis: ``clip``, default ``pad > 0``), drop the last window if it would start at or beyond
+    ``size + pad`` (in the padding).
     """
     span = size + 2 * pad - kernel
     out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
-    if pad > 0 and (out - 1) * stride >= size + pad:
+    if (pad > 0 if clip is None else clip) and (out - 1) * stride >= size + pad:
         out -= 1
     return out
+
+
+def pool_nonempty(size: int, out: int, stride: int, pad: int) -> int:
+    """How many of ``out`` windows start inside the input (the rest hold no input value: Caffe
+    keeps them only without padding, when the stride exceeds the kernel)."""
+    return min(out, (size + pad - 1) // stride + 1)
