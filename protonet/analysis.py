@@ -68,13 +68,19 @@ WEIGHTED_TYPES = ("Convolution", "Deconvolution", "InnerProduct", "DepthwiseConv
 
 def summarize(graph: Graph) -> Summary:
     rows: list[LayerStats] = []
+    shared: set[str] = set()  # Caffe param names already counted (a shared blob counts once)
     for node in graph.nodes:
         layer = registry.get(node.type)
         ins = [v.shape for v in node.inputs]
         outs = [v.shape for v in node.outputs]
         weights = biases = 0
         if layer is not None and not layer.is_source:
-            for spec in layer.weights(node.attrs, ins):
+            for i, spec in enumerate(layer.weights(node.attrs, ins)):
+                pname = node.param_names[i] if i < len(node.param_names) else ""
+                if pname in shared:
+                    continue
+                if pname:
+                    shared.add(pname)
                 if spec.role == "weight":
                     weights += prod(spec.shape)
                 elif spec.role == "bias":

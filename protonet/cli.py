@@ -10,15 +10,16 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from . import __version__
-from .errors import EXIT_INTERNAL, ProtonetError, VerificationError
+from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, ProtonetError, VerificationError
+from .fileio import save_npz
 
 log = logging.getLogger("protonet")
 
@@ -29,22 +30,35 @@ def _say(msg: str = "") -> None:
     print(msg, flush=True)
 
 
+#: the largest dimension accepted on the command line (ONNX dims are int64; tensors far smaller)
+MAX_DIM = 1 << 31
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if not 0 < n < MAX_DIM:
+        raise argparse.ArgumentTypeError(f"{n} must be a positive integer below 2^31")
+    return n
+
+
 def _parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
     """``name=1,3,224,224`` or ``1,3,224,224`` (the first input)."""
-    name, _, dims = text.rpartition("=")
-    try:
-        shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad shape '{text}': use name=N,C,H,W or N,C,H,W") from None
-    if not shape or any(d <= 0 for d in shape):
-        raise argparse.ArgumentTypeError(f"bad shape '{text}': dimensions must be positive integers")
-    return name, shape
+    name, sep, dims = text.partition("=") if "=" in text else ("", "", text)
+    if "=" in dims:
+        raise argparse.ArgumentTypeError(f"bad shape '{text}': use name=N,C,H,W or N,C,H,W")
+    parts = dims.replace("x", ",").split(",")
+    if not parts or any(not p.strip() for p in parts):
+        raise argparse.ArgumentTypeError(f"bad shape '{text}': use name=N,C,H,W or N,C,H,W")
+    return name, tuple(_positive(p.strip()) for p in parts)
 
 
 def _add_net_options(p: argparse.ArgumentParser, weights: bool = True) -> None:
     if weights:
         p.add_argument("-w", "--weights", metavar="W.caffemodel", help="trained weights (default: fillers)")
-    p.add_argument("--batch", type=int, metavar="N", help="override the batch dimension of every input")
+    p.add_argument("--batch", type=_positive, metavar="N", help="override the batch dimension of every input")
     p.add_argument("--seed", type=int, default=0, help="seed for filler-generated weights (default 0)")
     p.add_argument("--input-shape", type=_parse_shape, action="append", default=[], metavar="[NAME=]N,C,H,W",
                    help="shape of an input (data layers of train_val files, or a missing input shape)")
@@ -141,40 +155,20 @@ def _report_loaded(c: Any) -> None:
     _say(c.report.summary())
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load_inputs(spec: str, names: list[str], shapes: dict[str, tuple[int, ...]], meta: str | None = None,
                  seed: int = 0) -> dict[str, np.ndarray]:
+    """The input arrays named by ``spec``: an .npy (single input), an .npz (one array per input
+    name), an image file (single input; the model's preprocessing applied), or 'random'."""
     if spec == "random":
         rng = np.random.default_rng(seed)
+        dynamic = [n for n in names if any(d <= 0 for d in shapes[n])]
+        if dynamic:
+            raise ProtonetError(f"input '{dynamic[0]}' has a dynamic shape {shapes[dynamic[0]]}: give an input file")
         return {n: rng.standard_normal(shapes[n]).astype(np.float32) for n in names}
     path = Path(spec)
     if not path.is_file():
         raise ProtonetError(f"{spec}: no such input file")
     suffix = path.suffix.lower()
-    if suffix == ".npz":
-        with np.load(path) as z:
-            missing = [n for n in names if n not in z.files]
-            if missing:
-                raise ProtonetError(f"{spec}: no array for input(s) {', '.join(missing)} (has {', '.join(z.files)})")
-            return {n: z[n] for n in names}
-    if suffix == ".npy":
-        if len(names) != 1:
-            raise ProtonetError(f"{spec}: the net has {len(names)} inputs ({', '.join(names)}); give an .npz")
-        try:
-            return {names[0]: np.load(path, allow_pickle=False)}
-        except ValueError as e:
-            raise ProtonetError(f"{spec}: not a numpy array file: {e}") from None
     if suffix in (".jpg", ".jpeg", ".png", ".bmp"):
         from .preprocess import Preprocess, load_image
 
@@ -182,13 +176,38 @@ def _load_inputs(spec: str, names: list[str], shapes: dict[str, tuple[int, ...]]
             raise ProtonetError(f"{spec}: an image can feed a single-input net only")
         pre = Preprocess.from_json(meta) if meta else None
         return {names[0]: load_image(path, pre, shapes[names[0]])}
-    raise ProtonetError(f"{spec}: unknown input format (use .npy, .npz, an image or 'random')")
+    if suffix not in (".npy", ".npz"):
+        raise ProtonetError(f"{spec}: unknown input format (use .npy, .npz, an image or 'random')")
+    try:
+        if suffix == ".npy":
+            if len(names) != 1:
+                raise ProtonetError(f"{spec}: the net has {len(names)} inputs ({', '.join(names)}); give an .npz")
+            arrays = {names[0]: np.load(path, allow_pickle=False)}
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                missing = [n for n in names if n not in z.files]
+                if missing:
+                    raise ProtonetError(f"{spec}: no array for input(s) {', '.join(missing)} "
+                                        f"(has {', '.join(z.files) or 'none'})")
+                arrays = {n: z[n] for n in names}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ProtonetError(f"{spec}: not a readable numpy {suffix} file of plain arrays: "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    for n, x in arrays.items():
+        if x.dtype.kind not in "biuf":
+            raise ProtonetError(f"{spec}: array '{n}' has dtype {x.dtype}; give a real numeric array")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise ProtonetError(f"{spec}: array '{n}' holds NaN or infinite values")
+        if x.dtype.kind == "f" and np.abs(x).max(initial=0) > np.finfo(np.float32).max:
+            raise ProtonetError(f"{spec}: array '{n}' holds values beyond float32's range")
+    return arrays
 
 
 def _check_input_shapes(feeds: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], src: str) -> None:
+    """Every fed array has the model's shape (a dimension <= 0 in the model is dynamic)."""
     for n, x in feeds.items():
         want = shapes[n]
-        if tuple(x.shape) != tuple(want):
+        if len(x.shape) != len(want) or any(w > 0 and d != w for d, w in zip(x.shape, want)):
             raise ProtonetError(f"{src}: input '{n}' has shape {tuple(x.shape)}, the model expects {tuple(want)}"
                                 + (" (recompile with --batch)" if tuple(x.shape[1:]) == tuple(want[1:]) else ""))
 
@@ -222,7 +241,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     model = export(c.graph)
     if args.opset is not None:
         model = convert_opset(model, args.opset)
-    files = save_model(model, args.out)
+    files = save_model(model, args.out, inputs=[args.net, args.weights])
     size = sum(f.stat().st_size for f in files)
     _say(f"wrote {args.out}: {len(model.graph.node)} ONNX nodes, opset {model.opset_import[0].version}, "
          f"{size / 1e6:.1f} MB, inputs {', '.join(v.name for v in c.graph.inputs)}, outputs "
@@ -271,7 +290,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         if not Path(src).is_file():
             raise ProtonetError(f"{src}: no such file")
         try:
-            model = onnx.load(src, load_external_data=False)
+            model = onnx.load(src, format="protobuf", load_external_data=False)
         except Exception as e:
             raise ProtonetError(f"{src}: not an ONNX model: {e}") from None
         meta = {p.key: p.value for p in model.metadata_props}.get("protonet.preprocess")
@@ -295,7 +314,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     _say(f"ran on {sess.provider.upper()} in {dt * 1e3:.1f} ms")
     _print_outputs(outs)
     if args.out:
-        _atomic_write(Path(args.out), lambda tmp: np.savez(open(tmp, "wb"), **outs))
+        save_npz(args.out, outs, inputs=[args.model, args.input, getattr(args, "weights", None)])
         _say(f"wrote {args.out}")
     return 0
 
@@ -381,6 +400,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"protonet: {e}" if not e.loc.prefix() else str(e), file=sys.stderr)
         return e.exit_code
+    except MemoryError:
+        if args.debug:
+            raise
+        print("protonet: out of memory: the net (or its batch) is too large for this machine; "
+              "try a smaller --batch or input shape", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("protonet: interrupted", file=sys.stderr)
         return 130

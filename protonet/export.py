@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from . import __version__
 from .errors import ProtonetError
+from .fileio import write_atomic
 from .ir import Graph, Node
 from .layers import registry
 
@@ -183,25 +184,28 @@ def initializer_bytes(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) or t.ByteSize() for t in model.graph.initializer)
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> list[Path]:
-    """Write atomically (temporary file, then rename). Models whose initializers exceed
-    about 1.8 GB go to ONNX external data in ``<name>.data`` beside the model.
-    Returns the files written."""
+def save_model(model: onnx.ModelProto, path: str | os.PathLike[str],
+               inputs: Iterable[str | os.PathLike[str] | None] = ()) -> list[Path]:
+    """Write the model (binary protobuf, whatever the extension) atomically. Models whose
+    initializers exceed about 1.8 GB go to ONNX external data in ``<name>.data`` beside the model
+    (the data file lands first, the model that points at it last). Returns the files written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    external = initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
-        tmp_model = Path(tmp) / path.name
-        written = [path]
-        if external:
-            data_name = path.name + ".data"
-            onnx.save_model(model, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
-            onnx.checker.check_model(str(tmp_model), full_check=True)
-            if (Path(tmp) / data_name).exists():
-                os.replace(Path(tmp) / data_name, path.parent / data_name)
-                written.append(path.parent / data_name)
-        else:
-            onnx.save_model(model, tmp_model)
-        os.replace(tmp_model, path)
+    if initializer_bytes(model) <= EXTERNAL_DATA_THRESHOLD:
+        write_atomic(path, lambda tmp: onnx.save_model(model, str(tmp), format="protobuf"), inputs)
+        return [path]
+    data = path.with_name(path.name + ".data")
+    written = [path]
+
+    def write(tmp: Path) -> None:
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as d:
+            staged = Path(d) / path.name
+            onnx.save_model(model, str(staged), format="protobuf", save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
+            onnx.checker.check_model(str(staged), full_check=True)
+            if (Path(d) / data.name).exists():
+                os.replace(Path(d) / data.name, data)
+                written.append(data)
+            os.replace(staged, tmp)
+
+    write_atomic(path, write, inputs)
     return written

@@ -7,10 +7,11 @@ upgrade chain, layers are filtered by phase (Caffe's NetStateRule semantics, TES
 """
 from __future__ import annotations
 
+import codecs
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
@@ -18,7 +19,7 @@ from google.protobuf.message import DecodeError
 from .errors import Location, SchemaError, ProtonetError
 from .schema import pb
 
-_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|[{}]|[A-Za-z_][A-Za-z0-9_.]*|\n|[^\s{}"\'#A-Za-z_]+')
+_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|[{}<>]|[A-Za-z_][A-Za-z0-9_.]*|\n|[^\s{}<>"\'#A-Za-z_]+')
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,13 @@ def scan_layer_blocks(text: str) -> list[LayerSource]:
             continue
         if tok.startswith("#"):
             continue
-        if tok == "{":
+        if tok in ("{", "<"):  # text format allows <...> for messages too
             if depth == 0 and prev_ident in ("layer", "layers"):
                 current = {"line": line, "name": None, "kind": prev_ident, "depth": 1}
             depth += 1
             prev_ident = None
             continue
-        if tok == "}":
+        if tok in ("}", ">"):
             depth -= 1
             if depth == 0 and current is not None:
                 out.append(LayerSource(current["line"], current["name"], current["kind"]))
@@ -69,11 +70,19 @@ def scan_layer_blocks(text: str) -> list[LayerSource]:
             continue
         expect_name = (tok == "name" and current is not None and depth in (1, 2))
         prev_ident = tok if tok[0].isalpha() or tok[0] == "_" else None
+    if current is not None:  # never closed: still the block a syntax error there belongs to
+        out.append(LayerSource(current["line"], current["name"], current["kind"]))
     return out
 
 
 def text_format_unescape(s: str) -> str:
-    return s.encode("utf-8").decode("unicode_escape") if "\\" in s else s
+    """A quoted string's value as text_format reads it (C escapes, octal-escaped UTF-8 bytes)."""
+    if "\\" not in s:
+        return s
+    try:
+        return codecs.escape_decode(s.encode("utf-8"))[0].decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return s
 
 
 @dataclass
@@ -131,13 +140,20 @@ def parse_text(text: str, path: str) -> tuple[Any, list[LayerSource]]:
 
 
 def is_binary(data: bytes) -> bool:
-    """Binary NetParameter / caffemodel vs text prototxt (text is printable UTF-8)."""
-    head = data[:4096]
+    """Binary NetParameter / caffemodel vs text prototxt: text has no control bytes but tab,
+    newline, vertical tab, form feed and carriage return (its encoding does not matter here)."""
+    return any(b < 9 or 13 < b < 32 for b in data[:4096])
+
+
+def decode_text(data: bytes) -> str:
+    """Prototxt bytes as text: UTF-8 (a leading byte-order mark dropped), else Latin-1, which C++
+    protobuf would also accept in comments and strings."""
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
     try:
-        head.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
-        return True
-    return any(b < 9 or 13 < b < 32 for b in head)
+        return data.decode("latin-1")
 
 
 def parse_binary(data: bytes | memoryview, path: str) -> Any:
@@ -159,7 +175,7 @@ def read_net(path: str | Path) -> LoadedNet:
         raise ProtonetError(f"cannot read: {e.strerror}", Location(str(path))) from None
     if is_binary(data):
         return LoadedNet(parse_binary(data, str(path)), str(path), True)
-    return read_text(data.decode("utf-8"), str(path))
+    return read_text(decode_text(data), str(path))
 
 
 def read_text(text: str, path: str) -> LoadedNet:
@@ -210,8 +226,14 @@ def prepare(loaded: LoadedNet, phase: str = "TEST", stages: tuple[str, ...] = ()
     if current_text and len(loaded.net.layer) == len(lines) + 1 and len(loaded.net.input) == 0 \
             and any(u.startswith("input fields") for u in loaded.upgrades):
         lines = [None] + lines  # the Input layer made from the input fields
-    loaded.net, kept = filter_phase(loaded.net, phase, stages, level, with_indices=True)
-    if current_text and len(lines) == max(kept, default=-1) + 1 or (current_text and not kept):
+    exact = current_text and len(lines) == len(loaded.net.layer)
+
+    def where(i: int, layer: Any) -> Location:
+        return Location(loaded.path, lines[i] if exact else loaded.lines.get(layer.name), layer=layer.name,
+                        layer_type=layer.type or None)
+
+    loaded.net, kept = filter_phase(loaded.net, phase, stages, level, with_indices=True, where=where)
+    if exact:
         loaded.layer_lines = [lines[i] for i in kept]
     return deploy_step(loaded, input_shapes) if deploy else loaded
 
@@ -249,7 +271,7 @@ def _meets_rule(state: Any, rule: Any) -> bool:
 
 
 def filter_phase(net: Any, phase: str = "TEST", stages: tuple[str, ...] = (), level: int = 0,
-                 with_indices: bool = False) -> Any:
+                 with_indices: bool = False, where: Callable[[int, Any], Location] | None = None) -> Any:
     """Keep the layers whose include/exclude rules admit the state (a new message; with
     ``with_indices`` also the indices of the kept layers)."""
     state = pb.NetState()
@@ -265,7 +287,7 @@ def filter_phase(net: Any, phase: str = "TEST", stages: tuple[str, ...] = (), le
     for i, layer in enumerate(net.layer):
         if layer.include and layer.exclude:
             raise SchemaError("a layer may have include rules or exclude rules, not both",
-                              Location(layer=layer.name, layer_type=layer.type))
+                              where(i, layer) if where else Location(layer=layer.name, layer_type=layer.type))
         if layer.include:
             keep = any(_meets_rule(state, r) for r in layer.include)
         else:

@@ -21,6 +21,12 @@ PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": "1"}
 
 
+#: onnxruntime's input type names -> numpy dtypes
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
+             "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
+
+
 @dataclass
 class Session:
     session: Any
@@ -35,8 +41,11 @@ class Session:
         return [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Run with each input cast to the element type the model declares (float32 for protonet's)."""
         names = outputs or self.output_names
-        res = self.session.run(names, {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()})
+        types = {i.name: ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
+        res = self.session.run(names, {k: np.ascontiguousarray(v, dtype=types.get(k, np.float32))
+                                       for k, v in feeds.items()})
         return dict(zip(names, res))
 
 
@@ -95,5 +104,9 @@ def make_session(model: Any, provider: str = "auto", threads: int | None = None,
         if provider == "cuda":
             raise ProtonetError(f"the CUDA execution provider could not be used: {reason}")
         log.warning("CUDA execution provider unusable (%s); running on CPU", reason)
-    sess = ort.InferenceSession(src, sess_options=so, providers=[PROVIDERS["cpu"]])
+    try:
+        sess = ort.InferenceSession(src, sess_options=so, providers=[PROVIDERS["cpu"]])
+    except Exception as e:  # a model onnxruntime cannot load (not one protonet wrote, or damaged)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ProtonetError(f"onnxruntime cannot load the model: {first}") from None
     return Session(sess, "cpu")

@@ -20,14 +20,13 @@ After the chain none of the ``needs`` holds, so upgrading an upgraded net runs n
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from google.protobuf import text_format
 
+from .fileio import write_bytes_atomic
 from .errors import Location, ProtonetError, SchemaError
 from .legacy import (MIXED_FORMATS, needs_data_upgrade, needs_v0_upgrade, needs_v1_upgrade, upgrade_data_transform,
                      upgrade_v0, upgrade_v1)
@@ -173,22 +172,6 @@ def serialize_net(net: Any, binary: bool) -> bytes:
     return text_format.MessageToString(net).encode("utf-8")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, then rename over ``path``: a failure never
-    leaves a partial file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def upgrade_file(src: str | Path, dst: str | Path) -> list[str]:
     """Read ``src`` (text or binary), upgrade it to the current format and write ``dst``, as text
     (``.prototxt``/``.pbtxt``/``.txt``) or binary (``.caffemodel``/``.binaryproto``/``.pb``) by its
@@ -205,6 +188,6 @@ def upgrade_file(src: str | Path, dst: str | Path) -> list[str]:
         raise ProtonetError(f"output directory '{out.parent}' does not exist", Location(str(dst)))
     loaded = read_net(src)
     net, ran = upgrade_net(loaded.net, loaded.loc())
-    write_atomic(out, serialize_net(net, suffix in BINARY_SUFFIXES))
+    write_bytes_atomic(out, serialize_net(net, suffix in BINARY_SUFFIXES))  # in place is safe: atomic
     log.info("%s -> %s: %s", src, dst, ", ".join(ran) if ran else "already current")
     return ran

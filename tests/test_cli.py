@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -218,3 +219,46 @@ def test_other_opsets_through_the_version_converter(tmp_path: Path):
     r = run("compile", LENET, "-o", str(tmp_path / "old.onnx"), "--opset", "5")
     assert r.returncode == 2 and r.stderr.startswith("protonet: cannot convert the model to opset 5")
     assert not (tmp_path / "old.onnx").exists()
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: np.save(p / "x.npy", np.zeros((1, 1, 28, 28), np.complex64)), r"x.npy: array 'data' has dtype complex64"),
+    (lambda p: np.save(p / "x.npy", np.full((1, 1, 28, 28), np.nan, np.float32)), r"x.npy: array 'data' holds NaN"),
+    (lambda p: (p / "x.npy").write_bytes(b"not numpy"), r"x.npy: not a readable numpy .npy file"),
+    (lambda p: (p / "x.npz").write_bytes(b"PK\x03\x04 broken"), r"x.npz: not a readable numpy .npz file"),
+    (lambda p: np.savez(p / "x.npz", other=np.zeros(3)), r"x.npz: no array for input\(s\) data \(has other\)"),
+])
+def test_bad_input_arrays(tmp_path: Path, make, message):
+    make(tmp_path)
+    name = "x.npz" if (tmp_path / "x.npz").exists() else "x.npy"
+    r = run("infer", LENET, "--input", name, "-o", "o.npz", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert re.search(message, r.stderr) and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_outputs_never_clobber_inputs_or_special_files(tmp_path: Path):
+    net = tmp_path / "lenet.prototxt"
+    net.write_text(Path(LENET).read_text())
+    r = run("compile", "lenet.prototxt", "-o", "lenet.prototxt", cwd=tmp_path)
+    assert r.returncode == 2 and "lenet.prototxt: refusing to overwrite an input file" in r.stderr
+    assert net.read_text() == Path(LENET).read_text()
+    r = run("compile", "lenet.prototxt", "-o", str(tmp_path), cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == f"{tmp_path}: is a directory"
+    r = run("compile", "lenet.prototxt", "-o", "missing/dir/m.onnx", cwd=tmp_path)
+    assert r.returncode == 2 and "missing/dir/m.onnx: cannot write: No such file or directory" in r.stderr
+    r = run("compile", "lenet.prototxt", "-o", "/dev/null", cwd=tmp_path)
+    assert r.returncode == 0 and Path("/dev/null").is_char_device()
+    r = run("compile", "lenet.prototxt", "-o", "model.json", cwd=tmp_path)  # binary whatever the suffix
+    assert r.returncode == 0
+    onnx.checker.check_model(onnx.load(tmp_path / "model.json", format="protobuf"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet.prototxt", "model.json"]
+
+
+def test_malformed_shapes_on_the_command_line(tmp_path: Path):
+    for bad in ("1,3,x,4", "data=1,,3", "a=b=1", "data=1,3,0,4", "data=99999999999,1"):
+        r = run("compile", LENET, "-o", str(tmp_path / "m.onnx"), "--input-shape", bad)
+        assert r.returncode == 2 and "--input-shape" in r.stderr, (bad, r.stderr)
+    r = run("compile", LENET, "-o", str(tmp_path / "m.onnx"), "--input-shape", "image=1,1,28,28")
+    assert r.returncode == 2 and "--input-shape names 'image', which is not an input of the net" in r.stderr
+    assert not (tmp_path / "m.onnx").exists()

@@ -103,3 +103,30 @@ def test_large_models_use_external_data(tmp_path: Path, monkeypatch):
     w = [t for t in model.graph.initializer if t.name == "conv.weight"][0]
     np.testing.assert_array_equal(onnx.numpy_helper.to_array(w), g.node("conv").weights["weight"])
     assert sorted(x.name for x in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data", "n.prototxt"]
+
+
+def test_locations_in_unusual_but_valid_files(tmp_path: Path):
+    cases = {
+        # text format's <...> message brackets
+        "angle.prototxt": ('layer < name: "d" type: "Input" top: "d" input_param { shape { dim: 1 dim: 1 dim: 4 dim: 4 } } >\n'
+                           'layer <\n  name: "bad" type: "Pooling" bottom: "d" top: "p" >\n',
+                           r"angle.prototxt:2: layer 'bad' \(Pooling\): kernel_size missing"),
+        # a block that never closes is the one the syntax error is in
+        "unclosed.prototxt": ('layer { name: "d" type: "Input" top: "d" }\nlayer { name: "c" type: "ReLU"\n',
+                              r"unclosed.prototxt:2:25: in layer 'c': Expected \"}\""),
+        "inclexcl.prototxt": ('input: "d"\ninput_shape { dim: 1 }\nlayer { name: "r" type: "ReLU" bottom: "d" top: "r"\n'
+                              '  include { phase: TEST } exclude { phase: TRAIN } }\n',
+                              r"inclexcl.prototxt:3: layer 'r' \(ReLU\): a layer may have include rules or exclude"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ProtonetError, match=message):
+            compile_net(tmp_path / name)
+
+
+def test_bom_and_latin1_text(tmp_path: Path):
+    body = (SPELLINGS["input_shape"] + "# r\xe9seau de test\n" + BODY).encode("latin-1")
+    (tmp_path / "latin1.prototxt").write_bytes(body)
+    (tmp_path / "bom.prototxt").write_bytes(b"\xef\xbb\xbf" + (SPELLINGS["input_shape"] + BODY).encode())
+    for name in ("latin1.prototxt", "bom.prototxt"):
+        assert compile_net(tmp_path / name).graph.outputs[0].shape == (1, 2, 6, 6)

@@ -1,6 +1,7 @@
 """The IR: SSA names for in-place layers, use lists, lint, copies."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from harness import build_text
@@ -71,3 +72,47 @@ def test_copy_is_independent():
     g.lint()
     assert "relu2" in [n.name for n in g.nodes] and "relu2" not in [n.name for n in h.nodes]
     assert h.node("conv").weights["weight"] is g.node("conv").weights["weight"]
+
+
+INPUT = 'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }\n'
+
+
+def test_graph_input_keeps_its_name_when_rewritten_in_place():
+    g = build_text(INPUT + 'layer { name: "r" type: "ReLU" bottom: "x" top: "x" }\n'
+                           'layer { name: "s" type: "Sigmoid" bottom: "x" top: "y" }\n')
+    assert [v.name for v in g.inputs] == ["x"]
+    assert g.node("r").outputs[0].name == "x#0" and g.node("s").inputs[0].name == "x#0"
+
+
+def test_blob_names_like_ssa_names_do_not_collide():
+    g = build_text(INPUT + 'layer { name: "r" type: "ReLU" bottom: "x" top: "x#0" }\n'
+                           'layer { name: "s" type: "Sigmoid" bottom: "x#0" top: "x#0" }\n')
+    assert sorted(g.values) == ["x", "x#0", "x#0#0"]
+    g.lint()
+
+
+def test_shared_params_share_one_blob_and_count_once():
+    from protonet.analysis import summarize
+
+    text = (INPUT + 'layer { name: "a" type: "InnerProduct" bottom: "x" top: "a" param { name: "w" } '
+            'inner_product_param { num_output: 3 bias_term: false weight_filler { type: "gaussian" } } }\n'
+            'layer { name: "b" type: "InnerProduct" bottom: "x" top: "b" param { name: "w" } '
+            'inner_product_param { num_output: 3 bias_term: false weight_filler { type: "gaussian" } } }\n')
+    g = build_text(text, init="filler")
+    assert np.shares_memory(g.node("a").weights["weight"], g.node("b").weights["weight"])
+    assert summarize(g).total.params == 3 * 32
+
+
+@pytest.mark.parametrize("body,message", [
+    ('layer { name: "a" type: "ReLU" bottom: "x" top: "y" }\nlayer { name: "b" type: "Sigmoid" bottom: "x" top: "y" }\n',
+     r"test.prototxt:3: layer 'b' \(Sigmoid\): top 'y' is already produced by layer 'a' \(line 2\); "
+     r"Caffe reuses a blob name only in place"),
+    ('layer { name: "p" type: "Pooling" bottom: "x" top: "x" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n',
+     r"layer 'p' \(Pooling\): in-place top 'x' would change shape \(1, 2, 4, 4\) -> \(1, 2, 2, 2\)"),
+    ('layer { name: "s" type: "Split" bottom: "x" top: "y" top: "y" }\n', r"layer 's' \(Split\): lists a top twice"),
+])
+def test_caffe_blob_rules(body, message):
+    from protonet.errors import ProtonetError
+
+    with pytest.raises(ProtonetError, match=message):
+        build_text(INPUT + body)
