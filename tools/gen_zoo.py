@@ -469,6 +469,18 @@ def _build_resnet(key: str) -> NetSpec:
 
 
 # --------------------------------------------------------------------------- Inception v3
+def inception_v3_stem(n: NetSpec, cbr: Callable[..., Blob]) -> Blob:
+    """The 299x299 stem shared by Inception-v3 and Inception-ResNet-v2 (to the 35x35x192 map)."""
+    x = n.input("data", (1, 3, 299, 299))
+    x = cbr(x, 32, 3, "conv1_3x3_s2", s=2, valid=True)
+    x = cbr(x, 32, 3, "conv2_3x3", valid=True)
+    x = cbr(x, 64, 3, "conv3_3x3")
+    x = n.pool(x, "MAX", kernel=3, stride=2, name="pool1_3x3_s2")
+    x = cbr(x, 80, 1, "conv4_1x1")
+    x = cbr(x, 192, 3, "conv5_3x3", valid=True)
+    return n.pool(x, "MAX", kernel=3, stride=2, name="pool2_3x3_s2")
+
+
 def build_inception_v3() -> NetSpec:
     n = NetSpec("Inception-v3", header("inception_v3", [
         "structure as TF-slim/Keras inception_v3 (Mixed_5b ... Mixed_7c); BatchNorm+Scale after every "
@@ -479,14 +491,7 @@ def build_inception_v3() -> NetSpec:
     def cbr(inp: Blob, c: int, k: IntOrPair, name: str, s: int = 1, valid: bool = False) -> Blob:
         return conv_bn_relu(n, inp, c, k, s, (0, 0) if valid else None, name=name)
 
-    x = n.input("data", (1, 3, 299, 299))
-    x = cbr(x, 32, 3, "conv1_3x3_s2", s=2, valid=True)
-    x = cbr(x, 32, 3, "conv2_3x3", valid=True)
-    x = cbr(x, 64, 3, "conv3_3x3")
-    x = n.pool(x, "MAX", kernel=3, stride=2, name="pool1_3x3_s2")
-    x = cbr(x, 80, 1, "conv4_1x1")
-    x = cbr(x, 192, 3, "conv5_3x3", valid=True)
-    x = n.pool(x, "MAX", kernel=3, stride=2, name="pool2_3x3_s2")
+    x = inception_v3_stem(n, cbr)
 
     def avg_proj(inp: Blob, p: str, c: int) -> Blob:
         y = n.pool(inp, "AVE", kernel=3, stride=1, pad=1, name=f"{p}/branch_pool")
@@ -638,14 +643,7 @@ def build_inception_resnet_v2() -> NetSpec:
     def cbr(inp: Blob, c: int, k: IntOrPair, name: str, s: int = 1, valid: bool = False) -> Blob:
         return conv_bn_relu(n, inp, c, k, s, (0, 0) if valid else None, name=name)
 
-    x = n.input("data", (1, 3, 299, 299))
-    x = cbr(x, 32, 3, "conv1_3x3_s2", s=2, valid=True)
-    x = cbr(x, 32, 3, "conv2_3x3", valid=True)
-    x = cbr(x, 64, 3, "conv3_3x3")
-    x = n.pool(x, "MAX", kernel=3, stride=2, name="pool1_3x3_s2")
-    x = cbr(x, 80, 1, "conv4_1x1")
-    x = cbr(x, 192, 3, "conv5_3x3", valid=True)
-    x = n.pool(x, "MAX", kernel=3, stride=2, name="pool2_3x3_s2")
+    x = inception_v3_stem(n, cbr)
     p = "mixed_5b"
     b0 = cbr(x, 96, 1, f"{p}/branch0_1x1")
     b1 = cbr(cbr(x, 48, 1, f"{p}/branch1_1x1"), 64, 5, f"{p}/branch1_5x5")
