@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .build import BuildOptions, WeightReport, build_graph
-from .errors import ProtonetError
+from .errors import Location, ProtonetError
 from .export import export
 from .frontend import LoadedNet, deploy_step, load_net
 from .ir import Graph
@@ -66,16 +66,14 @@ def compile_net(net: str | Path, weights: str | Path | None = None, options: Bui
 
         unoptimized = graph.copy()
         results = run_passes(graph, passes)
-    c = Compiled(graph, loaded, report, results)
-    c.unoptimized = unoptimized
-    return c
+    return Compiled(graph, loaded, report, results, unoptimized)
 
 
 def select_outputs(graph: Graph, names: list[str], src: str) -> None:
     values = graph.values
     missing = [n for n in names if n not in values]
     if missing:
-        raise ProtonetError(f"{src}: no blob named {', '.join(repr(m) for m in missing)} to use as --output")
+        raise ProtonetError(f"no blob named {', '.join(repr(m) for m in missing)} to use as --output", Location(src))
     graph.outputs = [values[n] for n in names]
 
 
