@@ -168,7 +168,7 @@ def test_max_pool_window_past_the_input_keeps_minus_flt_max():
     m = -float(np.finfo(np.float32).max)
     want = [[[[0, 2, m], [8, 10, m], [m, m, m]]]]
     check(pool("pool: MAX kernel_size: 1 stride: 2"), X44, want)
-    text = (f'layer {{ name: "in" type: "Input" top: "in0" input_param {{ shape {{ dim: 1 dim: 1 dim: 4 dim: 4 }} }} }}\n'
+    text = ('layer { name: "in" type: "Input" top: "in0" input_param { shape { dim: 1 dim: 1 dim: 4 dim: 4 } } }\n'
             'layer { name: "p" type: "Pooling" bottom: "in0" top: "out" top: "mask" '
             'pooling_param { pool: MAX kernel_size: 1 stride: 2 } }\n')
     g = build_text(text)
