@@ -264,7 +264,3 @@ def _weights_for(lp: Any, specs: list, wfile: Any, opts: BuildOptions, report: W
         if pname:
             shared[pname] = out[spec.name]
     return out
-
-
-def total_params(g: Graph) -> int:
-    return sum(prod(w.shape) for n in g.nodes for w in n.weights.values())

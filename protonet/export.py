@@ -74,10 +74,6 @@ class Lowering:
             self._ex.domains.add(domain)
         return outputs[0] if len(outputs) == 1 else outputs
 
-    def identity(self) -> None:
-        """Outputs equal inputs, one to one."""
-        for i, o in zip(self.inputs, self.outputs):
-            self.op("Identity", [i], [o])
 
 
 class _Exporter:

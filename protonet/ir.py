@@ -178,9 +178,6 @@ class Graph:
             out[n.type] = out.get(n.type, 0) + 1
         return out
 
-    def source_nodes(self) -> list[Node]:
-        return [n for n in self.nodes if not n.inputs and n.outputs and all(v in self.inputs for v in n.outputs)]
-
     def lint(self) -> None:
         """Check the invariants: topological order, one producer, use lists in sync, names unique."""
         seen: set[int] = set()

@@ -31,7 +31,8 @@ from .schema import pb
 log = logging.getLogger(__name__)
 
 
-def _copy(net: Any) -> Any:
+def copy_net(net: Any) -> Any:
+    """A new NetParameter equal to ``net`` (upgrade steps never mutate their argument)."""
     out = pb.NetParameter()
     out.CopyFrom(net)
     return out
@@ -150,7 +151,7 @@ def fold_v0_padding(net: Any, loc: Location) -> Any:
 
     A padding layer must have one bottom and one top, and feed only single-input convolution or
     pooling layers (anything else is undefined in Caffe and an error here)."""
-    out = _copy(net)
+    out = copy_net(net)
     del out.layers[:]
     last_producer: dict[str, int] = {name: -1 for name in net.input}
     for i, entry in enumerate(net.layers):
@@ -252,7 +253,7 @@ def upgrade_v0(net: Any, loc: Location) -> Any:
         raise SchemaError(f"unknown V0 layer type(s): {listed}; known V0 types: "
                           f"{', '.join(sorted(V0_LAYER_TYPES))}, padding", loc)
     folded = fold_v0_padding(net, loc)
-    out = _copy(folded)
+    out = copy_net(folded)
     del out.layers[:]
     for entry in folded.layers:
         out.layers.add().CopyFrom(upgrade_v0_layer(entry, loc))
@@ -288,7 +289,7 @@ def needs_data_upgrade(net: Any) -> bool:
 def upgrade_data_transform(net: Any, loc: Location) -> Any:
     """Caffe's UpgradeNetDataTransformation: move those fields into ``transform_param`` (a value
     there is overwritten) and clear them from the data parameter."""
-    out = _copy(net)
+    out = copy_net(net)
     for layer in out.layers:
         pname = _data_param_name(layer)
         if not pname or not layer.HasField(pname):
@@ -408,7 +409,7 @@ def upgrade_v1(net: Any, loc: Location) -> Any:
     """Caffe's UpgradeV1Net: every ``layers`` entry becomes a ``layer``; net fields are kept."""
     if len(net.layer):
         raise SchemaError(MIXED_FORMATS, loc)
-    out = _copy(net)
+    out = copy_net(net)
     del out.layers[:]
     for v1 in net.layers:
         out.layer.add().CopyFrom(upgrade_v1_layer(v1, loc))

@@ -28,9 +28,8 @@ from google.protobuf import text_format
 
 from .fileio import write_bytes_atomic
 from .errors import Location, ProtonetError, SchemaError
-from .legacy import (MIXED_FORMATS, needs_data_upgrade, needs_v0_upgrade, needs_v1_upgrade, upgrade_data_transform,
+from .legacy import (MIXED_FORMATS, copy_net, needs_data_upgrade, needs_v0_upgrade, needs_v1_upgrade, upgrade_data_transform,
                      upgrade_v0, upgrade_v1)
-from .schema import pb
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +39,6 @@ class Upgrade:
     name: str
     needs: Callable[[Any], bool]
     apply: Callable[[Any, Location], Any]
-
-
-def _copy(net: Any) -> Any:
-    out = pb.NetParameter()
-    out.CopyFrom(net)
-    return out
 
 
 # -- input fields -> Input layer ----------------------------------------------------------------
@@ -65,7 +58,7 @@ def upgrade_input(net: Any, loc: Location) -> Any:
         log.info("%s: input(s) %s have no shape (a legacy caffemodel writes names only): removed; a net "
                  "definition needs input_shape { dim: ... } or 4 input_dim values per input",
                  loc.prefix() or "net", ", ".join(repr(i) for i in net.input))
-        out = _copy(net)
+        out = copy_net(net)
         del out.input[:]
         return out
     if net.input_dim and net.input_shape:
@@ -76,7 +69,7 @@ def upgrade_input(net: Any, loc: Location) -> Any:
     if not net.input_dim and len(net.input_shape) != n:
         raise SchemaError(f"{len(net.input_shape)} input_shape blocks for {n} input(s); give one "
                           f"input_shape per input, in the same order", loc)
-    out = _copy(net)
+    out = copy_net(net)
     del out.layer[:]
     layer = out.layer.add()
     layer.name = "input"
@@ -119,7 +112,7 @@ def upgrade_batchnorm(net: Any, loc: Location) -> Any:
     The blocks are dropped (Caffe's original UpgradeNetBatchNorm). When one of them names its
     blob (statistics shared between layers), the names are kept and lr_mult/decay_mult are set
     to 0 instead (what current Caffe does to all three), so that the sharing survives."""
-    out = _copy(net)
+    out = copy_net(net)
     for layer in out.layer:
         if not _bn_needs(layer):
             continue

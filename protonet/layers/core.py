@@ -711,7 +711,8 @@ class Split(Layer):
         return [xs[0]] * a.tops
 
     def lower(self, a: SplitAttrs, g: Any) -> None:
-        g.identity() if len(g.inputs) == len(g.outputs) else [g.op("Identity", [g.inputs[0]], [o]) for o in g.outputs]
+        for o in g.outputs:
+            g.op("Identity", [g.inputs[0]], [o])
 
 
 # -- Softmax, Dropout --------------------------------------------------------------------------
