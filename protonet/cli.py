@@ -170,7 +170,8 @@ def _load_inputs(spec: str, names: list[str], shapes: dict[str, tuple[int, ...]]
         raise ProtonetError(f"{spec}: no such input file")
     suffix = path.suffix.lower()
     if suffix in (".jpg", ".jpeg", ".png", ".bmp"):
-        from .preprocess import Preprocess, load_image
+        from .frontend.preprocess import Preprocess
+        from .images import load_image
 
         if len(names) != 1:
             raise ProtonetError(f"{spec}: an image can feed a single-input net only")
@@ -339,7 +340,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
-    from .upgrade import upgrade_file
+    from .frontend import upgrade_file
 
     ran = upgrade_file(args.old, args.out)
     _say(f"upgraded: {'; '.join(ran)}" if ran else "already in the current format: nothing to upgrade")

@@ -1,12 +1,13 @@
 """IR -> standard ONNX (one fixed opset), through onnx.helper / numpy_helper.
 
-Each layer lowers itself through a :class:`Lowering` handed to its ``lower`` facet; fused
+Each layer lowers itself through a :class:`protonet.layers.lowering.Lowering` handed to its ``lower`` facet; fused
 post-ops (activations folded into a producer by the optimizer) are lowered after their node,
 so the ONNX stays standard (e.g. Conv followed by Relu, which onnxruntime fuses itself).
 Graph inputs and outputs keep their Caffe blob names.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tempfile
@@ -22,19 +23,18 @@ from .errors import ProtonetError
 from .fileio import write_atomic
 from .ir import Graph, Node
 from .layers import registry
+from .layers.lowering import OPSET, Lowering
 
 log = logging.getLogger(__name__)
 
-#: the one ONNX opset protonet emits; other targets via onnx.version_converter
-OPSET = 17
 #: above this many bytes of initializers a model is saved with ONNX external data
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
-class Lowering:
-    """What a layer's ``lower`` facet may use to emit ONNX for one node."""
+class _NodeLowering(Lowering):
+    """The exporter's implementation of :class:`protonet.layers.lowering.Lowering`."""
 
-    def __init__(self, exporter: "_Exporter", node: Node, outputs: list[str], layer_type: str, attrs: Any,
+    def __init__(self, exporter: "_Exporter", node: Node, outputs: list[str], layer_type: str,
                  inputs: list[str], in_shapes: list[tuple[int, ...]], out_shapes: list[tuple[int, ...]]):
         self._ex = exporter
         self.node = node
@@ -44,36 +44,37 @@ class Lowering:
         self.in_shapes = in_shapes
         self.out_shapes = out_shapes
         self.weights = node.weights
-        self.opset = OPSET
 
     def tmp(self, hint: str) -> str:
         return self._ex.fresh(f"{self.name}/{hint}")
 
     def weight(self, key: str, array: np.ndarray | None = None) -> str:
-        """An initializer for the node's weight ``key`` (or a transformed copy of it)."""
         arr = self.weights[key] if array is None else array
         return self._ex.initializer(f"{self.node.name}.{key}", np.asarray(arr, dtype=np.float32))
 
     def const(self, array: Any, hint: str, dtype: Any = np.float32) -> str:
-        """A new constant initializer (float32 unless ``dtype`` says otherwise)."""
         return self._ex.initializer(f"{self.name}/{hint}", np.asarray(array, dtype=dtype))
-
-    def int64s(self, values: Sequence[int], hint: str) -> str:
-        return self.const(np.asarray(list(values), dtype=np.int64), hint, np.int64)
 
     def op(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str] | None = None,
            n_out: int = 1, domain: str = "", **attrs: Any) -> Any:
-        """Emit one ONNX node; returns its output name (or the list when there are several).
-        ``inputs`` may contain "" for an omitted optional input."""
         if outputs is None:
             outputs = [self.tmp(op_type) for _ in range(n_out)]
         outputs = list(outputs)
+        attrs = {k: numpy_helper.from_array(v) if isinstance(v, np.ndarray) else v for k, v in attrs.items()}
         self._ex.nodes.append(helper.make_node(op_type, list(inputs), outputs,
                                                name=self._ex.fresh_node(self.name), domain=domain, **attrs))
         if domain:
             self._ex.domains.add(domain)
         return outputs[0] if len(outputs) == 1 else outputs
 
+    def cast(self, x: str, dtype: Any, outputs: Sequence[str] | None = None) -> str:
+        return self.op("Cast", [x], outputs, to=helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+
+    def with_io(self, inputs: list[str], outputs: list[str], in_shapes: list[tuple[int, ...]],
+                out_shapes: list[tuple[int, ...]]) -> Lowering:
+        sub = copy.copy(self)
+        sub.inputs, sub.outputs, sub.in_shapes, sub.out_shapes = inputs, outputs, in_shapes, out_shapes
+        return sub
 
 
 class _Exporter:
@@ -119,7 +120,7 @@ class _Exporter:
             if layer is None:
                 raise ProtonetError(f"no layer class for type {ltype!r}", node.loc)
             shapes_in = in_shapes if k == 0 else out_shapes
-            layer.lower(attrs, Lowering(self, node, outs, ltype, attrs, ins, list(shapes_in), list(out_shapes)))
+            layer.lower(attrs, _NodeLowering(self, node, outs, ltype, ins, list(shapes_in), list(out_shapes)))
             ins = outs
 
 

@@ -33,7 +33,7 @@ class Compiled:
 def load_weights(path: str | Path | None) -> Any:
     if path is None:
         return None
-    from .weights import load_caffemodel
+    from .frontend import load_caffemodel
 
     return load_caffemodel(path)
 
@@ -46,7 +46,7 @@ def compile_net(net: str | Path, weights: str | Path | None = None, options: Bui
     ``outputs`` keeps only the named network outputs (the dead-code pass then removes what
     no longer feeds them)."""
     opts = options or BuildOptions()
-    from .weights import looks_like_caffemodel, net_from_caffemodel
+    from .frontend import looks_like_caffemodel, net_from_caffemodel
 
     if looks_like_caffemodel(net):  # a caffemodel alone carries the whole definition
         loaded = deploy_step(net_from_caffemodel(net, input_shapes=opts.input_shapes), opts.input_shapes)

@@ -6,11 +6,11 @@ import pytest
 from google.protobuf import text_format
 
 from protonet.build import BuildOptions, build_graph
-from protonet.deploy import METADATA_KEY, needs_deploy, to_deploy
+from protonet.frontend.deploy import METADATA_KEY, needs_deploy, to_deploy
 from protonet.errors import ProtonetError
 from protonet.frontend import load_net
-from protonet.preprocess import Preprocess
-from protonet.schema import pb
+from protonet.frontend.preprocess import Preprocess
+from protonet.frontend.schema import pb
 
 LENET_TRAIN_VAL = """name: "LeNet"
 layer {

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from protonet.schema import pb
+from protonet.frontend.schema import pb
 
 BAD = Path(__file__).parent / "data" / "bad"
 CASES = sorted(BAD.glob("*.prototxt"))

@@ -10,9 +10,10 @@ import pytest
 from protonet.build import BuildOptions
 from protonet.errors import ProtonetError
 from protonet.export import export, save_model
-from protonet.frontend import filter_phase, load_net, scan_layer_blocks
+from protonet.frontend import filter_phase, load_net
+from protonet.frontend.reader import scan_layer_blocks
 from protonet.pipeline import compile_net
-from protonet.schema import pb
+from protonet.frontend.schema import pb
 from google.protobuf import text_format
 
 BODY = 'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" ' \

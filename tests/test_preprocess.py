@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from protonet.errors import ProtonetError
-from protonet.preprocess import Preprocess, load_image
+from protonet.frontend.preprocess import Preprocess
+from protonet.images import load_image
 
 
 def _rgb_png(path, h=4, w=4):

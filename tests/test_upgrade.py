@@ -1,4 +1,4 @@
-"""Caffe's format-upgrade chain (protonet.upgrade / protonet.legacy).
+"""Caffe's format-upgrade chain (protonet.frontend.upgrade / protonet.frontend.legacy).
 
 Each legacy sample in tests/data/legacy/<name>.prototxt has its expected current-format text in
 <name>.expected.prototxt, compared literally with text_format's output after the upgrade.
@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from protonet import legacy
+from protonet.frontend import legacy
 from protonet.errors import Location, ProtonetError, SchemaError
-from protonet.frontend import load_net, parse_binary, read_net
-from protonet.schema import pb
-from protonet.upgrade import CHAIN, upgrade_file, upgrade_net
+from protonet.frontend import load_net, read_net
+from protonet.frontend.reader import parse_binary
+from protonet.frontend.schema import pb
+from protonet.frontend.load import upgrade_file
+from protonet.frontend.upgrade import CHAIN, upgrade_net
 
 DATA = Path(__file__).parent / "data" / "legacy"
 
@@ -161,7 +163,7 @@ layers { name: "b" type: RELU bottom: "a" top: "b" }
 
 def test_v0_field_without_meaning_is_dropped_with_a_warning(caplog):
     text = _V0_HEAD + 'layers { layer { name: "r" type: "relu" kernelsize: 3 new_num: 2 } bottom: "data" top: "r" }'
-    with caplog.at_level(logging.WARNING, logger="protonet.legacy"):
+    with caplog.at_level(logging.WARNING, logger="protonet.frontend.legacy"):
         net, _ = _upgrade_text(text)
     assert "layer 'r' (relu): V0 field 'kernelsize' has no meaning for a 'relu' layer" in caplog.text
     assert "'new_num' is not carried over" in caplog.text
@@ -359,7 +361,7 @@ def test_v1_caffemodel_weights_reach_the_graph(tmp_path):
 
     old = tmp_path / "lenet_v1.caffemodel"
     arrays = _v1_caffemodel(old)
-    from protonet.weights import load_caffemodel
+    from protonet.frontend.weights import load_caffemodel
 
     wfile = load_caffemodel(old)
     assert wfile.upgrades == [V1V2, INPUT]

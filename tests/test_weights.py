@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protonet import wire
+from protonet.frontend import wire
 from protonet.build import BuildOptions, build_graph
 from protonet.errors import ProtonetError, WeightsError
 from protonet.frontend import load_net
-from protonet.schema import pb
-from protonet.weights import load_caffemodel, looks_like_caffemodel, net_from_caffemodel
+from protonet.frontend.schema import pb
+from protonet.frontend import load_caffemodel, looks_like_caffemodel, net_from_caffemodel
 
 CONV_W = np.arange(2 * 1 * 3 * 3, dtype=np.float32).reshape(2, 1, 3, 3) / 10
 CONV_B = np.array([0.5, -0.25], dtype=np.float32)

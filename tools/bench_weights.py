@@ -109,8 +109,8 @@ from pathlib import Path
 import numpy as np
 path, what = sys.argv[1], sys.argv[2]
 sys.path.insert(0, sys.argv[3])
-from protonet.schema import pb
-from protonet.weights import load_caffemodel
+from protonet.frontend.schema import pb
+from protonet.frontend.weights import load_caffemodel
 def rss_kb():
     # VmHWM: this process's own peak RSS (ru_maxrss would include the parent's at fork/exec)
     try:

@@ -18,16 +18,13 @@ file, line and layer. Shapes are tuples of ints; arrays are numpy.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
 from ..errors import LayerContext
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..export import Lowering
-
-Shape = tuple[int, ...]
+from .lowering import Lowering, Shape
 
 
 @dataclass(frozen=True)
@@ -115,7 +112,7 @@ class Layer:
     def kernel(self, attrs: Any, xs: Sequence[np.ndarray], w: dict[str, np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError
 
-    def lower(self, attrs: Any, g: "Lowering") -> None:
+    def lower(self, attrs: Any, g: Lowering) -> None:
         raise NotImplementedError
 
     def num_tops(self, attrs: Any, layer: Any) -> int | None:

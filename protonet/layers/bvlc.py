@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-from onnx import TensorProto
 
 from ..errors import LayerContext, ProtonetError
 from .base import (CONSTANT_ZERO, Example, Filler, Layer, NoAttrs, Shape, WeightSpec, canonical_axis,
@@ -171,7 +170,7 @@ class Threshold(_Pointwise):
 
     def lower(self, a: ThresholdAttrs, g: Any) -> None:
         above = g.op("Greater", [g.inputs[0], _scalar(g, a.threshold, "threshold")])
-        g.op("Cast", [above], g.outputs, to=TensorProto.FLOAT)
+        g.cast(above, np.float32, g.outputs)
 
 
 @dataclass(frozen=True)
@@ -638,7 +637,7 @@ class Embed(Layer):
         return [y]
 
     def lower(self, a: EmbedAttrs, g: Any) -> None:
-        idx = g.op("Cast", [g.inputs[0]], to=TensorProto.INT64)
+        idx = g.cast(g.inputs[0], np.int64)
         if a.bias_term:
             y = g.op("Gather", [g.weight("weight"), idx], axis=0)
             g.op("Add", [y, g.weight("bias")], g.outputs)
@@ -808,9 +807,9 @@ class ArgMax(Layer):
             if a.out_max_val:
                 g.op("Identity", [vals], g.outputs)
             else:
-                g.op("Cast", [idx], g.outputs, to=TensorProto.FLOAT)
+                g.cast(idx, np.float32, g.outputs)
             return
-        fidx = g.op("Cast", [idx], to=TensorProto.FLOAT)
+        fidx = g.cast(idx, np.float32)
         flat = g.op("Concat", [fidx, vals], axis=1) if a.out_max_val else fidx
         g.op("Reshape", [flat, g.int64s([0] + list(g.out_shapes[0][1:]), "shape")], g.outputs)
 
@@ -1149,19 +1148,6 @@ class SPPAttrs:
     method: str  # MAX or AVE
 
 
-class _SubLowering:
-    """A Lowering seen with other inputs/outputs, so that a layer's ``lower`` can emit one step
-    of a larger lowering (SPP reuses Pooling's)."""
-
-    def __init__(self, g: Any, inputs: list[str], outputs: list[str], in_shapes: list[Shape],
-                 out_shapes: list[Shape]):
-        self._g = g
-        self.inputs, self.outputs, self.in_shapes, self.out_shapes = inputs, outputs, in_shapes, out_shapes
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._g, name)
-
-
 @register
 class SPP(Layer):
     """Spatial pyramid pooling. Level l (0 .. pyramid_height-1) pools with 2^l bins per side:
@@ -1237,12 +1223,12 @@ class SPP(Layer):
         pool = Pooling()
         levels = self.levels(a, s)
         if a.pyramid_height == 1:
-            pool.lower(levels[0][0], _SubLowering(g, g.inputs, g.outputs, [s], [levels[0][1]]))
+            pool.lower(levels[0][0], g.with_io(g.inputs, g.outputs, [s], [levels[0][1]]))
             return
         flats = []
         for level, (pa, shape) in enumerate(levels):
             out = g.tmp(f"level{level}")
-            pool.lower(pa, _SubLowering(g, g.inputs, [out], [s], [shape]))
+            pool.lower(pa, g.with_io(g.inputs, [out], [s], [shape]))
             flats.append(g.op("Flatten", [out], axis=1))
         g.op("Concat", flats, g.outputs, axis=1)
 
@@ -1311,7 +1297,7 @@ class MemoryData(Layer):
     """A data layer fed from memory: top 0 is the data (batch_size, channels, height, width),
     top 1 the labels, (batch_size, 1, 1, 1) as Caffe's forward pass shapes them (its setup says
     (batch_size,)). In Caffe both come from the caller (Reset/AddDatumVector), so both are network
-    inputs here. The default load path's deploy step (protonet.deploy) replaces MemoryData by an
+    inputs here. The default load path's deploy step (protonet.frontend.deploy) replaces MemoryData by an
     Input for the data top before build; this class serves nets built as written."""
 
     type_name = "MemoryData"

@@ -488,7 +488,7 @@ class Pooling(Layer):
             # ONNX indices run over the whole NCHW tensor; Caffe's mask is h * W + w per plane
             idx = g.op("MaxPool", g.inputs, [outs[0], g.tmp("indices")], **attrs)[1]
             plane = g.op("Mod", [idx, g.const(np.array(s[2] * s[3], dtype=np.int64), "plane", np.int64)])
-            g.op("Cast", [plane], [outs[1]], to=1)
+            g.cast(plane, np.float32, [outs[1]])
         if extra != (0, 0):
             pads = g.int64s([0, 0, 0, 0, 0, 0, extra[0], extra[1]], "empty_windows")
             for src, dst, fill in zip(outs, g.outputs, (-FLT_MAX, -1.0)):

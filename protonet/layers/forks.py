@@ -149,7 +149,7 @@ class Upsample(Layer):
                                g.int64s([2, 3], "axes")], g.outputs)
             return
         data = g.op("Reshape", [g.inputs[0], g.int64s([0, 0, -1], "flat")])
-        idx = g.op("Cast", [g.op("Reshape", [g.inputs[1], g.int64s([0, 0, -1], "flat")])], to=7)  # int64
+        idx = g.cast(g.op("Reshape", [g.inputs[1], g.int64s([0, 0, -1], "flat")]), np.int64)
         base = g.const(np.zeros((s[0], s[1], out[2] * out[3]), dtype=np.float32), "zeros")
         y = g.op("ScatterElements", [base, idx, data], axis=2)
         g.op("Reshape", [y, g.int64s([0, 0, out[2], out[3]], "shape")], g.outputs)

@@ -403,8 +403,8 @@ class DetectionOutput(Layer):
         if 0 <= a.top_k < p:
             _, top_idx = g.op("TopK", [scores, g.int64s([a.top_k], "top_k")], n_out=2, axis=-1, largest=1, sorted=1)
             zero = g.op("ConstantOfShape", [g.op("Shape", [scores])],
-                        value=_tensor(np.zeros(1, dtype=bool)))
-            ones = g.op("ConstantOfShape", [g.op("Shape", [top_idx])], value=_tensor(np.ones(1, dtype=bool)))
+                        value=np.zeros(1, dtype=bool))
+            ones = g.op("ConstantOfShape", [g.op("Shape", [top_idx])], value=np.ones(1, dtype=bool))
             picked = g.op("ScatterElements", [zero, top_idx, ones], axis=-1)
             scores = g.op("Where", [picked, scores, neg_inf])
         # NonMaxSuppression: boxes are given as [x1, y1, x2, y2]; the IoU is the same either way.
@@ -437,7 +437,7 @@ class DetectionOutput(Layer):
         label, box_idx = g.op("Div", [flat, pp]), g.op("Mod", [flat, pp])
         # Caffe's row order: by label, then by score; unused rows last
         rank = g.const(np.arange(k, dtype=np.float32)[None], "rank")
-        key_valid = g.op("Add", [g.op("Mul", [g.op("Cast", [label], to=1), g.const(float(k), "k")]), rank])
+        key_valid = g.op("Add", [g.op("Mul", [g.cast(label, np.float32), g.const(float(k), "k")]), rank])
         key = g.op("Where", [valid, key_valid, g.op("Add", [rank, g.const(float(c * k), "tail")])])
         _, order = g.op("TopK", [key, g.int64s([k], "keep")], n_out=2, axis=1, largest=0, sorted=1)
         label = g.op("GatherElements", [label, order], axis=1)
@@ -457,13 +457,8 @@ class DetectionOutput(Layer):
         unsq = g.int64s([-1], "last")
         rows = g.op("Concat", [g.const(np.repeat(np.arange(n, dtype=np.float32)[:, None], k, axis=1)[..., None],
                                        "image_id"),
-                               g.op("Unsqueeze", [g.op("Cast", [label], to=1), unsq]),
+                               g.op("Unsqueeze", [g.cast(label, np.float32), unsq]),
                                g.op("Unsqueeze", [best, unsq]), det_boxes], axis=-1)
         rows = g.op("Where", [g.op("Unsqueeze", [valid, unsq]), rows, g.const(-1.0, "minus_one")])
         g.op("Reshape", [rows, g.int64s([1, 1, n * k, 7], "out_shape")], g.outputs)
 
-
-def _tensor(arr: np.ndarray) -> Any:
-    from onnx import numpy_helper
-
-    return numpy_helper.from_array(arr)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 try:
-    from . import caffe_pb2 as pb
+    from .. import caffe_pb2 as pb
 except ImportError as e:  # pragma: no cover - a source checkout that was never built
     raise ImportError("protonet/caffe_pb2.py is missing: it is generated from proto/caffe.proto at build "
                       "time; install the package (pip install -e .) or run python tools/gen_proto.py") from e

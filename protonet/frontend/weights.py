@@ -2,7 +2,7 @@
 
 Two readers produce the same :class:`WeightsFile`:
 
-* ``method="wire"`` (the default): :mod:`protonet.wire` scans the memory-mapped file and records
+* ``method="wire"`` (the default): :mod:`protonet.frontend.wire` scans the memory-mapped file and records
   where each blob's values lie; protobuf parses only the blob-free layer definitions; the values
   are then read straight into float32 arrays (one copy, no per-element Python work), or, with
   ``copy=False``, returned as read-only zero-copy views of the mapping. A VGG-16 model (~530 MB)
@@ -31,9 +31,11 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import wire
-from .errors import Location, ProtonetError, WeightsError
-from .layers.base import Shape
+from .blobs import BlobData, blob_from_proto, check_count
+from .reader import is_binary
+from ..errors import Location, ProtonetError, WeightsError
 from .schema import pb
+from .upgrade import upgrade_net
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +43,6 @@ log = logging.getLogger(__name__)
 PROGRESS_MIN_BYTES = 64 << 20
 #: values are read in slices of this many bytes (progress granularity)
 READ_SLICE = 32 << 20
-
-
-@dataclass
-class BlobData:
-    shape: Shape
-    legacy: bool  # shape came from num/channels/height/width
-    data: np.ndarray  # float32, flat
-
-    def matches(self, target: Shape) -> bool:
-        """Caffe's Blob::ShapeEquals: legacy 4-D shapes compare against the target padded
-        on the left with 1s to 4 axes."""
-        if not self.legacy:
-            return tuple(self.shape) == tuple(target)
-        if len(target) > 4:
-            return False
-        return tuple(self.shape) == (1,) * (4 - len(target)) + tuple(target)
 
 
 @dataclass
@@ -89,49 +75,6 @@ class WeightsFile:
 
 
 # -- the protobuf path ---------------------------------------------------------------------------
-
-def blob_from_proto(blob: Any, loc: Location) -> BlobData:
-    """Decode one BlobProto message into a flat float32 array and its shape."""
-    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
-        shape, legacy = (int(blob.num), int(blob.channels), int(blob.height), int(blob.width)), True
-    else:
-        shape, legacy = tuple(int(d) for d in blob.shape.dim), False
-    if blob.raw_data:
-        data = decode_raw(blob, loc)
-    elif len(blob.double_data):
-        data = np.asarray(blob.double_data, dtype=np.float64).astype(np.float32)
-    elif len(blob.data):
-        data = np.asarray(blob.data, dtype=np.float32)
-    else:
-        data = np.zeros(0, dtype=np.float32)
-    _check_count(shape, data.size, loc)
-    return BlobData(shape, legacy, data)
-
-
-def decode_raw(blob: Any, loc: Location) -> np.ndarray:
-    """``raw_data`` per ``raw_data_type`` (FLOAT16 when unset, as OpenCV's shrinker writes it)."""
-    code = blob.raw_data_type if blob.HasField("raw_data_type") else 2
-    dtype = wire.RAW_TYPES.get(code)
-    if dtype is None:
-        raise WeightsError(f"unknown raw_data_type {code}", loc)
-    size = int(dtype[-1])
-    if len(blob.raw_data) % size:
-        raise WeightsError(f"raw_data of {len(blob.raw_data)} bytes is not a multiple of {size} "
-                           f"({wire.RAW_TYPE_NAMES[code]})", loc)
-    return np.frombuffer(blob.raw_data, dtype=dtype).astype(np.float32)
-
-
-def _check_count(shape: tuple[int, ...], n: int, loc: Location, index: int | None = None) -> None:
-    if any(d < 0 for d in shape):
-        raise WeightsError(f"blob{'' if index is None else f' {index}'} has a negative dimension in shape "
-                           f"{shape}", loc)
-    count = 1
-    for d in shape:
-        count *= d
-    if n != count:
-        raise WeightsError(f"blob{'' if index is None else f' {index}'} of shape {shape} holds {n} values, "
-                           f"expected {count}", loc)
-
 
 def _parse_net(data: bytes | memoryview, path: str) -> Any:
     net = pb.NetParameter()
@@ -249,7 +192,7 @@ def _read_values(fd: int, mm: Any, rec: wire.BlobRecord, copy: bool, progress: _
     return raw.astype(np.float32)
 
 
-def _close(mm: Any) -> None:
+def close_map(mm: Any) -> None:
     try:
         mm.close()
     except BufferError:  # a view is still alive somewhere; the mapping goes with it
@@ -257,15 +200,13 @@ def _close(mm: Any) -> None:
 
 
 def _check_header(path: str, size: int, head: bytes) -> None:
-    from .frontend import is_binary
-
     if size == 0:
         raise WeightsError("the file is empty, not a caffemodel", Location(path))
     if not is_binary(head):
         raise WeightsError("this looks like a text prototxt, not a binary caffemodel", Location(path))
 
 
-def _open_scan(path: str) -> tuple[Any, int, Any, wire.NetRecord, Any]:
+def open_scan(path: str) -> tuple[Any, int, Any, wire.NetRecord, Any]:
     """Open and map the file, scan it and parse the blob-free net: (file, size, mmap, record, net)."""
     try:
         f = open(path, "rb", buffering=0)
@@ -295,7 +236,7 @@ def _holders(net: Any, rec: wire.NetRecord) -> list[tuple[wire.LayerRecord, str,
 
 
 def _load_wire(path: str, copy: bool, progress: bool | None) -> tuple[dict[str, list[BlobData]], Any, LoadReport]:
-    f, size, mm, rec, net = _open_scan(path)
+    f, size, mm, rec, net = open_scan(path)
     layers: dict[str, list[BlobData]] = {}
     report = LoadReport(method="wire", format=_format_of(net), file_bytes=size)
     bar = _Progress(path, sum(b.nbytes for lr in rec.layers for b in lr.blobs), progress)
@@ -312,14 +253,14 @@ def _load_wire(path: str, copy: bool, progress: bool | None) -> tuple[dict[str, 
             blobs = []
             for i, b in enumerate(lr.blobs):
                 shape = tuple(b.legacy) if b.has_legacy else tuple(b.shape or ())
-                _check_count(shape, b.count, loc, i)
+                check_count(shape, b.count, loc, i)
                 blobs.append(BlobData(shape, b.has_legacy, _read_values(f.fileno(), mm, b, copy, bar)))
             layers[name] = blobs
     finally:
         bar.close()
         f.close()
         if copy:
-            _close(mm)
+            close_map(mm)
     return layers, net, report
 
 
@@ -333,8 +274,6 @@ def load_caffemodel(path: str | Path, *, method: str = "wire", copy: bool = True
     read-only float32 views into the memory-mapped file where possible (the mapping stays open
     while they live). ``progress``: None = a bar on stderr for files over 64 MB on a terminal.
     """
-    from .upgrade import upgrade_net
-
     p = str(path)
     t0 = time.perf_counter()
     if method == "wire":
@@ -374,52 +313,12 @@ def looks_like_caffemodel(path: str | Path) -> bool:
             head = f.read(4096)
     except OSError:
         return False
-    from .frontend import is_binary
-
     if not head or not is_binary(head):
         return False
     try:
-        f, _, mm, rec, _ = _open_scan(str(p))
+        f, _, mm, rec, _ = open_scan(str(p))
     except ProtonetError:
         return False
     f.close()
-    _close(mm)
+    close_map(mm)
     return any(lr.blobs or lr.v0 for lr in rec.layers)
-
-
-def _file_phase(net: Any) -> str | None:
-    """The phase a caffemodel was saved in: Caffe writes each instantiated layer's ``phase``."""
-    phases = {l.phase for l in net.layer if l.HasField("phase")}
-    return pb.Phase.Name(phases.pop()) if len(phases) == 1 else None
-
-
-def net_from_caffemodel(path: str | Path, phase: str | None = None, stages: tuple[str, ...] = (),
-                        level: int = 0, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Any:
-    """A ``.caffemodel`` used as the net definition: its layers without blobs, upgraded and
-    phase-filtered, as a :class:`frontend.LoadedNet` (no blob values are read).
-
-    A caffemodel holds the net as Caffe instantiated it, already filtered for one phase (every
-    layer records it); with ``phase=None`` the file's own phase is used, so that the data layers
-    of a model saved during training survive (TEST when the file does not say). Legacy ``input``
-    fields without dimensions (Caffe's ``Net::ToProto`` writes the names only) take their shapes
-    from ``input_shapes`` (``--input-shape``).
-    """
-    from .frontend import LoadedNet, filter_phase
-    from .upgrade import upgrade_net
-
-    p = str(path)
-    f, _, mm, _, net = _open_scan(p)
-    f.close()
-    _close(mm)
-    loc = Location(p)
-    if len(net.input) and not len(net.input_dim) and not len(net.input_shape):
-        shapes = input_shapes or {}
-        missing = [n for n in net.input if n not in shapes]
-        if missing:
-            raise WeightsError(f"the caffemodel names input(s) {', '.join(repr(m) for m in missing)} without "
-                               f"a shape; give it with --input-shape (e.g. {missing[0]}=1,3,224,224)", loc)
-        for n in net.input:
-            net.input_shape.add().dim.extend(int(d) for d in shapes[n])
-    net, ran = upgrade_net(net, loc)
-    net = filter_phase(net, phase or _file_phase(net) or "TEST", stages, level)
-    return LoadedNet(net, p, True, {}, ran)

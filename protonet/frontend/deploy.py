@@ -18,7 +18,7 @@ Run after the upgrade chain and phase filtering. The rules, in file order:
   transitively; each drop is reported in the notes.
 
 The data layer's ``transform_param`` (scale, mean_value or mean_file, crop_size; mirror is a
-training-time option and ignored) is returned as :class:`protonet.preprocess.Preprocess`, which
+training-time option and ignored) is returned as :class:`protonet.frontend.preprocess.Preprocess`, which
 the exporter stores under ``metadata_props["protonet.preprocess"]``.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import Location, ProtonetError
+from ..errors import Location, ProtonetError
 from .preprocess import Preprocess, read_mean_file
 from .schema import pb
 

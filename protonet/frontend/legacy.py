@@ -25,7 +25,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import Location, SchemaError
+from ..errors import Location, SchemaError
 from .schema import pb
 
 log = logging.getLogger(__name__)

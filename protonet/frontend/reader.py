@@ -3,7 +3,8 @@
 Text goes through ``google.protobuf.text_format`` with the classes generated from
 ``proto/caffe.proto``. A small scanner records the line and name of every top-level
 ``layer {`` / ``layers {`` block so that later errors can point at the source. After the
-upgrade chain, layers are filtered by phase (Caffe's NetStateRule semantics, TEST by default).
+upgrade chain (:mod:`.upgrade`), :mod:`.phase` filters the layers and :mod:`.load` runs the whole
+sequence.
 """
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import codecs
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
-from .errors import Location, SchemaError, ProtonetError
+from ..errors import Location, SchemaError, ProtonetError
 from .schema import pb
 
 _TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|[{}<>]|[A-Za-z_][A-Za-z0-9_.]*|\n|[^\s{}<>"\'#A-Za-z_]+')
@@ -186,113 +187,3 @@ def read_text(text: str, path: str) -> LoadedNet:
         if b.name is not None and b.name not in lines:
             lines[b.name] = b.line
     return LoadedNet(net, path, False, lines, blocks=blocks)
-
-
-def load_net(path: str | Path, phase: str = "TEST", stages: tuple[str, ...] = (), level: int = 0,
-             text: str | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None,
-             deploy: bool = True) -> LoadedNet:
-    """Read, upgrade to the current format, filter by phase and convert a training definition to
-    its deploy form: what Caffe's Net::Init sees in the TEST phase. With ``text``, that prototxt
-    text is parsed instead of reading ``path``."""
-    loaded = read_net(path) if text is None else read_text(text, str(path))
-    return prepare(loaded, phase, stages, level, input_shapes, deploy)
-
-
-def _shape_bare_inputs(loaded: LoadedNet, input_shapes: dict[str, tuple[int, ...]]) -> None:
-    """``input:`` fields without input_dim/input_shape in a text definition: take the shapes
-    from ``input_shapes`` (``--input-shape``) or say what is missing."""
-    net = loaded.net
-    if not net.input or net.input_dim or net.input_shape:
-        return
-    for i, name in enumerate(net.input):
-        shape = input_shapes.get(name) or (input_shapes.get("") if i == 0 else None)
-        if shape is None:
-            raise SchemaError(f"input '{name}' has no shape: add input_shape {{ dim: ... }} or 4 input_dim "
-                              f"values per input, or give --input-shape {name}=N,C,H,W", loaded.loc())
-        net.input_shape.add().dim.extend(shape)
-
-
-def prepare(loaded: LoadedNet, phase: str = "TEST", stages: tuple[str, ...] = (), level: int = 0,
-            input_shapes: dict[str, tuple[int, ...]] | None = None, deploy: bool = True) -> LoadedNet:
-    """Upgrade a parsed net to the current format, filter it by phase and convert training-only
-    layers (data layers -> inputs, losses dropped) for deployment (in place)."""
-    from .upgrade import upgrade_net
-
-    if not loaded.binary:
-        _shape_bare_inputs(loaded, input_shapes or {})
-    current_text = not loaded.binary and len(loaded.net.layers) == 0
-    lines: list[int | None] = [b.line for b in loaded.blocks if b.kind == "layer"]
-    loaded.net, loaded.upgrades = upgrade_net(loaded.net, loaded.loc())
-    if current_text and len(loaded.net.layer) == len(lines) + 1 and len(loaded.net.input) == 0 \
-            and any(u.startswith("input fields") for u in loaded.upgrades):
-        lines = [None] + lines  # the Input layer made from the input fields
-    exact = current_text and len(lines) == len(loaded.net.layer)
-
-    def where(i: int, layer: Any) -> Location:
-        return Location(loaded.path, lines[i] if exact else loaded.lines.get(layer.name), layer=layer.name,
-                        layer_type=layer.type or None)
-
-    loaded.net, kept = filter_phase(loaded.net, phase, stages, level, with_indices=True, where=where)
-    if exact:
-        loaded.layer_lines = [lines[i] for i in kept]
-    return deploy_step(loaded, input_shapes) if deploy else loaded
-
-
-def deploy_step(loaded: LoadedNet, input_shapes: dict[str, tuple[int, ...]] | None = None) -> LoadedNet:
-    """Training-only layers -> deploy form (data layers become inputs, losses go), in place."""
-    from .deploy import needs_deploy, to_deploy
-
-    if needs_deploy(loaded.net):
-        where = loaded.layer_lines if loaded.layer_lines is not None else loaded.lines
-        loaded.net, notes = to_deploy(loaded.net, loaded.loc(), input_shapes or {}, where,
-                                      base_dir=Path(loaded.path).parent)
-        if loaded.layer_lines is not None:
-            loaded.layer_lines = [loaded.layer_lines[i] for i in notes.kept]
-        loaded.notes.extend(notes)
-        loaded.preprocess = notes.metadata()
-    return loaded
-
-
-# -- phase filtering (Caffe's FilterNet / StateMeetsRule) -------------------------------------------
-
-def _meets_rule(state: Any, rule: Any) -> bool:
-    if rule.HasField("phase") and rule.phase != state.phase:
-        return False
-    if rule.HasField("min_level") and state.level < rule.min_level:
-        return False
-    if rule.HasField("max_level") and state.level > rule.max_level:
-        return False
-    stages = set(state.stage)
-    if any(s not in stages for s in rule.stage):
-        return False
-    if any(s in stages for s in rule.not_stage):
-        return False
-    return True
-
-
-def filter_phase(net: Any, phase: str = "TEST", stages: tuple[str, ...] = (), level: int = 0,
-                 with_indices: bool = False, where: Callable[[int, Any], Location] | None = None) -> Any:
-    """Keep the layers whose include/exclude rules admit the state (a new message; with
-    ``with_indices`` also the indices of the kept layers)."""
-    state = pb.NetState()
-    state.CopyFrom(net.state)
-    state.phase = pb.Phase.Value(phase)
-    if level:
-        state.level = level
-    state.stage.extend(s for s in stages if s not in state.stage)
-    out = pb.NetParameter()
-    out.CopyFrom(net)
-    del out.layer[:]
-    kept: list[int] = []
-    for i, layer in enumerate(net.layer):
-        if layer.include and layer.exclude:
-            raise SchemaError("a layer may have include rules or exclude rules, not both",
-                              where(i, layer) if where else Location(layer=layer.name, layer_type=layer.type))
-        if layer.include:
-            keep = any(_meets_rule(state, r) for r in layer.include)
-        else:
-            keep = not any(_meets_rule(state, r) for r in layer.exclude)
-        if keep:
-            out.layer.add().CopyFrom(layer)
-            kept.append(i)
-    return (out, kept) if with_indices else out

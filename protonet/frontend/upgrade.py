@@ -3,11 +3,11 @@
 Each step is a pair ``needs(net) -> bool`` / ``apply(net, loc) -> new net``; ``apply`` never
 mutates its argument. :func:`upgrade_net` runs every step whose ``needs`` holds and reports
 which ran. The same chain serves text and binary definitions and ``.caffemodel`` files, and
-:func:`upgrade_file` writes the result (``protonet upgrade OLD -o NEW``).
+:func:`protonet.frontend.load.upgrade_file` writes the result (``protonet upgrade OLD -o NEW``).
 
 The chain:
 
-1. V0 -> V1 (:mod:`protonet.legacy`): padding layers folded into the next conv/pool, V0 type
+1. V0 -> V1 (:mod:`protonet.frontend.legacy`): padding layers folded into the next conv/pool, V0 type
    strings to V1 enums, every V0 field into its V1 ``*_param``;
 2. data-transform fields -> ``transform_param`` (V1 Data/ImageData/WindowData layers);
 3. V1 -> V2: enum types to type strings, ``blobs_lr``/``weight_decay``/``param``/``blob_share_mode``
@@ -21,13 +21,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
-from google.protobuf import text_format
-
-from .fileio import write_bytes_atomic
-from .errors import Location, ProtonetError, SchemaError
+from ..errors import Location, ProtonetError, SchemaError
 from .legacy import (MIXED_FORMATS, copy_net, needs_data_upgrade, needs_v0_upgrade, needs_v1_upgrade, upgrade_data_transform,
                      upgrade_v0, upgrade_v1)
 
@@ -150,37 +146,3 @@ def upgrade_net(net: Any, loc: Location) -> tuple[Any, list[str]]:
             ran.append(step.name)
             log.info("%s: upgraded: %s", loc.prefix() or "net", step.name)
     return net, ran
-
-
-# -- files -----------------------------------------------------------------------------------------
-
-TEXT_SUFFIXES = (".prototxt", ".pbtxt", ".txt")
-BINARY_SUFFIXES = (".caffemodel", ".binaryproto", ".pb")
-
-
-def serialize_net(net: Any, binary: bool) -> bytes:
-    """The bytes of ``net`` as a binary NetParameter or as protobuf text."""
-    if binary:
-        return net.SerializeToString()
-    return text_format.MessageToString(net).encode("utf-8")
-
-
-def upgrade_file(src: str | Path, dst: str | Path) -> list[str]:
-    """Read ``src`` (text or binary), upgrade it to the current format and write ``dst``, as text
-    (``.prototxt``/``.pbtxt``/``.txt``) or binary (``.caffemodel``/``.binaryproto``/``.pb``) by its
-    extension. Returns the names of the steps that ran (empty for a current file)."""
-    from .frontend import read_net
-
-    out = Path(dst)
-    suffix = out.suffix.lower()
-    if suffix not in TEXT_SUFFIXES + BINARY_SUFFIXES:
-        raise ProtonetError(f"cannot tell the output format from the extension '{out.suffix}': use "
-                            f"{'/'.join(TEXT_SUFFIXES)} for text or {'/'.join(BINARY_SUFFIXES)} for binary",
-                            Location(str(dst)))
-    if not out.parent.is_dir():
-        raise ProtonetError(f"output directory '{out.parent}' does not exist", Location(str(dst)))
-    loaded = read_net(src)
-    net, ran = upgrade_net(loaded.net, loaded.loc())
-    write_bytes_atomic(out, serialize_net(net, suffix in BINARY_SUFFIXES))  # in place is safe: atomic
-    log.info("%s -> %s: %s", src, dst, ", ".join(ran) if ran else "already current")
-    return ran

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .blobs import RAW_TYPE_NAMES, RAW_TYPES
+
 # wire types
 VARINT, FIXED64, LEN, SGROUP, EGROUP, FIXED32 = 0, 1, 2, 3, 4, 5
 
@@ -42,8 +44,6 @@ BLOB_RAW_TYPE, BLOB_RAW_DATA = 10, 12
 SHAPE_DIM = 1
 
 #: BlobProto.Type (OpenCV) -> numpy dtype of raw_data
-RAW_TYPES = {0: "<f8", 1: "<f4", 2: "<f2", 3: "<i4", 4: "<u4"}
-RAW_TYPE_NAMES = {0: "DOUBLE", 1: "FLOAT", 2: "FLOAT16", 3: "INT", 4: "UINT"}
 
 
 class WireError(Exception):

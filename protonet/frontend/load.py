@@ -1,0 +1,151 @@
+"""The one orchestrator of the frontend: read -> upgrade -> phase filter -> deploy.
+
+:func:`load_net` is what Caffe's ``Net::Init`` sees in the TEST phase; :func:`net_from_caffemodel`
+uses a trained model as its own definition; :func:`upgrade_file` writes an upgraded definition.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+
+from ..errors import Location, ProtonetError, SchemaError, WeightsError
+from ..fileio import write_bytes_atomic
+from .deploy import needs_deploy, to_deploy
+from .phase import filter_phase
+from .reader import LoadedNet, read_net, read_text
+from .schema import pb
+from .upgrade import upgrade_net
+from .weights import close_map, open_scan
+
+log = logging.getLogger(__name__)
+
+
+def load_net(path: str | Path, phase: str = "TEST", stages: tuple[str, ...] = (), level: int = 0,
+             text: str | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None,
+             deploy: bool = True) -> LoadedNet:
+    """Read, upgrade to the current format, filter by phase and convert a training definition to
+    its deploy form: what Caffe's Net::Init sees in the TEST phase. With ``text``, that prototxt
+    text is parsed instead of reading ``path``."""
+    loaded = read_net(path) if text is None else read_text(text, str(path))
+    return prepare(loaded, phase, stages, level, input_shapes, deploy)
+
+
+def _shape_bare_inputs(loaded: LoadedNet, input_shapes: dict[str, tuple[int, ...]]) -> None:
+    """``input:`` fields without input_dim/input_shape in a text definition: take the shapes
+    from ``input_shapes`` (``--input-shape``) or say what is missing."""
+    net = loaded.net
+    if not net.input or net.input_dim or net.input_shape:
+        return
+    for i, name in enumerate(net.input):
+        shape = input_shapes.get(name) or (input_shapes.get("") if i == 0 else None)
+        if shape is None:
+            raise SchemaError(f"input '{name}' has no shape: add input_shape {{ dim: ... }} or 4 input_dim "
+                              f"values per input, or give --input-shape {name}=N,C,H,W", loaded.loc())
+        net.input_shape.add().dim.extend(shape)
+
+
+def prepare(loaded: LoadedNet, phase: str = "TEST", stages: tuple[str, ...] = (), level: int = 0,
+            input_shapes: dict[str, tuple[int, ...]] | None = None, deploy: bool = True) -> LoadedNet:
+    """Upgrade a parsed net to the current format, filter it by phase and convert training-only
+    layers (data layers -> inputs, losses dropped) for deployment (in place)."""
+    if not loaded.binary:
+        _shape_bare_inputs(loaded, input_shapes or {})
+    current_text = not loaded.binary and len(loaded.net.layers) == 0
+    lines: list[int | None] = [b.line for b in loaded.blocks if b.kind == "layer"]
+    loaded.net, loaded.upgrades = upgrade_net(loaded.net, loaded.loc())
+    if current_text and len(loaded.net.layer) == len(lines) + 1 and len(loaded.net.input) == 0 \
+            and any(u.startswith("input fields") for u in loaded.upgrades):
+        lines = [None] + lines  # the Input layer made from the input fields
+    exact = current_text and len(lines) == len(loaded.net.layer)
+
+    def where(i: int, layer: Any) -> Location:
+        return Location(loaded.path, lines[i] if exact else loaded.lines.get(layer.name), layer=layer.name,
+                        layer_type=layer.type or None)
+
+    loaded.net, kept = filter_phase(loaded.net, phase, stages, level, with_indices=True, where=where)
+    if exact:
+        loaded.layer_lines = [lines[i] for i in kept]
+    return deploy_step(loaded, input_shapes) if deploy else loaded
+
+
+def deploy_step(loaded: LoadedNet, input_shapes: dict[str, tuple[int, ...]] | None = None) -> LoadedNet:
+    """Training-only layers -> deploy form (data layers become inputs, losses go), in place."""
+    if needs_deploy(loaded.net):
+        where = loaded.layer_lines if loaded.layer_lines is not None else loaded.lines
+        loaded.net, notes = to_deploy(loaded.net, loaded.loc(), input_shapes or {}, where,
+                                      base_dir=Path(loaded.path).parent)
+        if loaded.layer_lines is not None:
+            loaded.layer_lines = [loaded.layer_lines[i] for i in notes.kept]
+        loaded.notes.extend(notes)
+        loaded.preprocess = notes.metadata()
+    return loaded
+
+
+def _file_phase(net: Any) -> str | None:
+    """The phase a caffemodel was saved in: Caffe writes each instantiated layer's ``phase``."""
+    phases = {l.phase for l in net.layer if l.HasField("phase")}
+    return pb.Phase.Name(phases.pop()) if len(phases) == 1 else None
+
+
+def net_from_caffemodel(path: str | Path, phase: str | None = None, stages: tuple[str, ...] = (),
+                        level: int = 0, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Any:
+    """A ``.caffemodel`` used as the net definition: its layers without blobs, upgraded and
+    phase-filtered, as a :class:`frontend.LoadedNet` (no blob values are read).
+
+    A caffemodel holds the net as Caffe instantiated it, already filtered for one phase (every
+    layer records it); with ``phase=None`` the file's own phase is used, so that the data layers
+    of a model saved during training survive (TEST when the file does not say). Legacy ``input``
+    fields without dimensions (Caffe's ``Net::ToProto`` writes the names only) take their shapes
+    from ``input_shapes`` (``--input-shape``).
+    """
+    p = str(path)
+    f, _, mm, _, net = open_scan(p)
+    f.close()
+    close_map(mm)
+    loc = Location(p)
+    if len(net.input) and not len(net.input_dim) and not len(net.input_shape):
+        shapes = input_shapes or {}
+        missing = [n for n in net.input if n not in shapes]
+        if missing:
+            raise WeightsError(f"the caffemodel names input(s) {', '.join(repr(m) for m in missing)} without "
+                               f"a shape; give it with --input-shape (e.g. {missing[0]}=1,3,224,224)", loc)
+        for n in net.input:
+            net.input_shape.add().dim.extend(int(d) for d in shapes[n])
+    net, ran = upgrade_net(net, loc)
+    net = filter_phase(net, phase or _file_phase(net) or "TEST", stages, level)
+    return LoadedNet(net, p, True, {}, ran)
+
+
+# -- files -----------------------------------------------------------------------------------------
+
+TEXT_SUFFIXES = (".prototxt", ".pbtxt", ".txt")
+BINARY_SUFFIXES = (".caffemodel", ".binaryproto", ".pb")
+
+
+def serialize_net(net: Any, binary: bool) -> bytes:
+    """The bytes of ``net`` as a binary NetParameter or as protobuf text."""
+    if binary:
+        return net.SerializeToString()
+    return text_format.MessageToString(net).encode("utf-8")
+
+
+def upgrade_file(src: str | Path, dst: str | Path) -> list[str]:
+    """Read ``src`` (text or binary), upgrade it to the current format and write ``dst``, as text
+    (``.prototxt``/``.pbtxt``/``.txt``) or binary (``.caffemodel``/``.binaryproto``/``.pb``) by its
+    extension. Returns the names of the steps that ran (empty for a current file)."""
+    out = Path(dst)
+    suffix = out.suffix.lower()
+    if suffix not in TEXT_SUFFIXES + BINARY_SUFFIXES:
+        raise ProtonetError(f"cannot tell the output format from the extension '{out.suffix}': use "
+                            f"{'/'.join(TEXT_SUFFIXES)} for text or {'/'.join(BINARY_SUFFIXES)} for binary",
+                            Location(str(dst)))
+    if not out.parent.is_dir():
+        raise ProtonetError(f"output directory '{out.parent}' does not exist", Location(str(dst)))
+    loaded = read_net(src)
+    net, ran = upgrade_net(loaded.net, loaded.loc())
+    write_bytes_atomic(out, serialize_net(net, suffix in BINARY_SUFFIXES))  # in place is safe: atomic
+    log.info("%s -> %s: %s", src, dst, ", ".join(ran) if ran else "already current")
+    return ran
