@@ -1,10 +1,11 @@
 """Build hooks for protonet.
 
-All metadata lives in pyproject.toml. This file only makes sure the protobuf
-module protonet/caffe_pb2.py is generated from proto/caffe.proto before the
-package is built. It is generated in the *source tree* so that both regular
-(`pip install .`) and editable (`pip install -e .`) installs see it; editable
-installs also run build_py.
+All metadata lives in pyproject.toml. This file only makes sure that
+protonet/frontend/caffe.desc (proto/caffe.proto compiled to a serialized
+FileDescriptorSet, from which the message classes are built at import time) is
+generated before the package is built. It is generated in the *source tree* so
+that both regular (`pip install .`) and editable (`pip install -e .`) installs
+see it; editable installs also run build_py.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from setuptools.command.sdist import sdist as _sdist
 HERE = Path(__file__).resolve().parent
 PKG_DIR = HERE / "protonet"
 PROTO = HERE / "proto" / "caffe.proto"
-GENERATED = PKG_DIR / "caffe_pb2.py"
+GENERATED = PKG_DIR / "frontend" / "caffe.desc"
 
 
 def _load_gen_proto():
@@ -29,25 +30,25 @@ def _load_gen_proto():
     return mod
 
 
-def generate_caffe_pb2() -> None:
+def generate_descriptor() -> None:
     if not PROTO.is_file():
-        # Building from an sdist: it ships the pre-generated module instead.
+        # Building from an sdist: it ships the compiled descriptor set instead.
         if GENERATED.is_file():
             return
         raise RuntimeError(f"{PROTO} is missing and no {GENERATED} to fall back on")
-    _load_gen_proto().generate(PKG_DIR)
+    _load_gen_proto().generate(GENERATED.parent)
 
 
 class build_py(_build_py):
     def run(self):
-        generate_caffe_pb2()
+        generate_descriptor()
         super().run()
 
 
 class sdist(_sdist):
-    # Make the sdist self-contained: include the generated module.
+    # Make the sdist self-contained: include the compiled descriptor set.
     def run(self):
-        generate_caffe_pb2()
+        generate_descriptor()
         super().run()
 
 

@@ -234,8 +234,10 @@ def test_handles_and_names() -> None:
 
 
 def test_tiny_net_parses() -> None:
-    caffe_pb2 = pytest.importorskip("protonet.caffe_pb2")
-    text_format = pytest.importorskip("google.protobuf.text_format")
+    from google.protobuf import text_format
+
+    from protonet.frontend.schema import pb as caffe_pb2
+
     net = text_format.Parse(TINY_EXPECTED, caffe_pb2.NetParameter())
     assert [layer.name for layer in net.layer][:3] == ["data", "conv1", "bn1"]
     assert net.layer[6].eltwise_param.coeff == [1.0, 0.5]
@@ -260,8 +262,10 @@ def test_every_zoo_net_has_published_figures() -> None:
 
 @pytest.mark.parametrize("key", sorted(gen_zoo.BUILDERS))
 def test_zoo_file_parses_with_caffe_proto(key: str) -> None:
-    caffe_pb2 = pytest.importorskip("protonet.caffe_pb2")
-    text_format = pytest.importorskip("google.protobuf.text_format")
+    from google.protobuf import text_format
+
+    from protonet.frontend.schema import pb as caffe_pb2
+
     net = text_format.Parse((ROOT / "nets" / f"{key}.prototxt").read_text(), caffe_pb2.NetParameter())
     names = [layer.name for layer in net.layer]
     assert len(names) == len(set(names))

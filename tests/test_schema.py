@@ -1,13 +1,14 @@
-"""Schema checks for proto/caffe.proto and its generated module."""
+"""Schema checks for proto/caffe.proto, its compiled descriptor set and the classes built from it."""
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
 import pytest
-from google.protobuf import text_format
+from google.protobuf import descriptor_pb2, text_format
 
-import protonet.caffe_pb2 as pb
+from protonet.frontend import schema
+from protonet.frontend.schema import pb
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,14 +21,24 @@ def _gen_proto():
     return mod
 
 
-def test_generated_module_is_not_stale(tmp_path):
+def test_descriptor_set_is_not_stale(tmp_path):
     pytest.importorskip("grpc_tools")
     if not (ROOT / "tools" / "gen_proto.py").is_file():
         pytest.skip("not a source checkout (sdist): nothing to regenerate from")
-    fresh = _gen_proto().generate(tmp_path)
-    installed = Path(pb.__file__)
-    assert fresh.read_bytes() == installed.read_bytes(), (
-        f"{installed} is stale: rebuild (pip install -e .) or run tools/gen_proto.py")
+    fresh = descriptor_pb2.FileDescriptorSet.FromString(_gen_proto().generate(tmp_path).read_bytes())
+    installed = schema.DESCRIPTOR_FILE
+    assert installed.is_file(), f"{installed} is missing: run python tools/gen_proto.py"
+    # compared as messages: protoc versions may order the bytes of equal descriptors differently
+    assert descriptor_pb2.FileDescriptorSet.FromString(installed.read_bytes()) == fresh, (
+        f"{installed} is stale: rebuild (pip install -e .) or run python tools/gen_proto.py")
+
+
+def test_classes_come_from_the_descriptor_set_not_generated_code():
+    assert pb.NetParameter.DESCRIPTOR.file.pool is pb.pool
+    assert pb.NetParameter.DESCRIPTOR.full_name == "caffe.NetParameter"
+    assert pb.Phase.Name(pb.TEST) == "TEST" and pb.Phase.Value("TRAIN") == 0
+    with pytest.raises(AttributeError, match="no 'NoSuchMessage'"):
+        pb.NoSuchMessage
 
 
 def _num(msg, field):

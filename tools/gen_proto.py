@@ -1,7 +1,9 @@
-"""Compile proto/caffe.proto into caffe_pb2.py with grpcio-tools' bundled protoc.
+"""Compile proto/caffe.proto into protonet/frontend/caffe.desc (a serialized FileDescriptorSet)
+with grpcio-tools' bundled protoc.
 
-Used by setup.py (build_py) and by tests/test_schema.py (staleness check).
-Run directly to regenerate into protonet/:  python tools/gen_proto.py
+The package builds its message classes from that file at import time (protonet/frontend/schema.py),
+so it works with every protobuf runtime from 4.25 through 7.x. Used by setup.py (build_py) and by
+tests/test_schema.py (staleness check). Run directly to regenerate:  python tools/gen_proto.py
 """
 from __future__ import annotations
 
@@ -11,31 +13,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 PROTO_FILE = PROTO_DIR / "caffe.proto"
-DEFAULT_OUT = ROOT / "protonet"
+DEFAULT_OUT = ROOT / "protonet" / "frontend"
+OUT_NAME = "caffe.desc"
 
 
 def generate(out_dir: str | Path = DEFAULT_OUT) -> Path:
-    """Run protoc on proto/caffe.proto, writing caffe_pb2.py into out_dir.
-
-    Returns the path of the generated module. Raises RuntimeError on failure.
-    """
+    """Run protoc on proto/caffe.proto, writing caffe.desc into out_dir (no source info, so the
+    bytes depend on the schema only). Returns its path. Raises RuntimeError on failure."""
     from grpc_tools import protoc  # build-time dependency only
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # Include dir with the well-known types (google/protobuf/*.proto).
-    wkt_include = Path(protoc.__file__).resolve().parent / "_proto"
+    out = Path(out_dir) / OUT_NAME
+    out.parent.mkdir(parents=True, exist_ok=True)
     args = [
         "grpc_tools.protoc",  # argv[0], ignored by protoc
         f"-I{PROTO_DIR}",
-        f"-I{wkt_include}",
-        f"--python_out={out_dir}",
+        f"--descriptor_set_out={out}",
         str(PROTO_FILE),
     ]
     rc = protoc.main(args)
     if rc != 0:
         raise RuntimeError(f"protoc failed (exit {rc}) compiling {PROTO_FILE}")
-    out = out_dir / "caffe_pb2.py"
     if not out.is_file():
         raise RuntimeError(f"protoc did not produce {out}")
     return out
