@@ -16,6 +16,7 @@ import numpy as np
 from .errors import LayerContext, Location, ProtonetError, UnsupportedError, WeightsError
 from .fillers import fill, layer_rng, random_init
 from .frontend import LoadedNet
+from .frontend.python_layers import refusal as python_refusal
 from .ir import Graph, Node, Value
 from .layers import registry
 from .layers.base import prod
@@ -58,18 +59,13 @@ class BuildOptions:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
-REFUSED_TYPES = {
-    "Python": "Python layers run arbitrary Python code named in the file and are refused; "
-              "replace it with a supported layer or register a layer class for it from Python",
-}
-
-
 def check_types(loaded: LoadedNet) -> None:
-    """Refuse Python layers; report every unsupported type at once."""
+    """Refuse Python layers (the known ones became native layers in the frontend); report every
+    unsupported type at once."""
     unknown: list[str] = []
     for i, layer in enumerate(loaded.net.layer):
-        if layer.type in REFUSED_TYPES:
-            raise UnsupportedError(REFUSED_TYPES[layer.type], loaded.loc(layer, i))
+        if layer.type == "Python":
+            raise UnsupportedError(python_refusal(layer), loaded.loc(layer, i))
         if registry.get(layer.type) is None:
             line = loaded.line_of(layer, i)
             where = f"layer '{layer.name}'" + (f", line {line}" if line else "")

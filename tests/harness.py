@@ -20,12 +20,13 @@ def example_net_text(ex: Example) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_text(text: str, path: str = "test.prototxt") -> LoadedNet:
-    return load_net(path, text=text)
+def load_text(text: str, path: str = "test.prototxt", input_shapes: dict | None = None) -> LoadedNet:
+    return load_net(path, text=text, input_shapes=input_shapes)
 
 
 def build_text(text: str, seed: int = 0, init: str = "random", **kw):
-    graph, _ = build_graph(load_text(text), None, BuildOptions(seed=seed, init=init, **kw))
+    loaded = load_text(text, input_shapes=kw.get("input_shapes"))
+    graph, _ = build_graph(loaded, None, BuildOptions(seed=seed, init=init, **kw))
     return graph
 
 
@@ -33,7 +34,9 @@ def example_inputs(graph, ex: Example, seed: int = 1) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feeds = {}
     for i, v in enumerate(graph.inputs):
-        if i in ex.int_inputs:
+        if i in ex.values:
+            feeds[v.name] = np.asarray(ex.values[i], dtype=np.float32).reshape(v.shape)
+        elif i in ex.int_inputs:
             feeds[v.name] = rng.integers(0, ex.int_inputs[i], size=v.shape).astype(np.float32)
         else:
             feeds[v.name] = rng.standard_normal(v.shape).astype(np.float32)

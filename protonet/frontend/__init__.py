@@ -3,8 +3,8 @@
 Modules, each importing only those before it:
 ``schema`` (the message classes) -> ``reader`` (bytes or text -> NetParameter; ``is_binary``) ->
 ``blobs`` (BlobProto <-> numpy) -> ``legacy``, ``upgrade`` (NetParameter -> NetParameter, no file
-I/O) -> ``phase`` -> ``preprocess``, ``deploy`` -> ``wire``, ``weights`` (caffemodel -> arrays) ->
-``load`` (the orchestrator: read -> upgrade -> phase filter -> deploy; a caffemodel alone as a
+I/O) -> ``phase`` -> ``python_layers`` (known Python layers by name) -> ``preprocess``, ``deploy``
+-> ``wire``, ``weights`` (caffemodel -> arrays) -> ``load`` (the orchestrator: read -> upgrade -> phase filter -> deploy; a caffemodel alone as a
 net; ``upgrade_file``).
 """
 from __future__ import annotations

@@ -3,11 +3,13 @@
 Run after the upgrade chain and phase filtering. The rules, in file order:
 
 * data layers (``Data``, ``ImageData``, ``HDF5Data``, ``WindowData``, ``AnnotatedData``,
-  ``MemoryData``) become ``Input`` layers for their first top. The shape is ``input_shapes[top]``
+  ``MemoryData``, and ``Python`` layers without bottoms such as py-faster-rcnn's
+  ``roi_data_layer``) become ``Input`` layers for their first top. The shape is ``input_shapes[top]``
   when given, else ``(batch_size, C, crop, crop)`` from the layer's ``*_data_param.batch_size``
   and ``transform_param.crop_size``, with C = 3 unless ``image_data_param.is_color`` is false or
   ``transform_param.force_gray`` is set (1); an ``ImageData`` layer without crop uses
-  ``new_height x new_width``; ``MemoryData`` states its shape. Anything else (an MNIST ``Data``
+  ``new_height x new_width``; ``MemoryData`` states its shape; a Python data layer's shapes
+  come only from ``input_shapes``. Anything else (an MNIST ``Data``
   layer without crop: the image size lives in the database) is an error asking for
   ``--input-shape``. The other tops (labels) are dropped unless ``input_shapes`` names them.
 * ``SoftmaxWithLoss`` becomes ``Softmax`` on its first bottom (same ``softmax_param``), its output
@@ -29,6 +31,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import Location, ProtonetError
 from .preprocess import Preprocess, read_mean_file
+from .python_layers import describe, is_python_data_layer
 from .schema import pb
 
 # MemoryData is not here: it is an input layer fed by the caller (protonet.layers.bvlc.MemoryData)
@@ -78,7 +81,11 @@ def is_loss(layer: Any) -> bool:
 
 def needs_deploy(net: Any) -> bool:
     """Whether the (filtered) net has anything :func:`to_deploy` converts."""
-    return any(l.type in DATA_TYPES or l.type in DROPPED_TYPES or is_loss(l) for l in net.layer)
+    return any(_is_data(l) or l.type in DROPPED_TYPES or is_loss(l) for l in net.layer)
+
+
+def _is_data(layer: Any) -> bool:
+    return layer.type in DATA_TYPES or is_python_data_layer(layer)
 
 
 def to_deploy(net: Any, loc: Location, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
@@ -108,7 +115,7 @@ def to_deploy(net: Any, loc: Location, input_shapes: Mapping[str, tuple[int, ...
         return Location(loc.file, line, layer=layer.name, layer_type=layer.type)
 
     for index, layer in enumerate(net.layer):
-        if layer.type in DATA_TYPES:
+        if _is_data(layer):
             _convert_data(layer, out, shapes, notes, dropped, where(index, layer), base_dir)
             notes.kept.append(index)
             continue
@@ -151,7 +158,7 @@ def _convert_data(layer: Any, out: Any, shapes: dict[str, tuple[int, ...]], note
     if not layer.top:
         raise ProtonetError("data layer without tops", loc)
     top = layer.top[0]
-    meta = _preprocess(layer, top, loc, base_dir, notes)
+    meta = None if layer.type == "Python" else _preprocess(layer, top, loc, base_dir, notes)
     if top in shapes:
         shape = tuple(int(d) for d in shapes[top])
     else:
@@ -167,7 +174,8 @@ def _convert_data(layer: Any, out: Any, shapes: dict[str, tuple[int, ...]], note
             inp.input_param.shape.add().dim.extend(int(d) for d in shapes[extra])
         else:
             dropped.add(extra)
-            notes.messages.append(f"dropped top '{extra}' of {layer.type} layer '{layer.name}' (labels)")
+            why = f"no --input-shape {extra}=... given" if layer.type == "Python" else "labels"
+            notes.messages.append(f"dropped top '{extra}' of {layer.type} layer '{layer.name}' ({why})")
     if len(inp.input_param.shape) > 1 and len(set(tuple(s.dim) for s in inp.input_param.shape)) == 1:
         del inp.input_param.shape[1:]
     notes.messages.append(f"{layer.type} layer '{layer.name}' became Input '{top}' of shape {shape}")
@@ -185,6 +193,10 @@ def _data_shape(layer: Any, meta: Preprocess | None, loc: Location) -> tuple[int
     top = layer.top[0]
     p = _param(layer)
     ask = f"give the input shape with --input-shape {top}=N,C,H,W"
+    if layer.type == "Python":
+        tops = " ".join(f"--input-shape {t}=..." for t in layer.top)
+        raise ProtonetError(f"cannot tell the shape of input '{top}': a Python data layer ({describe(layer)}) "
+                            f"is never run, so its tops are inputs shaped by the caller; give {tops}", loc)
     if layer.type == "MemoryData" and p is not None and p.channels and p.height and p.width:
         return (int(p.batch_size or 1), int(p.channels), int(p.height), int(p.width))
     batch = int(p.batch_size) if p is not None and p.HasField("batch_size") and p.batch_size > 0 else 1

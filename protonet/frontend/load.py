@@ -15,6 +15,7 @@ from ..errors import Location, ProtonetError, SchemaError, WeightsError
 from ..fileio import write_bytes_atomic
 from .deploy import needs_deploy, to_deploy
 from .phase import filter_phase
+from .python_layers import native_python_layers
 from .reader import LoadedNet, read_net, read_text
 from .schema import pb
 from .upgrade import upgrade_net
@@ -72,7 +73,10 @@ def prepare(loaded: LoadedNet, phase: str = "TEST", stages: tuple[str, ...] = ()
 
 
 def deploy_step(loaded: LoadedNet, input_shapes: dict[str, tuple[int, ...]] | None = None) -> LoadedNet:
-    """Training-only layers -> deploy form (data layers become inputs, losses go), in place."""
+    """Known Python layers -> native layers; training-only layers -> deploy form (data layers
+    become inputs, losses go), in place."""
+    loaded.net, native = native_python_layers(loaded.net, lambda i, layer: loaded.loc(layer, i))
+    loaded.notes.extend(native)
     if needs_deploy(loaded.net):
         where = loaded.layer_lines if loaded.layer_lines is not None else loaded.lines
         loaded.net, notes = to_deploy(loaded.net, loaded.loc(), input_shapes or {}, where,

@@ -78,6 +78,8 @@ class Example:
     name: str = ""
     # inputs that must hold integers in [0, high) (e.g. Embed indices): {index: high}
     int_inputs: dict[int, int] = field(default_factory=dict)
+    # inputs given literally, in C order (e.g. a Proposal's im_info): {index: values}
+    values: dict[int, tuple[float, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
