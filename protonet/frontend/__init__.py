@@ -4,8 +4,8 @@ Modules, each importing only those before it:
 ``schema`` (the message classes) -> ``reader`` (bytes or text -> NetParameter; ``is_binary``) ->
 ``blobs`` (BlobProto <-> numpy) -> ``legacy``, ``upgrade`` (NetParameter -> NetParameter, no file
 I/O) -> ``phase`` -> ``python_layers`` (known Python layers by name) -> ``preprocess``, ``deploy``
--> ``wire``, ``weights`` (caffemodel -> arrays) -> ``load`` (the orchestrator: read -> upgrade -> phase filter -> deploy; a caffemodel alone as a
-net; ``upgrade_file``).
+-> ``wire``, ``weights`` (caffemodel -> arrays) -> ``load`` (the orchestrator: read -> upgrade ->
+phase filter -> deploy; a caffemodel alone as a net; ``upgrade_file``).
 """
 from __future__ import annotations
 
