@@ -63,9 +63,6 @@ class Summary:
         return {"name": self.name, "layers": rows, "total": asdict(self.total)}
 
 
-WEIGHTED_TYPES = ("Convolution", "Deconvolution", "InnerProduct", "DepthwiseConvolution")
-
-
 def summarize(graph: Graph) -> Summary:
     rows: list[LayerStats] = []
     shared: set[str] = set()  # Caffe param names already counted (a shared blob counts once)
@@ -99,7 +96,7 @@ def summarize(graph: Graph) -> Summary:
         activation_bytes=sum(r.output_bytes for r in rows),
         peak_activation_bytes=peak_live_bytes(graph),
         layers=len([n for n in graph.nodes if not _is_source(n.type)]),
-        depth=len([n for n in graph.nodes if n.type in WEIGHTED_TYPES]),
+        depth=len([n for n in graph.nodes if _is_channel_producer(n.type)]),
     )
     return Summary(graph.name, rows, total)
 
@@ -107,6 +104,12 @@ def summarize(graph: Graph) -> Summary:
 def _is_source(t: str) -> bool:
     layer = registry.get(t)
     return layer is not None and layer.is_source
+
+
+def _is_channel_producer(t: str) -> bool:
+    """The layers a net's depth counts (convolutions and fully connected layers)."""
+    layer = registry.get(t)
+    return layer is not None and layer.channel_producer
 
 
 def peak_live_bytes(graph: Graph) -> int:

@@ -15,6 +15,9 @@ from protonet.errors import ProtonetError
 from protonet.export import export
 from protonet.ir import Graph
 from protonet.layers import registry
+from protonet.layers.affine import Affine
+from protonet.layers.base import Layer
+from protonet.plugins import register_layer, unregister_layer
 from protonet.passes import PASS_NAMES, PassError, explain, run_pass, run_passes
 from protonet.pipeline import compile_net, random_inputs, verify_graph
 from protonet.reference import ReferenceInterpreter
@@ -254,6 +257,94 @@ def test_fuse_leaky_relu_and_relu6_into_inner_product():
     assert g1.outputs[0].name == "out" and g1.outputs[0].producer is g1.node("fc2")
 
 
+def _hard_swish(x: np.ndarray) -> np.ndarray:
+    return x * np.clip(x + 3.0, 0.0, 6.0) / 6.0
+
+
+class _HSwishNoTrait(Layer):
+    """A plugin named like a well-known activation, without the post_op trait."""
+
+    type_name = "HSwish"
+
+    def infer(self, a, shapes, ctx):
+        return [shapes[0]]
+
+    def kernel(self, a, xs, w):
+        return [_hard_swish(xs[0])]
+
+    def lower(self, a, g):
+        g.op("HardSwish", g.inputs, g.outputs)
+
+
+class _HSwishPostOp(_HSwishNoTrait):
+    post_op = True
+
+
+@pytest.fixture
+def plugin():
+    """Register a plugin layer class for the test; unregistered afterwards."""
+    names = []
+
+    def add(cls):
+        register_layer(cls)
+        names.append(cls.type_name)
+        return cls
+
+    yield add
+    for n in names:
+        unregister_layer(n)
+
+
+def test_fuse_asks_the_trait_not_the_type_name(plugin):
+    plugin(_HSwishNoTrait)
+    text = inp((1, 3, 5, 5)) + conv("c1", "data", "c1") + layer("hs", "HSwish", "c1", "y")
+    _, g1, res = check_pass(text, "fuse_activation")
+    assert not res.changed and not res.matched and g1.count_types()["HSwish"] == 1
+
+
+def test_fuse_plugin_with_the_post_op_trait(plugin):
+    plugin(_HSwishPostOp)
+    text = inp((1, 3, 5, 5)) + conv("c1", "data", "c1") + layer("hs", "HSwish", "c1", "y")
+    g0, g1, res = check_pass(text, "fuse_activation")
+    assert res.matched == ["hs"] and g1.count_types() == {"Input": 1, "Convolution": 1}
+    assert [p.type for p in g1.node("c1").post_ops] == ["HSwish"] and g1.outputs[0].name == "y"
+    model = export(g1)
+    assert [n.op_type for n in model.graph.node] == ["Conv", "HardSwish"]
+    feeds = feeds_for(g1)
+    ref = ReferenceInterpreter(g1).run(feeds)["y"]
+    before = ReferenceInterpreter(g0).run(feeds, keep_all=True)["c1"]  # the conv alone, unfused
+    assert np.allclose(ref, _hard_swish(before), rtol=1e-12, atol=1e-12)
+    assert relative_error(make_session(model, "cpu").run(feeds)["y"], ref)[1] <= VERIFY_RTOL
+
+
+class _Doubler(Layer):
+    """A plugin with a constant affine map (y = 2x + 1) declared through the ``affine`` trait."""
+
+    type_name = "Doubler"
+
+    def infer(self, a, shapes, ctx):
+        return [shapes[0]]
+
+    def kernel(self, a, xs, w):
+        return [xs[0] * 2.0 + 1.0]
+
+    def lower(self, a, g):
+        raise NotImplementedError
+
+    def affine(self, a, ins, w):
+        return Affine(0, np.asarray(2.0), np.asarray(1.0))
+
+
+def test_fold_constants_folds_a_plugin_by_its_affine_trait(plugin):
+    plugin(_Doubler)
+    text = inp((2, 3)) + layer("d", "Doubler", "data", "a") \
+        + layer("p", "Power", "a", "out", "power_param { scale: 3 shift: -1 }")
+    _, g1, res = check_pass(text, "fold_constants")
+    (p,) = g1.nodes_of("Power")
+    assert res.matched == ["d", "p"] and g1.count_types() == {"Input": 1, "Power": 1}
+    assert (p.attrs.power, p.attrs.scale, p.attrs.shift) == (1.0, 6.0, 2.0)  # 3 * (2x + 1) - 1
+
+
 def test_fuse_clip_into_conv():
     text = inp((1, 2, 4, 4)) + conv("c1", "data", "c1") + layer("cl", "Clip", "c1", "y", "clip_param { min: -0.1 max: 0.2 }")
     _, g1, _ = check_pass(text, "fuse_activation")
@@ -477,7 +568,7 @@ def test_failures_name_the_pass_and_layer():
     g = build_text(inp((1, 3, 4, 4)) + conv("c1", "data", "c1") + bn("bn_broken", "c1"))
     del g.node("bn_broken").weights["variance"]
     with pytest.raises(PassError, match="pass fold_batchnorm failed on layer 'bn_broken': KeyError"):
-        run_passes(g)
+        run_passes(g, ["fold_batchnorm"])
 
 
 def test_compile_net_optimize_runs_the_passes():

@@ -12,6 +12,14 @@ lower      ONNX nodes for it, through a :class:`Lowering` (never reads the proto
 examples   prototxt snippets and input shapes that the test suite runs through
 =========  ==================================================================
 
+The optimizer asks a layer for its *traits* rather than matching type names, so that a
+plugin type is rewritten only when it declares the property the rewrite relies on:
+``post_op`` (an element-wise activation that may run after a producer), ``channel_producer``
+(a linear layer with a weight per output channel: takes post-ops, absorbs a per-channel
+affine), ``folds_into_producer`` (BatchNorm), ``removed_at_inference`` and ``copies_bottom``
+(Dropout, Split), and the methods ``identity``, ``affine``, ``output_channel_axis`` and
+``scale_output_channels``.
+
 A layer raises user errors through ``ctx.error(...)`` so the message carries the
 file, line and layer. Shapes are tuples of ints; arrays are numpy.
 """
@@ -24,6 +32,7 @@ import numpy as np
 
 from ..errors import LayerContext
 
+from .affine import Affine
 from .lowering import Lowering, Shape
 
 
@@ -97,6 +106,42 @@ class Layer:
     #: how many bottoms are accepted (min, max); max None = any
     num_bottoms: ClassVar[tuple[int, int | None]] = (1, 1)
     examples: ClassVar[tuple[Example, ...]] = ()
+
+    # -- traits the optimizer reads (see the module docstring) --
+    #: an element-wise map of one bottom to one top of its shape, without weights, whose
+    #: kernel and lowering may run as another node's post-op (fuse_activation)
+    post_op: ClassVar[bool] = False
+    #: a linear layer whose weight holds one slice per output channel (axis
+    #: :meth:`output_channel_axis` of its top): it takes fused post-ops, absorbs a following
+    #: per-channel affine through :meth:`scale_output_channels`, and counts toward a net's depth
+    channel_producer: ClassVar[bool] = False
+    #: a per-channel normalisation whose constant ``affine`` map folds into the weights of the
+    #: channel producer before it, or else becomes one Scale (BatchNorm; fold_batchnorm)
+    folds_into_producer: ClassVar[bool] = False
+    #: the identity at inference, whatever its attrs (Dropout; eliminate_dropout)
+    removed_at_inference: ClassVar[bool] = False
+    #: copies its one bottom to every top (Split; eliminate_split)
+    copies_bottom: ClassVar[bool] = False
+
+    def identity(self, attrs: Any, in_shapes: Sequence[Shape], out_shapes: Sequence[Shape],
+                 weights: dict[str, np.ndarray]) -> str | None:
+        """Why this node's single top equals its first bottom (e.g. "Concat of a single
+        bottom"), or None when it may not (eliminate_identity)."""
+        return None
+
+    def affine(self, attrs: Any, in_shapes: Sequence[Shape], weights: dict[str, np.ndarray]) -> Affine | str | None:
+        """The node as ``y = x * scale + shift`` with constant factors; a string says why a
+        layer of an affine kind is not one here (e.g. a second bottom); None: never affine."""
+        return None
+
+    def output_channel_axis(self, attrs: Any, out_shape: Shape) -> int | None:
+        """The axis of the top that indexes output channels (``channel_producer`` only)."""
+        return None
+
+    def scale_output_channels(self, attrs: Any, weight: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """``weight`` with the slice of output channel c multiplied by ``s[c]``
+        (``channel_producer`` only)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a channel producer")
 
     def parse(self, layer: Any, ctx: LayerContext) -> Any:
         return NoAttrs()

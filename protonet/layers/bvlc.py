@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import LayerContext, ProtonetError
+from .affine import Affine
 from .base import (CONSTANT_ZERO, Example, Filler, Layer, NoAttrs, Shape, WeightSpec, canonical_axis,
                    prod)
 from .core import ConvAttrs, PoolAttrs, Pooling, _enum_name, broadcast_param, parse_conv, scale_span
@@ -59,6 +60,7 @@ class AbsVal(_Pointwise):
     """y = |x|. Caffe refuses in-place AbsVal (top == bottom), so protonet does too."""
 
     type_name = "AbsVal"
+    post_op = True
     examples = (_ex('layer { name: "a" type: "AbsVal" bottom: "in0" top: "out" }', ((2, 3, 4),)),)
 
     def parse(self, layer: Any, ctx: LayerContext) -> NoAttrs:
@@ -79,6 +81,7 @@ class BNLL(_Pointwise):
     x + log(1 + exp(-x)) for x > 0, log(1 + exp(x)) otherwise."""
 
     type_name = "BNLL"
+    post_op = True
     examples = (_ex('layer { name: "b" type: "BNLL" bottom: "in0" top: "out" }', ((2, 3, 4),)),)
 
     def kernel(self, a: NoAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
@@ -101,6 +104,7 @@ class ELU(_Pointwise):
     """y = max(x, 0) + alpha * (exp(min(x, 0)) - 1)."""
 
     type_name = "ELU"
+    post_op = True
     examples = (
         _ex('layer { name: "e" type: "ELU" bottom: "in0" top: "out" }', ((2, 3, 4),), "default"),
         _ex('layer { name: "e" type: "ELU" bottom: "in0" top: "out" elu_param { alpha: 0.3 } }', ((2, 5),), "alpha"),
@@ -127,6 +131,7 @@ class Swish(_Pointwise):
     """y = x * sigmoid(beta * x)."""
 
     type_name = "Swish"
+    post_op = True
     examples = (
         _ex('layer { name: "s" type: "Swish" bottom: "in0" top: "out" }', ((2, 3, 4),), "default"),
         _ex('layer { name: "s" type: "Swish" bottom: "in0" top: "out" swish_param { beta: 1.7 } }', ((2, 5),), "beta"),
@@ -155,6 +160,7 @@ class Threshold(_Pointwise):
     """y = 1 if x > threshold else 0 (strictly greater: x == threshold gives 0)."""
 
     type_name = "Threshold"
+    post_op = True
     examples = (
         _ex('layer { name: "t" type: "Threshold" bottom: "in0" top: "out" }', ((2, 3, 4),), "zero"),
         _ex('layer { name: "t" type: "Threshold" bottom: "in0" top: "out" threshold_param { threshold: 0.4 } }',
@@ -185,6 +191,7 @@ class Clip(_Pointwise):
     ``min``, and (by the comparisons std::min/max make) a NaN input gives ``min``."""
 
     type_name = "Clip"
+    post_op = True
     examples = (
         _ex('layer { name: "c" type: "Clip" bottom: "in0" top: "out" clip_param { min: -0.5 max: 0.7 } }',
             ((2, 3, 4),), "range"),
@@ -345,6 +352,12 @@ class Power(_Pointwise):
         p = layer.power_param
         return PowerAttrs(float(p.power), float(p.scale), float(p.shift))
 
+    def affine(self, a: PowerAttrs, ins: Sequence[Shape], w: dict) -> Affine | str:
+        """Power 1: y = shift + scale * x, one scalar map."""
+        if a.power != 1.0:
+            return f"Power with power {a.power:g} is not affine"
+        return Affine(0, np.asarray(a.scale), np.asarray(a.shift))
+
     def kernel(self, a: PowerAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         x = xs[0]
         c = a.constant
@@ -479,6 +492,14 @@ class Bias(Layer):
         start, end = self._span(a, shapes)
         return [WeightSpec("bias", tuple(shapes[0][start:end]), a.filler, role="bias")]
 
+    def affine(self, a: BiasAttrs, ins: Sequence[Shape], w: dict) -> Affine | str:
+        """The learned bias over the axes it covers (scale 1)."""
+        if a.two_bottoms:
+            return "Bias with a second bottom adds a computed value, not a constant"
+        start, end = self._span(a, ins)
+        pshape = tuple(ins[0][start:end])
+        return Affine(start, np.ones(pshape), np.asarray(w["bias"], np.float64).reshape(pshape))
+
     def kernel(self, a: BiasAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         x = xs[0]
         start, _ = self._span(a, [v.shape for v in xs])
@@ -534,6 +555,7 @@ class Deconvolution(Layer):
     grouped; optional bias (num_output)."""
 
     type_name = "Deconvolution"
+    channel_producer = True
     examples = (
         _ex('layer { name: "d" type: "Deconvolution" bottom: "in0" top: "out" '
             'convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 } }', ((2, 3, 4, 5),), "basic"),
@@ -575,6 +597,17 @@ class Deconvolution(Layer):
 
     def kernel(self, a: ConvAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         return [deconv2d(xs[0], w["weight"], w.get("bias"), a.window, a.group)]
+
+    def output_channel_axis(self, a: ConvAttrs, out_shape: Shape) -> int:
+        return 1
+
+    def scale_output_channels(self, a: ConvAttrs, weight: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """The weight is (C_in, C_out/g, kh, kw): output channel gi * C_out/g + j is column j
+        of the rows of group gi."""
+        g = a.group
+        cin, cog = weight.shape[0], weight.shape[1]
+        wg = weight.reshape((g, cin // g, cog) + weight.shape[2:])
+        return (wg * s.reshape((g, 1, cog) + (1,) * (weight.ndim - 2))).reshape(weight.shape)
 
     def lower(self, a: ConvAttrs, g: Any) -> None:
         win = a.window

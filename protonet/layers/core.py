@@ -9,6 +9,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import LayerContext
+from .affine import Affine, scale_along
 from .base import (CONSTANT_ONE, CONSTANT_ZERO, Example, Filler, Layer, Shape, WeightSpec,
                    canonical_axis, prod)
 from .geometry import Window2D, conv_output_size, conv_window, pool_nonempty, pool_output_size, pool_window
@@ -126,6 +127,7 @@ class Convolution(Layer):
     """2-D convolution, Caffe's output size floor((H + 2p - d(k-1) - 1)/s) + 1, grouped."""
 
     type_name = "Convolution"
+    channel_producer = True
     examples = (
         Example('layer { name: "c" type: "Convolution" bottom: "in0" top: "out" '
                 'convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 } }', ((2, 3, 9, 8),), "basic"),
@@ -167,6 +169,13 @@ class Convolution(Layer):
     def kernel(self, a: ConvAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         return [conv2d(xs[0], w["weight"], w.get("bias"), a.window, a.group)]
 
+    def output_channel_axis(self, a: ConvAttrs, out_shape: Shape) -> int:
+        return 1
+
+    def scale_output_channels(self, a: ConvAttrs, weight: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """The weight is (O, C/g, kh, kw): output channels on axis 0."""
+        return scale_along(weight, s, 0)
+
     def lower(self, a: ConvAttrs, g: Any) -> None:
         win = a.window
         ins = [g.inputs[0], g.weight("weight")] + ([g.weight("bias")] if a.bias_term else [])
@@ -191,6 +200,7 @@ class InnerProduct(Layer):
     """y = x_flat · Wᵀ + b, where x is flattened from ``axis`` on; W is (N, K), or (K, N) with transpose."""
 
     type_name = "InnerProduct"
+    channel_producer = True
     examples = (
         Example('layer { name: "fc" type: "InnerProduct" bottom: "in0" top: "out" '
                 'inner_product_param { num_output: 5 } }', ((3, 2, 3, 2),), "flatten"),
@@ -236,6 +246,13 @@ class InnerProduct(Layer):
             y = y + w["bias"]
         return [y.reshape(tuple(x.shape[:ax]) + (a.num_output,))]
 
+    def output_channel_axis(self, a: InnerProductAttrs, out_shape: Shape) -> int:
+        return len(out_shape) - 1
+
+    def scale_output_channels(self, a: InnerProductAttrs, weight: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """The weight is (N, K), or (K, N) with transpose: output channels on axis 0 or 1."""
+        return scale_along(weight, s, 1 if a.transpose else 0)
+
     def lower(self, a: InnerProductAttrs, g: Any) -> None:
         s = g.in_shapes[0]
         ax = self._axis(a, s)
@@ -266,6 +283,7 @@ class ReLU(Layer):
     """max(x, 0) + negative_slope * min(x, 0)."""
 
     type_name = "ReLU"
+    post_op = True
     examples = (
         Example('layer { name: "r" type: "ReLU" bottom: "in0" top: "out" }', ((2, 3, 4, 4),), "plain"),
         Example('layer { name: "r" type: "ReLU" bottom: "in0" top: "out" relu_param { negative_slope: 0.1 } }',
@@ -292,6 +310,7 @@ class ReLU(Layer):
 class _Unary(Layer):
     """An element-wise layer without parameters: ``fn`` in numpy, ``onnx_op`` in ONNX."""
 
+    post_op = True
     onnx_op = ""
 
     def infer(self, a: Any, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
@@ -601,6 +620,9 @@ class Concat(Layer):
             total += s[ax]
         return [tuple(first[:ax]) + (total,) + tuple(first[ax + 1:])]
 
+    def identity(self, a: AxisAttrs, ins: Sequence[Shape], outs: Sequence[Shape], w: dict) -> str | None:
+        return "Concat of a single bottom" if len(ins) == 1 else None
+
     def kernel(self, a: AxisAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         return [np.concatenate(xs, axis=a.axis % xs[0].ndim)]
 
@@ -648,6 +670,11 @@ class Eltwise(Layer):
                 raise ctx.error(f"bottom {i} has shape {tuple(s)}, which does not match bottom 0 {tuple(shapes[0])}")
         return [shapes[0]]
 
+    def identity(self, a: EltwiseAttrs, ins: Sequence[Shape], outs: Sequence[Shape], w: dict) -> str | None:
+        if len(ins) != 1 or (a.operation == "SUM" and a.coeff and a.coeff[0] != 1.0):
+            return None
+        return f"Eltwise {a.operation} of a single bottom" + (" with coeff 1" if a.coeff else "")
+
     def kernel(self, a: EltwiseAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         if a.operation == "PROD":
             y = xs[0].copy()
@@ -694,6 +721,7 @@ class Split(Layer):
     """Copies its bottom to every top."""
 
     type_name = "Split"
+    copies_bottom = True
     examples = (Example('layer { name: "s" type: "Split" bottom: "in0" top: "a" top: "b" }', ((2, 3),)),)
 
     def parse(self, layer: Any, ctx: LayerContext) -> SplitAttrs:
@@ -756,6 +784,7 @@ class Dropout(Layer):
     """At inference (TEST phase) Caffe's Dropout is the identity: training scales by 1/(1 - ratio)."""
 
     type_name = "Dropout"
+    removed_at_inference = True
     examples = (
         Example('layer { name: "d" type: "Dropout" bottom: "in0" top: "out" dropout_param { dropout_ratio: 0.5 } }',
                 ((2, 6),), "identity"),
@@ -798,6 +827,7 @@ class BatchNorm(Layer):
     protonet fills mean 0, variance 1, factor 1 when no weights are given."""
 
     type_name = "BatchNorm"
+    folds_into_producer = True
     examples = (
         Example('layer { name: "bn" type: "BatchNorm" bottom: "in0" top: "out" }', ((2, 3, 4, 4),), "global"),
         Example('layer { name: "bn" type: "BatchNorm" bottom: "in0" top: "out" batch_norm_param { eps: 0.001 } }',
@@ -830,6 +860,14 @@ class BatchNorm(Layer):
         s = float(w["scale_factor"].reshape(-1)[0])
         f = 0.0 if s == 0 else 1.0 / s
         return w["mean"] * f, w["variance"] * f
+
+    def affine(self, a: BatchNormAttrs, ins: Sequence[Shape], w: dict) -> Affine | str:
+        """With global stats: scale 1/sqrt(var + eps), shift -mean * scale, on axis 1."""
+        if not a.use_global_stats:
+            return "uses batch statistics (use_global_stats: false), which depend on the input"
+        mean, var = self.stats(w)
+        inv = 1.0 / np.sqrt(np.asarray(var, np.float64) + a.eps)
+        return Affine(1, inv, -np.asarray(mean, np.float64) * inv)
 
     def kernel(self, a: BatchNormAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         x = xs[0]
@@ -934,6 +972,16 @@ class Scale(Layer):
             specs.append(WeightSpec("bias", pshape, a.bias_filler, role="bias"))
         return specs
 
+    def affine(self, a: ScaleAttrs, ins: Sequence[Shape], w: dict) -> Affine | str:
+        """The learned scale (and bias) over the axes they cover."""
+        if a.two_bottoms:
+            return "Scale with a second bottom multiplies by a computed value, not a constant"
+        start, end = self._span(a, ins)
+        pshape = tuple(ins[0][start:end])
+        scale = np.asarray(w["scale"], np.float64).reshape(pshape)
+        shift = np.asarray(w["bias"], np.float64).reshape(pshape) if a.bias_term else np.zeros(pshape)
+        return Affine(start, scale, shift)
+
     def kernel(self, a: ScaleAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         x = xs[0]
         start, _ = self._span(a, [x.shape] + [v.shape for v in xs[1:]])
@@ -995,11 +1043,19 @@ class Flatten(Layer):
     def infer(self, a: FlattenAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         return [self.out_shape(a, shapes[0], ctx)]
 
+    def identity(self, a: FlattenAttrs, ins: Sequence[Shape], outs: Sequence[Shape], w: dict) -> str | None:
+        return same_shape(self.type_name, ins, outs)
+
     def kernel(self, a: FlattenAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         return [xs[0].reshape(self.out_shape(a, xs[0].shape))]
 
     def lower(self, a: FlattenAttrs, g: Any) -> None:
         lower_reshape(g, g.out_shapes[0], keep_leading=a.axis % len(g.in_shapes[0]))
+
+
+def same_shape(type_name: str, ins: Sequence[Shape], outs: Sequence[Shape]) -> str | None:
+    """A reshape is the identity when it keeps the shape."""
+    return f"{type_name} to the same shape {tuple(ins[0])}" if tuple(outs[0]) == tuple(ins[0]) else None
 
 
 def lower_reshape(g: Any, out: Shape, keep_leading: int) -> None:
@@ -1070,6 +1126,9 @@ class Reshape(Layer):
 
     def infer(self, a: ReshapeAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         return [self.out_shape(a, shapes[0], ctx)]
+
+    def identity(self, a: ReshapeAttrs, ins: Sequence[Shape], outs: Sequence[Shape], w: dict) -> str | None:
+        return same_shape(self.type_name, ins, outs)
 
     def kernel(self, a: ReshapeAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         return [xs[0].reshape(self.out_shape(a, xs[0].shape))]

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import LayerContext, UnsupportedError
+from .affine import scale_along
 from .base import CONSTANT_ONE, CONSTANT_ZERO, Example, Filler, Layer, Shape, WeightSpec, prod
 from .core import Convolution, ConvAttrs, channel_shape, conv2d
 from .geometry import Window2D, conv_window
@@ -287,6 +288,7 @@ class ReLU6(Layer):
     """min(max(x, 0), 6), plus negative_slope · min(x, 0) when a slope is given."""
 
     type_name = "ReLU6"
+    post_op = True
     examples = (
         Example('layer { name: "r" type: "ReLU6" bottom: "in0" top: "out" }', ((2, 3, 4, 4),), "plain"),
         Example('layer { name: "r" type: "ReLU6" bottom: "in0" top: "out" relu6_param { negative_slope: 0.1 } }',
@@ -331,6 +333,7 @@ class DepthwiseConvolution(Layer):
     always produces C outputs). Weights (num_output, 1, kh, kw), bias (num_output,)."""
 
     type_name = "DepthwiseConvolution"
+    channel_producer = True
     aliases = ("ConvolutionDepthwise",)
     examples = (
         Example('layer { name: "dw" type: "DepthwiseConvolution" bottom: "in0" top: "out" '
@@ -378,6 +381,13 @@ class DepthwiseConvolution(Layer):
     def kernel(self, a: DepthwiseAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         c = xs[0].shape[1]
         return [conv2d(xs[0], w["weight"], w.get("bias"), a.window, c)]
+
+    def output_channel_axis(self, a: DepthwiseAttrs, out_shape: Shape) -> int:
+        return 1
+
+    def scale_output_channels(self, a: DepthwiseAttrs, weight: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """The weight is (O, 1, kh, kw): output channels on axis 0."""
+        return scale_along(weight, s, 0)
 
     def lower(self, a: DepthwiseAttrs, g: Any) -> None:
         Convolution().lower(self.conv_attrs(a, g.in_shapes[0][1]), g)

@@ -15,6 +15,10 @@ from typing import Any, Iterator
 
 from ..ir import Graph, Node, Value
 from ..layers import registry
+from ..layers.affine import Affine
+from ..layers.base import Layer
+
+_NO_TRAITS = Layer()
 
 
 @dataclass
@@ -95,9 +99,26 @@ def ndim(v: Value) -> int:
     return len(v.shape)
 
 
+def layer_of(node: Node) -> Layer:
+    """The registered layer class instance of ``node`` (its traits drive the passes); a node
+    of a type no longer registered reads as the base class, which has no traits."""
+    return registry.get(node.type) or _NO_TRAITS
+
+
 def is_source(node: Node) -> bool:
-    layer = registry.get(node.type)
-    return bool(layer is not None and layer.is_source)
+    return layer_of(node).is_source
+
+
+def shapes_of(values: list[Value]) -> list[tuple[int, ...]]:
+    return [v.shape for v in values]
+
+
+def affine_of(node: Node) -> Affine | str | None:
+    """The node's constant affine map (see :meth:`Layer.affine`); None when the layer is not
+    of an affine kind or the node has several tops or fused post-ops."""
+    if len(node.outputs) != 1 or node.post_ops or not node.inputs:
+        return None
+    return layer_of(node).affine(node.attrs, shapes_of(node.inputs), node.weights)
 
 
 # -- rewiring ------------------------------------------------------------------------------------

@@ -1,19 +1,19 @@
-"""eliminate_dropout: Dropout is the identity at inference."""
+"""eliminate_dropout: layers that are the identity at inference (Dropout) go."""
 from __future__ import annotations
 
 from ..ir import Graph
-from .base import PassResult, bypass, bypass_conflict, on_layer
+from .base import PassResult, bypass, bypass_conflict, layer_of, on_layer
 
 
 def eliminate_dropout(graph: Graph) -> PassResult:
-    """Rule: every Dropout node is removed and its users read its bottom instead (Caffe's
-    TEST-phase Dropout copies its input). A Dropout top that is a graph output passes its
-    name to the bottom.
+    """Rule: every node whose layer declares ``removed_at_inference`` (Dropout: Caffe's
+    TEST-phase Dropout copies its input) is removed and its users read its bottom instead.
+    A top that is a graph output passes its name to the bottom.
 
     Declines when the top is a graph output and the bottom is a graph input or another graph
-    output (both names must stay, so the Dropout stays as an Identity)."""
+    output (both names must stay, so the node stays as an Identity)."""
     res = PassResult(name="eliminate_dropout")
-    for node in [n for n in graph.nodes if n.type == "Dropout"]:
+    for node in [n for n in graph.nodes if layer_of(n).removed_at_inference]:
         with on_layer(node):
             res.match(node)
             why = bypass_conflict(graph, node.inputs[0], node.outputs[0])
@@ -21,5 +21,5 @@ def eliminate_dropout(graph: Graph) -> PassResult:
                 res.decline(node, why)
                 continue
             bypass(graph, node)
-            res.change(f"removed Dropout '{node.name}'")
+            res.change(f"removed {node.type} '{node.name}'")
     return res

@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 from ..ir import Graph
-from .base import PassResult, bypass, is_graph_input, is_graph_output, on_layer
+from .base import PassResult, bypass, is_graph_input, is_graph_output, layer_of, on_layer
 
 
 def eliminate_split(graph: Graph) -> PassResult:
-    """Rule: every Split node is removed; the users of each top read the bottom instead. One
-    top that is a graph output passes its name to the bottom.
+    """Rule: every node whose layer declares ``copies_bottom`` (Split) is removed; the users
+    of each top read the bottom instead. One top that is a graph output passes its name to
+    the bottom.
 
     Declines when more than one top is a graph output, or when a top is a graph output and
     the bottom is a graph input or graph output (the names cannot all stay on one value)."""
     res = PassResult(name="eliminate_split")
-    for node in [n for n in graph.nodes if n.type == "Split"]:
+    for node in [n for n in graph.nodes if layer_of(n).copies_bottom]:
         with on_layer(node):
             res.match(node)
             src = node.inputs[0]
@@ -28,5 +29,5 @@ def eliminate_split(graph: Graph) -> PassResult:
             # the graph-output top (if any) goes last, so its name is the one the bottom keeps
             pairs = sorted(((v, src) for v in node.outputs), key=lambda p: is_graph_output(graph, p[0]))
             bypass(graph, node, pairs)
-            res.change(f"removed Split '{node.name}' ({len(node.outputs)} tops now read '{src.name}')")
+            res.change(f"removed {node.type} '{node.name}' ({len(node.outputs)} tops now read '{src.name}')")
     return res

@@ -1,43 +1,25 @@
-"""fold_batchnorm: fold inference-mode BatchNorm (and the Scale or Bias after it) into the
-weights of the Convolution / Deconvolution / InnerProduct that produces its input."""
+"""fold_batchnorm: fold inference-mode BatchNorm (and the per-channel affine after it) into the
+weights of the channel producer (Convolution / Deconvolution / InnerProduct ...) of its input."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import numpy as np
 
 from ..ir import Graph, Node
+from ..layers.affine import Affine, compose
 from ..layers.base import CONSTANT_ONE, CONSTANT_ZERO
 from ..layers.core import ScaleAttrs
-from .affine import Affine, batchnorm_affine, compose, learned_affine, span_of
-from .base import PassResult, bypass, is_source, on_layer, private_output_reason, replace_chain, sole_user
+from .base import (PassResult, affine_of, bypass, is_source, layer_of, on_layer, private_output_reason,
+                   replace_chain, sole_user)
+
+#: the axis a BatchNorm normalises (Caffe's channels)
+CHANNEL_AXIS = 1
 
 
-def _scale_rows(w: np.ndarray, s: np.ndarray, node: Node) -> np.ndarray:
-    """Convolution (O, C/g, kh, kw) and InnerProduct (N, K): output channels on axis 0;
-    InnerProduct with transpose (K, N): on axis 1."""
-    if node.type == "InnerProduct" and getattr(node.attrs, "transpose", False):
-        return w * s.reshape(1, -1)
-    return w * s.reshape((-1,) + (1,) * (w.ndim - 1))
-
-
-def _scale_deconv(w: np.ndarray, s: np.ndarray, node: Node) -> np.ndarray:
-    """Deconvolution (C_in, C_out/g, kh, kw): output channel g_i * C_out/g + j lives at
-    column j of the rows of group g_i."""
-    g = int(getattr(node.attrs, "group", 1))
-    cin, cog = w.shape[0], w.shape[1]
-    wg = w.reshape((g, cin // g, cog) + w.shape[2:])
-    return (wg * s.reshape((g, 1, cog) + (1,) * (w.ndim - 2))).reshape(w.shape)
-
-
-#: producer type -> how to scale its weight per output channel
-PRODUCERS: dict[str, Callable[[np.ndarray, np.ndarray, Node], np.ndarray]] = {
-    "Convolution": _scale_rows,
-    "InnerProduct": _scale_rows,
-    "Deconvolution": _scale_deconv,
-    "DepthwiseConvolution": _scale_rows,
-}
+def per_channel(aff: Affine) -> bool:
+    """A map on the channel axis alone, or one scalar for every element."""
+    return aff.scale.ndim == 0 or (aff.start, aff.end) == (CHANNEL_AXIS, CHANNEL_AXIS + 1)
 
 
 def _producer_reason(graph: Graph, bn: Node) -> str | None:
@@ -46,7 +28,8 @@ def _producer_reason(graph: Graph, bn: Node) -> str | None:
     p = x.producer
     if p is None or is_source(p):
         return f"its input '{x.name}' is a graph input"
-    if p.type not in PRODUCERS:
+    layer = layer_of(p)
+    if not layer.channel_producer:
         return f"its input comes from '{p.name}' ({p.type}), which has no weights to fold into"
     if len(p.outputs) != 1:
         return f"producer '{p.name}' has {len(p.outputs)} outputs"
@@ -59,44 +42,40 @@ def _producer_reason(graph: Graph, bn: Node) -> str | None:
         return f"producer '{p.name}' already applies a fused {p.post_ops[0].type}"
     if len(p.inputs) != 1 or "weight" not in p.weights:
         return f"producer '{p.name}' has no single-input weight layout"
-    if x.shape[1] != p.outputs[0].shape[1] or (p.type == "InnerProduct" and len(x.shape) != 2):
-        return f"BatchNorm's channel axis 1 is not the output-channel axis of '{p.name}'"
+    if layer.output_channel_axis(p.attrs, x.shape) != CHANNEL_AXIS:
+        return f"BatchNorm's channel axis {CHANNEL_AXIS} is not the output-channel axis of '{p.name}'"
     return None
 
 
 def _follower(graph: Graph, bn: Node, res: PassResult) -> tuple[Node | None, Affine | None]:
-    """The Scale or Bias that may fold along with the BatchNorm, as an affine map on axis 1."""
+    """The constant per-channel (or scalar) affine layer that may fold along with the BatchNorm."""
     y = bn.outputs[0]
     nxt = sole_user(graph, y)
     if nxt is None:
-        users = [u for u in y.users if u.type in ("Scale", "Bias")]
-        for u in users:
-            res.decline(u, f"BatchNorm '{bn.name}' output '{y.name}' has other users or is a graph output; "
-                           f"'{u.name}' stays separate")
+        for u in y.users:
+            if affine_of(u) is not None:
+                res.decline(u, f"BatchNorm '{bn.name}' output '{y.name}' has other users or is a graph output; "
+                               f"'{u.name}' stays separate")
         return None, None
-    if nxt.type not in ("Scale", "Bias"):
-        return None, None
-    if len(nxt.inputs) != 1 or getattr(nxt.attrs, "two_bottoms", False):
-        res.decline(nxt, f"{nxt.type} takes its factors from a second bottom, not learned blobs")
-        return None, None
-    if nxt.shares_weights:
-        pass  # reading a shared blob is fine: the other users keep their own copy
-    span = span_of(nxt)
-    if span != (1, 2):
-        res.decline(nxt, f"{nxt.type} covers axes {span} (axis {nxt.attrs.axis}, num_axes {nxt.attrs.num_axes}), "
-                         f"not the channel axis (1, 2)")
-        return None, None
-    aff = learned_affine(nxt)
+    aff = affine_of(nxt)
     if aff is None:
-        res.decline(nxt, f"{nxt.type} has no learned blob to fold")
+        return None, None
+    if isinstance(aff, str):
+        res.decline(nxt, aff)
+        return None, None
+    if not per_channel(aff):
+        res.decline(nxt, f"{nxt.type} covers axes {(aff.start, aff.end)}, not the channel axis "
+                         f"{(CHANNEL_AXIS, CHANNEL_AXIS + 1)}")
         return None, None
     return nxt, aff
 
 
 def fold_batchnorm(graph: Graph) -> PassResult:
-    """Rule: ``P -> BatchNorm(use_global_stats) [-> Scale (bias or not) | -> Bias]``, matched by
-    dataflow, with P a Convolution, Deconvolution, DepthwiseConvolution or InnerProduct whose output is read by the
-    BatchNorm alone, becomes P with ``W' = W * s`` per output channel and ``b' = b * s + t``
+    """Rule: ``P -> BatchNorm(use_global_stats) [-> A]``, matched by dataflow, with P a
+    ``channel_producer`` (Convolution, Deconvolution, DepthwiseConvolution, InnerProduct) whose
+    output is read by the BatchNorm alone and A a layer whose ``affine`` trait gives a
+    constant map on the channel axis or a scalar (Scale with or without bias, Bias, Power 1),
+    becomes P with ``W' = W * s`` per output channel and ``b' = b * s + t``
     (a bias blob is added when P had none), where ``s = gamma / sqrt(var + eps)`` and
     ``t = beta - mean * s``. A BatchNorm (+Scale) with nothing to fold into becomes one Scale
     with bias (a per-channel affine).
@@ -104,20 +83,20 @@ def fold_batchnorm(graph: Graph) -> PassResult:
     Declines (leaving the graph as it was) when the BatchNorm uses batch statistics; when P's
     output has other users or is a graph output; when P shares weights (``param { name }``)
     or already carries a fused activation; when the BatchNorm's channel axis is not P's
-    output-channel axis (an InnerProduct with axis != 1). A Scale/Bias after the BatchNorm is
-    left separate (declined) when it is the two-bottom form or its axis/num_axes are not the
-    channel axis alone, or when the BatchNorm output has other users."""
+    output-channel axis (an InnerProduct with axis != 1). An affine layer after the BatchNorm
+    is left separate (declined) when its factors are not constant (the two-bottom form), when
+    it covers other axes than the channel axis, or when the BatchNorm output has other users."""
     res = PassResult(name="fold_batchnorm")
-    for bn in [n for n in graph.nodes if n.type == "BatchNorm"]:
+    for bn in [n for n in graph.nodes if layer_of(n).folds_into_producer]:
         if bn not in graph.nodes:
             continue
         with on_layer(bn):
             res.match(bn)
-            if not bn.attrs.use_global_stats:
-                res.decline(bn, "uses batch statistics (use_global_stats: false), which depend on the input")
+            aff = affine_of(bn)
+            if not isinstance(aff, Affine):
+                res.decline(bn, aff or f"{bn.type} has no constant affine map")
                 continue
             follower, faff = _follower(graph, bn, res)
-            aff = batchnorm_affine(bn)
             if follower is not None:
                 aff = compose(aff, faff, bn.inputs[0].shape)
             chain = [bn] + ([follower] if follower is not None else [])
@@ -130,7 +109,7 @@ def fold_batchnorm(graph: Graph) -> PassResult:
             else:
                 res.decline(bn, f"not folded: {why}")
                 attrs = ScaleAttrs(1, 1, True, CONSTANT_ONE, CONSTANT_ZERO, False)
-                dtype = bn.weights["mean"].dtype
+                dtype = next(iter(bn.weights.values())).dtype
                 weights = {"scale": aff.scale.astype(dtype), "bias": aff.shift.astype(dtype)}
                 node = replace_chain(graph, chain, "Scale", chain[-1].name, attrs, weights)
                 res.change(f"{names} became one per-channel affine Scale '{node.name}'")
@@ -140,7 +119,7 @@ def fold_batchnorm(graph: Graph) -> PassResult:
 def _fold_into(graph: Graph, p: Node, chain: list[Node], aff: Affine) -> None:
     s, t = aff.scale.reshape(-1), aff.shift.reshape(-1)
     w = p.weights["weight"]
-    new_w = PRODUCERS[p.type](np.asarray(w, np.float64), s, p).astype(w.dtype)
+    new_w = layer_of(p).scale_output_channels(p.attrs, np.asarray(w, np.float64), s).astype(w.dtype)
     if "bias" in p.weights:
         b = np.asarray(p.weights["bias"], np.float64).reshape(-1)
         new_b = (b * s + t).astype(p.weights["bias"].dtype)
