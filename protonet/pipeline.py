@@ -77,6 +77,18 @@ def select_outputs(graph: Graph, names: list[str], src: str) -> None:
     graph.outputs = [values[n] for n in names]
 
 
+def save_caffemodel(graph: Graph, path: str | Path) -> None:
+    """Write the weights of an unoptimized graph as a ``.caffemodel`` (atomically): one layer per
+    node with weights, its blobs in Caffe's order, so that Caffe, OpenCV and protonet load the same
+    values. Give it the graph as built (``compile_net(..., optimize=False)``): the passes fold
+    weights into other layers', which are then no longer Caffe's blobs."""
+    from .fileio import write_atomic
+    from .frontend import caffemodel_bytes
+
+    data = caffemodel_bytes({n.name: list(n.weights.values()) for n in graph.nodes if n.weights}, graph.name)
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
 def random_inputs(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
     """Standard-normal inputs for every graph input (deterministic under ``seed``)."""
     rng = np.random.default_rng(seed)

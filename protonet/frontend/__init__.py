@@ -13,8 +13,8 @@ from .load import deploy_step, load_net, net_from_caffemodel, prepare, upgrade_f
 from .phase import filter_phase
 from .reader import LoadedNet, is_binary, read_net, read_text
 from .upgrade import upgrade_net
-from .weights import WeightsFile, load_caffemodel, looks_like_caffemodel
+from .weights import WeightsFile, caffemodel_bytes, load_caffemodel, looks_like_caffemodel
 
-__all__ = ["LoadedNet", "WeightsFile", "deploy_step", "filter_phase", "is_binary", "load_caffemodel", "load_net",
-           "looks_like_caffemodel", "net_from_caffemodel", "prepare", "read_net", "read_text", "upgrade_file",
+__all__ = ["LoadedNet", "WeightsFile", "caffemodel_bytes", "deploy_step", "filter_phase", "is_binary",
+           "load_caffemodel", "load_net", "looks_like_caffemodel", "net_from_caffemodel", "prepare", "read_net", "read_text", "upgrade_file",
            "upgrade_net"]

@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -300,6 +300,13 @@ def load_caffemodel(path: str | Path, *, method: str = "wire", copy: bool = True
     report.seconds = time.perf_counter() - t0
     log.info("%s: %s", p, report.summary())
     return WeightsFile(p, layers, ran, net, report)
+
+
+def caffemodel_bytes(layers: Mapping[str, Sequence[np.ndarray]], name: str = "") -> bytes:
+    """A binary NetParameter holding only weights, as Caffe's ``Net::ToProto`` saves them: one
+    ``layer`` per name, its blobs in the layer's order (what :func:`load_caffemodel`, Caffe and
+    OpenCV's importer match by layer name), encoded at the wire level (fast for big blobs)."""
+    return wire.encode_weights_net(layers, name)
 
 
 def looks_like_caffemodel(path: str | Path) -> bool:

@@ -293,6 +293,27 @@ def encode_len_field(num: int, payload: bytes) -> bytes:
     return encode_varint((num << 3) | LEN) + encode_varint(len(payload)) + payload
 
 
+def encode_blob(array) -> bytes:
+    """A BlobProto as Caffe writes it: ``shape`` (packed int64 dims) and packed float ``data``,
+    encoded straight from the array's bytes (no per-value Python objects)."""
+    import numpy as np
+
+    arr = np.asarray(array, dtype="<f4")  # tobytes() is C order; 0-d stays 0-d
+    dims = b"".join(encode_varint(int(d)) for d in arr.shape)
+    shape = encode_len_field(SHAPE_DIM, dims) if dims else b""
+    return encode_len_field(BLOB_SHAPE, shape) + encode_len_field(BLOB_DATA, arr.tobytes())
+
+
+def encode_weights_net(layers, name: str = "") -> bytes:
+    """A NetParameter of ``layer`` messages holding only a name and blobs ({name: [arrays]})."""
+    parts = [encode_len_field(1, name.encode())] if name else []  # NetParameter.name
+    for layer_name, arrays in layers.items():
+        body = encode_len_field(LAYER_NAME, layer_name.encode()) + b"".join(
+            encode_len_field(LAYER_BLOBS, encode_blob(a)) for a in arrays)
+        parts.append(encode_len_field(NET_LAYER, body))
+    return b"".join(parts)
+
+
 def scan_net(buf, start: int = 0, end: int | None = None) -> NetRecord:
     """Scan a NetParameter: layers with their blobs, everything else kept verbatim."""
     end = len(buf) if end is None else end

@@ -1,0 +1,124 @@
+"""tools/corpus_report.py on tiny nets of our own: a net protonet and OpenCV both run (and agree
+on, from the same caffemodel), a refusal sorted as right to refuse, one sorted as a gap, and an
+OpenCV comparison that notices a wrong output."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2", reason="OpenCV (opencv-python-headless==4.10.*, the test extra) is not installed")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+import corpus_report as cr  # noqa: E402  (tools/corpus_report.py)
+
+SMALL = """name: "small"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 12 dim: 12 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2 } }
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+layer { name: "sc1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" inner_product_param { num_output: 5 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
+
+PYTHON_LAYER = """name: "py"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }
+layer { name: "mine" type: "Python" bottom: "data" top: "out"
+        python_param { module: "os" layer: "system" } }
+"""
+
+UNKNOWN_FIELD = """name: "field"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }
+layer { name: "pool" type: "Pooling" bottom: "data" top: "pool"
+        pooling_param { pool: MAX kernel_size: 2 stride: 2 no_schema_has_this: 1 } }
+"""
+
+
+def _write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_net_both_run_is_verified_and_agrees_with_opencv(tmp_path):
+    res = cr.check_file(_write(tmp_path, "small.prototxt", SMALL), tmp_path)
+    assert res["status"] == "verified" and res["verify_rel"] <= 1e-4
+    assert res["inputs"] == {"data": [1, 3, 12, 12]}  # batch 1, whatever the file says
+    assert res["opencv"] == "runs"
+    assert set(res["opencv_rel"]) == {"prob"}
+    assert res["opencv_max_rel"] <= cr.AGREE_RTOL
+    # the caffemodel OpenCV read holds protonet's random weights, not zeros: the output varies
+    net = cv2.dnn.readNetFromCaffe(str(tmp_path / "small.prototxt"), str(tmp_path / "random.caffemodel"))
+    net.setInput(np.random.default_rng(0).standard_normal((1, 3, 12, 12)).astype(np.float32))
+    prob = net.forward()
+    assert prob.shape == (1, 5) and np.ptp(prob) > 1e-3 and abs(prob.sum() - 1) < 1e-5
+
+
+def test_the_opencv_comparison_notices_a_wrong_output(tmp_path):
+    from protonet.pipeline import compile_net, random_inputs, save_caffemodel, verify_compiled
+    from protonet.build import BuildOptions
+
+    path = _write(tmp_path, "small.prototxt", SMALL)
+    c = compile_net(path, options=BuildOptions(batch=1, init="random"))
+    save_caffemodel(c.graph, tmp_path / "w.caffemodel")
+    feeds = random_inputs(c.graph, seed=3)
+    ours = verify_compiled(c, feeds).outputs
+    good = cr._opencv_run(path, str(tmp_path / "w.caffemodel"), c.graph, feeds, ours)
+    assert good["opencv_max_rel"] <= cr.AGREE_RTOL
+    wrong = {"prob": ours["prob"][:, ::-1].copy()}  # the classes in the wrong order
+    bad = cr._opencv_run(path, str(tmp_path / "w.caffemodel"), c.graph, feeds, wrong)
+    assert bad["opencv_max_rel"] > 1e-2
+
+
+def test_a_python_layer_is_a_located_refusal_and_right_to_refuse(tmp_path):
+    path = _write(tmp_path, "py.prototxt", PYTHON_LAYER)
+    res = cr.check_file(path, tmp_path)
+    assert res["status"] == "refused"
+    assert res["message"].startswith(f"{path}:3: layer 'mine' (Python)")
+    assert (res["reason"], res["gap"]) == ("python-layer", False)
+    assert (res["cli_rc"], res["cli_lines"], res["cli_traceback"]) == (2, 1, False)
+    assert res["opencv"] == "refuses" and res["opencv_error"] == "no layer type Python"  # OpenCV has none either
+
+
+def test_opencv_layer_probe(tmp_path):
+    assert cr.opencv_knows("Convolution", tmp_path) and cr.opencv_knows("PriorBox", tmp_path)
+    assert not cr.opencv_knows("Python", tmp_path) and not cr.opencv_knows("NoSuchLayerType", tmp_path)
+
+
+def test_a_field_no_schema_has_is_refused_with_its_line(tmp_path):
+    path = _write(tmp_path, "field.prototxt", UNKNOWN_FIELD)
+    res = cr.check_file(path, tmp_path)
+    assert res["status"] == "refused"
+    assert f"{path}:4" in res["message"] and "no_schema_has_this" in res["message"]
+    assert res["reason"] == "unknown-field"
+
+
+@pytest.mark.parametrize("message, opencv_imports, key, gap", [
+    ("n.prototxt:3: Message type \"caffe.PoolingParameter\" has no field named \"ceil_mode\".", True,
+     "unknown-field", True),
+    ("n.prototxt:3: unknown field 'ceil_mode' of PoolingParameter; give the fork's schema with --caffe-proto", False,
+     "unknown-field", True),
+    ("n.prototxt: unsupported layer types: Interp (layer 'interp', line 9)", True, "layer-type", True),
+    ("n.prototxt: unsupported layer types: Foo (layer 'f', line 9)", False, "fork-layer-type", False),
+    ("n.prototxt:2: layer 'mnist' (Data): cannot tell the shape of input 'data': give the input shape with "
+     "--input-shape data=N,C,H,W", False, "input-shape", False),
+    ("n.prototxt:7: layer 'x' (Flatten): bottom 'data' is not produced by any earlier layer", False, "other", False),
+    ("n.prototxt:7: layer 'x' (Flatten): bottom 'data' is not produced by any earlier layer", True, "other", True),
+])
+def test_classification(message, opencv_imports, key, gap):
+    reason = cr.classify(message, opencv_imports)
+    assert (reason.key, reason.gap) == (key, gap)
+
+
+def test_input_shape_column():
+    assert cr.parse_shapes("data=1,1,28,28;pair_data=1,2,28,28") == {"data": (1, 1, 28, 28),
+                                                                     "pair_data": (1, 2, 28, 28)}
+    assert cr.parse_shapes("") == {}

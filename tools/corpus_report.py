@@ -1,0 +1,472 @@
+"""Run protonet, and OpenCV's Caffe importer, over a corpus of real-world Caffe files.
+
+    python tools/corpus_fetch.py --dest DIR      # the files listed in tools/corpus.tsv
+    python tools/corpus_report.py --corpus DIR [--out benchmarks/corpus.md] [--only SUBSTR]
+                                  [--timeout 600] [--mem-gb 8]
+
+For each file (deploy and train_val definitions; solvers are listed and skipped):
+
+1. protonet compiles it at batch 1 with random weights (seed 0) into the IR; big inputs
+   (over 256x256) are halved when the net still compiles that way (fully convolutional nets),
+   else the file's own size is used. A refusal is recorded with its one message, the exit code
+   and stderr of ``protonet compile`` on the same file (a refusal must be one located line, exit
+   2, no traceback), and a classification: right to refuse, or a protonet gap.
+2. The random weights are written as a .caffemodel with protonet's own writer
+   (``pipeline.save_caffemodel``); protonet compiles the file again with those weights and the
+   optimizer, writes ONNX (onnx.checker with full shape inference) and verifies every blob of the
+   unoptimized graph, onnxruntime (fp32) against the float64 reference, on seeded standard-normal
+   input, and the optimized model's outputs against the unoptimized model's (1e-4 relative).
+3. OpenCV 4.10 (``cv2.dnn.readNetFromCaffe``) loads the same file and caffemodel, runs the same
+   input, and every network output of protonet that OpenCV also gives (matched by the producing
+   layer's name) is compared: max |opencv - protonet| / max |protonet|. Where protonet refused,
+   OpenCV is asked only to import the file (there are no weights to run it with).
+
+Each file runs in its own subprocess (``nice -n 19``, one at a time, a timeout and an address-space
+cap), so a file that hangs or exhausts memory is one row of the report, not the end of the run.
+Results are kept in ``DIR/.corpus_results.json``; ``--only`` reruns the matching files and keeps
+the others' last results.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+from corpus_fetch import LIST, Entry, read_list  # noqa: E402  (tools/corpus_fetch.py)
+
+#: agreement with OpenCV, relative to the output's own scale (protonet's verify tolerance)
+AGREE_RTOL = 1e-4
+#: inputs with more pixels than this are tried at half size first
+BIG_INPUT = 256 * 256
+
+
+# -- refusals: why ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Reason:
+    key: str
+    gap: bool  # True: a protonet gap (Caffe, its fork or OpenCV runs such files)
+    why: str
+
+
+def classify(message: str, opencv_imports: bool) -> Reason:
+    """Sort one refusal message into a reason; a refusal is a protonet gap when the file is
+    valid for Caffe or its fork (a fork field, a lenient corner) or OpenCV imports it."""
+    m = message
+    if "Python layers" in m:
+        return Reason("python-layer", False, "a Python layer runs code named in the file; protonet never imports it "
+                      "(known py-faster-rcnn/R-FCN layers are issue 9 item 4)")
+    if re.search(r"no field named|unknown field|--caffe-proto", m):
+        return Reason("unknown-field", True, "a field of the caffe.proto of the fork the file comes from, which that "
+                      "fork runs (OpenCV's reader skips unknown fields, so its import says nothing here)")
+    if "unsupported layer types" in m:
+        if opencv_imports:
+            return Reason("layer-type", True, "a layer type OpenCV implements and protonet does not")
+        return Reason("fork-layer-type", False, "a fork's layer type that neither protonet nor OpenCV implements: "
+                      "it needs the fork's code (a --plugin class)")
+    if "has no shape" in m or "--input-shape" in m:
+        return Reason("input-shape", False, "the input's size lives in the data source (Caffe reads it from the "
+                      "database); --input-shape gives it")
+    if re.search(r"Expected|Couldn't parse|syntax|parse error", m):
+        return Reason("syntax", opencv_imports, "the text is not valid protobuf text for Caffe's schema")
+    if opencv_imports:
+        return Reason("other", True, "OpenCV imports the file; protonet refuses it")
+    return Reason("other", False, "OpenCV refuses the file as well")
+
+
+# -- one file (in the child process) -------------------------------------------------------------
+
+def _feeds(graph: Any, seed: int) -> dict[str, Any]:
+    """Seeded standard-normal inputs; py-faster-rcnn's ``im_info`` gets (height, width, scale 1)."""
+    import numpy as np
+
+    from protonet.pipeline import random_inputs
+
+    feeds = random_inputs(graph, seed)
+    data = next((v for v in graph.inputs if len(v.shape) == 4), None)
+    for v in graph.inputs:
+        if v.name == "im_info" and v.shape[-1] == 3 and data is not None:
+            feeds[v.name] = np.tile(np.array([data.shape[2], data.shape[3], 1.0], np.float32), (v.shape[0], 1))
+    return feeds
+
+
+def _reduced(shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    if len(shape) != 4 or shape[2] * shape[3] <= BIG_INPUT:
+        return None
+    half = [max(32, (d // 2 + 7) // 8 * 8) for d in shape[2:]]
+    return (1, shape[1], *half)
+
+
+def _compile(path: str, **kw: Any) -> Any:
+    from protonet.build import BuildOptions
+    from protonet.pipeline import compile_net
+
+    opts = BuildOptions(batch=1, seed=0, init="random", input_shapes=kw.pop("input_shapes", {}))
+    return compile_net(path, options=opts, **kw)
+
+
+def _opencv_run(path: str, weights: str, graph: Any, feeds: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+    """OpenCV's forward pass on the same file, weights and input; per-output relative error."""
+    import cv2
+    import numpy as np
+
+    from protonet.tolerances import relative_error
+
+    cv2.setNumThreads(1)
+    try:
+        net = cv2.dnn.readNetFromCaffe(path, weights)
+    except cv2.error as e:
+        return {"opencv": "refuses", "opencv_error": _cv_message(e)}
+    try:
+        for name, x in feeds.items():
+            net.setInput(x, name)
+        names = list(net.getUnconnectedOutLayersNames())
+        outs = dict(zip(names, net.forward(names)))
+    except cv2.error as e:
+        return {"opencv": "fails to run", "opencv_error": _cv_message(e)}
+    compared: dict[str, float] = {}
+    notes = []
+    for v in graph.outputs:
+        layer = v.producer.name if v.producer is not None else v.name
+        key = v.name if v.name in outs else layer if layer in outs else None
+        if key is None:
+            notes.append(f"{v.name}: not an OpenCV output ({', '.join(names)})")
+            continue
+        a, b = np.asarray(outs[key]), np.asarray(ours[v.name])
+        if a.size == b.size and a.shape != b.shape:
+            a = a.reshape(b.shape)
+        if a.shape != b.shape:
+            notes.append(f"{v.name}: shape {tuple(a.shape)} in OpenCV, {tuple(b.shape)} in protonet")
+            continue
+        compared[v.name] = relative_error(a, b)[1]
+    out: dict[str, Any] = {"opencv": "runs", "opencv_rel": compared, "opencv_notes": notes}
+    if compared:
+        out["opencv_max_rel"] = max(compared.values())
+    return out
+
+
+def _cv_message(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    msg = next((ln for ln in lines if "error:" in ln), lines[-1] if lines else repr(e))
+    return msg.split("error:", 1)[-1].strip()[:300]
+
+
+_PROBE = """layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 1 dim: 3 dim: 8 dim: 8 }} }} }}
+layer {{ name: "probe" type: "{}" bottom: "data" top: "out" }}
+"""
+
+
+def opencv_knows(layer_type: str, work: Path) -> bool:
+    """Whether OpenCV's dnn module has a layer of this Caffe type: a one-layer net either fails to
+    create the layer ("Can't create layer") or gets past that (failing later for want of weights
+    or parameters, which is fine)."""
+    import cv2
+    import numpy as np
+
+    probe = work / "probe.prototxt"
+    probe.write_text(_PROBE.format(layer_type))
+    try:
+        net = cv2.dnn.readNetFromCaffe(str(probe))
+        net.setInput(np.zeros((1, 3, 8, 8), np.float32), "data")
+        net.forward()
+    except cv2.error as e:
+        return "Can't create layer" not in str(e)
+    return True
+
+
+def _opencv_import(path: str, work: Path) -> dict[str, Any]:
+    """Where protonet refused (so there are no weights to run OpenCV with): does OpenCV import the
+    file, and does it have every layer type in it? (OpenCV's reader skips unknown fields.)"""
+    import cv2
+
+    try:
+        net = cv2.dnn.readNetFromCaffe(path)
+    except cv2.error as e:
+        return {"opencv": "refuses", "opencv_error": _cv_message(e)}
+    unknown = sorted({t for t in net.getLayerTypes() if not t.startswith("__") and not opencv_knows(t, work)})
+    if unknown:
+        return {"opencv": "refuses", "opencv_error": f"no layer type {', '.join(unknown)}"}
+    return {"opencv": "imports"}
+
+
+def _cli_refusal(path: str, work: Path, given: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """What a user sees: ``protonet compile`` on the file; a refusal should be one line, exit 2."""
+    cmd = [sys.executable, "-m", "protonet", "compile", path, "-o", str(work / "cli.onnx"), "--batch", "1"]
+    for name, shape in given.items():
+        cmd += ["--input-shape", f"{name}={','.join(map(str, shape))}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=work,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith(("INFO", "WARNING"))]
+    return {"cli_rc": r.returncode, "cli_lines": len(lines), "cli_traceback": "Traceback" in r.stderr}
+
+
+def parse_shapes(spec: str) -> dict[str, tuple[int, ...]]:
+    """``data=1,1,28,28;pair=...`` (the list's input_shape column) as --input-shape would take it."""
+    out = {}
+    for part in filter(None, spec.split(";")):
+        name, _, dims = part.rpartition("=")
+        out[name] = tuple(int(d) for d in dims.split(","))
+    return out
+
+
+def check_file(path: str, work: Path, given: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
+    """Everything the report says about one file (see the module doc); ``given``: input shapes a
+    user would pass with --input-shape (the list's input_shape column)."""
+    from protonet.errors import ProtonetError
+    from protonet.export import export
+    from protonet.pipeline import save_caffemodel, verify_graph
+    from protonet.runtime import make_session
+    from protonet.tolerances import relative_error
+
+    res: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    given = dict(given or {})
+    try:
+        c = _compile(path, input_shapes=given)
+        native = tuple(c.graph.inputs[0].shape) if len(c.graph.inputs) == 1 else None
+        small = _reduced(native) if native else None
+        shapes = given
+        if small:
+            try:
+                c = _compile(path, input_shapes={**given, c.graph.inputs[0].name: small})
+                shapes = {**given, c.graph.inputs[0].name: small}
+                res["reduced_from"] = list(native)
+            except ProtonetError:
+                c = _compile(path, input_shapes=given)
+        res["inputs"] = {v.name: list(v.shape) for v in c.graph.inputs}
+        weights = str(work / "random.caffemodel")
+        save_caffemodel(c.graph, weights)
+        c = _compile(path, weights=weights, optimize=True, input_shapes=shapes)
+        model = export(c.graph)  # with onnx.checker and full shape inference, as `protonet compile`
+        res["status"] = "compiled"
+    except ProtonetError as e:
+        res.update(status="refused", message=str(e).splitlines()[0], **_cli_refusal(path, work, given))
+        res.update(_opencv_import(path, work))
+        reason = classify(str(e), res["opencv"] == "imports")
+        res.update(reason=reason.key, gap=reason.gap, why=reason.why)
+        return res
+    except Exception as e:  # noqa: BLE001 - an internal error is a finding, recorded as such
+        res.update(status="crash", message=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        res.update(_opencv_import(path, work))
+        return res
+    res["compile_s"] = round(time.perf_counter() - t0, 1)
+    feeds = _feeds(c.graph, seed=1)
+    try:
+        v = verify_graph(c.unoptimized, feeds, "cpu")  # every blob: onnxruntime vs the reference
+        optimized = make_session(model, "cpu").run(feeds)
+    except Exception as e:  # noqa: BLE001
+        res.update(status="verify-crash", message=f"{type(e).__name__}: {e}"[:300])
+        return res
+    res["verify_rel"] = v.worst.rel
+    res["verify_blob"] = v.worst.name
+    # the optimized model's outputs against the unoptimized one's (which matched the reference)
+    res["optimized_rel"] = max((relative_error(optimized[k], x)[1] for k, x in v.outputs.items() if k in optimized),
+                               default=0.0)
+    ok = v.ok and res["optimized_rel"] <= AGREE_RTOL
+    res["status"] = "verified" if ok else "mismatch"
+    res.update(_opencv_run(path, weights, c.unoptimized, feeds, v.outputs))
+    return res
+
+
+# -- the parent: one subprocess per file, then the report ---------------------------------------
+
+def _limits(mem_gb: float) -> Any:
+    def apply() -> None:
+        cap = int(mem_gb * (1 << 30))
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    return apply
+
+
+def run_one(entry: Entry, corpus: Path, timeout: int, mem_gb: float) -> dict[str, Any]:
+    path = corpus / entry.local
+    if not path.exists():
+        return {"status": "absent", "message": f"not in {corpus} (run tools/corpus_fetch.py)"}
+    with tempfile.TemporaryDirectory(prefix="corpus_") as tmp:
+        out = Path(tmp) / "result.json"
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+               "MKL_NUM_THREADS": "1"}
+        cmd = ["nice", "-n", "19", sys.executable, __file__, "--one", str(path), "--result", str(out),
+               "--input-shape", entry.input_shape]
+        t0 = time.perf_counter()
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                               preexec_fn=_limits(mem_gb), cwd=tmp)
+        except subprocess.TimeoutExpired:
+            return {"status": "timeout", "message": f"no result within {timeout} s"}
+        seconds = round(time.perf_counter() - t0, 1)
+        if not out.exists():
+            tail = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
+            why = "memory cap" if "MemoryError" in r.stderr or r.returncode in (-9, 137) else f"exit {r.returncode}"
+            return {"status": "crash", "message": f"{why}: {tail[:300]}", "seconds": seconds}
+        res = json.loads(out.read_text())
+        res["seconds"] = seconds
+        return res
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:.1e}"
+
+
+def _cell(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def render(entries: list[Entry], results: dict[str, dict[str, Any]], machine: list[str], rev: str) -> str:
+    rows = [(e, results.get(e.local, {"status": "not run"})) for e in entries if e.kind != "solver-excluded"]
+    skipped = [e for e in entries if e.kind == "solver-excluded"]
+    n = len(rows)
+    status = [r["status"] for _, r in rows]
+    compiled = sum(s in ("compiled", "verified", "mismatch", "verify-crash") for s in status)
+    verified = status.count("verified")
+    refused = [(e, r) for e, r in rows if r["status"] == "refused"]
+    cv_ran = [(e, r) for e, r in rows if r.get("opencv") == "runs"]
+    cv_cmp = [(e, r) for e, r in cv_ran if r.get("opencv_max_rel") is not None]
+    agree = [(e, r) for e, r in cv_cmp if r["opencv_max_rel"] <= AGREE_RTOL]
+    cv_imports = sum(r.get("opencv") in ("runs", "imports", "fails to run") for _, r in rows)
+    cv_runs = len(cv_ran)
+    repos = len({e.repo for e, _ in rows})
+    lines = [
+        "# Real-world corpus: protonet and OpenCV's Caffe importer",
+        "",
+        f"Generated by `python tools/corpus_report.py --corpus DIR` (files: `python tools/corpus_fetch.py --dest DIR`, "
+        f"listed in tools/corpus.tsv) at protonet {rev}. {n} definitions from {repos} public repositories "
+        f"({len(skipped)} solver files listed and skipped). Each file: protonet compiles it at batch 1 with random "
+        "weights (seed 0), writes them as a .caffemodel, compiles again with them and the optimizer, and verifies "
+        "every blob (onnxruntime fp32 vs the float64 reference, seeded normal input, tolerance 1e-4); OpenCV "
+        f"{_cv_version()} `cv2.dnn.readNetFromCaffe` runs the same file, weights and input, and each output is "
+        "compared (max |opencv - protonet| / max |protonet|; agree means <= 1e-4). Inputs over 256x256 are halved "
+        "where the net compiles that way. Each file runs in its own process (nice 19, timeout, memory cap).",
+        "",
+        "Machine:",
+        "",
+        *machine,
+        "",
+        "## Totals",
+        "",
+        "| | files |",
+        "|---|---:|",
+        f"| definitions | {n} |",
+        f"| protonet compiles | {compiled} |",
+        f"| protonet verifies (every blob within 1e-4) | {verified} |",
+        f"| OpenCV runs (with protonet's weights) | {cv_runs} |",
+        f"| outputs compared with OpenCV | {len(cv_cmp)} |",
+        f"| agree with OpenCV within 1e-4 | {len(agree)} |",
+        f"| protonet refuses | {len(refused)} |",
+        f"| protonet crashes / times out / other | {n - compiled - len(refused)} |",
+        "",
+        f"On the same {n} files: protonet compiles {compiled}; OpenCV imports {cv_imports} (it can only be run "
+        f"where protonet wrote the weights: it runs {cv_runs} of protonet's {compiled}).",
+        "",
+    ]
+    by_reason: dict[str, list[tuple[Entry, dict[str, Any]]]] = {}
+    for e, r in refused:
+        by_reason.setdefault(r["reason"], []).append((e, r))
+    lines += ["## Refusals by reason", "", "| reason | files | verdict | why |", "|---|---:|---|---|"]
+    for key, items in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        r0 = items[0][1]
+        lines.append(f"| {key} | {len(items)} | {'protonet gap' if r0['gap'] else 'right to refuse'} | "
+                     f"{_cell(r0['why'])} |")
+    bad_cli = [e.local for e, r in refused if r.get("cli_rc") != 2 or r.get("cli_lines") != 1 or r.get("cli_traceback")]
+    lines += ["", f"Refusals through `protonet compile`: {len(refused) - len(bad_cli)} of {len(refused)} are one line "
+              f"with exit 2 and no traceback" + (f"; not so: {', '.join(bad_cli)}" if bad_cli else "") + ".", ""]
+    lines += ["## Files", "",
+              "| # | repository | file | kind | family | input | protonet | verify | OpenCV | vs OpenCV | s |",
+              "|---:|---|---|---|---|---|---|---:|---|---:|---:|"]
+    notes: list[str] = []
+    for i, (e, r) in enumerate(rows, 1):
+        inp = "; ".join(f"{k} {'x'.join(map(str, s))}" for k, s in r.get("inputs", {}).items())
+        if r.get("reduced_from"):
+            inp += f" (from {'x'.join(map(str, r['reduced_from'][2:]))})"
+        st = r["status"]
+        if st == "refused":
+            st = f"refused: {r['reason']}"
+            notes.append(f"{i}. `{e.local}`: {r['message']}")
+        elif st not in ("verified", "compiled", "not run"):
+            notes.append(f"{i}. `{e.local}`: {st}: {r.get('message', '')}")
+        cv = r.get("opencv", "")
+        if cv in ("refuses", "fails to run"):
+            cv = f"{cv}: {r.get('opencv_error', '')[:80]}"
+        if r.get("opencv_notes"):
+            notes.append(f"{i}. `{e.local}` (OpenCV): {'; '.join(r['opencv_notes'])}")
+        lines.append(f"| {i} | {e.repo} | {_cell(e.path)} | {e.kind} | {e.family} | {_cell(inp)} | {_cell(st)} | "
+                     f"{_fmt(r.get('verify_rel'))} | {_cell(cv)} | {_fmt(r.get('opencv_max_rel'))} | "
+                     f"{r.get('seconds', '')} |")
+    if notes:
+        lines += ["", "## Messages", "", *[_cell(x) for x in notes]]
+    return "\n".join(lines) + "\n"
+
+
+def _cv_version() -> str:
+    try:
+        import cv2
+        return cv2.__version__
+    except ImportError:
+        return "(not installed)"
+
+
+def _rev() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "(unknown revision)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", help="the folder tools/corpus_fetch.py filled")
+    ap.add_argument("--list", default=str(LIST))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "corpus.md"))
+    ap.add_argument("--only", default="", help="rerun only files whose repository/path contains this")
+    ap.add_argument("--timeout", type=int, default=600, help="seconds per file")
+    ap.add_argument("--mem-gb", type=float, default=8.0, help="address-space cap per file")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # the child: check one file
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--input-shape", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.one:
+        import logging
+        logging.disable(logging.WARNING)
+        res = check_file(args.one, Path.cwd(), parse_shapes(args.input_shape))
+        Path(args.result).write_text(json.dumps(res))
+        return 0
+    if not args.corpus:
+        ap.error("--corpus DIR is required")
+    from machine import markdown  # tools/machine.py
+
+    corpus = Path(args.corpus)
+    entries = read_list(Path(args.list))
+    out = Path(args.out)
+    store = corpus / ".corpus_results.json"
+    results: dict[str, dict[str, Any]] = json.loads(store.read_text()) if store.exists() else {}
+    for e in entries:
+        if e.kind == "solver-excluded" or (args.only and args.only not in f"{e.repo}/{e.path}"):
+            continue
+        results[e.local] = run_one(e, corpus, args.timeout, args.mem_gb)
+        r = results[e.local]
+        print(f"{r['status']:12} {_fmt(r.get('verify_rel')):8} {r.get('opencv', ''):12} "
+              f"{_fmt(r.get('opencv_max_rel')):8} {e.local}  {r.get('message', '')[:150]}", flush=True)
+        store.write_text(json.dumps(results, indent=1, sort_keys=True))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(render(entries, results, markdown(), _rev()))
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
