@@ -88,7 +88,3 @@ class LayerContext:
     def error(self, message: str, cls: type[ProtonetError] = ProtonetError) -> ProtonetError:
         """Return (for ``raise``) a located error."""
         return cls(message, self.loc)
-
-    def check(self, condition: bool, message: str) -> None:
-        if not condition:
-            raise self.error(message)

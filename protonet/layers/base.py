@@ -174,6 +174,26 @@ def canonical_axis(axis: int, ndim: int, ctx: LayerContext, what: str = "axis") 
     return axis % ndim
 
 
+#: Caffe's FLT_MAX (float32's largest value): the start of a max, and "no threshold"
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def enum_name(msg: Any, field: str) -> str:
+    """The symbolic name of enum ``field``'s value in ``msg`` (e.g. ``"MAX"``)."""
+    return msg.DESCRIPTOR.fields_by_name[field].enum_type.values_by_number[getattr(msg, field)].name
+
+
+def need_4d(shape: Shape, ctx: LayerContext, what: str = "input") -> None:
+    """Layers that read Caffe's (N, C, H, W) geometry refuse other ranks."""
+    if len(shape) != 4:
+        raise ctx.error(f"expects a 4-D (N, C, H, W) {what}, got shape {tuple(shape)}")
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)), written through tanh so that it never overflows."""
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
 def prod(shape: Sequence[int]) -> int:
     n = 1
     for d in shape:

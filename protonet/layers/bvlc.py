@@ -17,8 +17,8 @@ import numpy as np
 from ..errors import LayerContext, ProtonetError
 from .affine import Affine
 from .base import (CONSTANT_ZERO, Example, Filler, Layer, NoAttrs, Shape, WeightSpec, canonical_axis,
-                   prod)
-from .core import ConvAttrs, PoolAttrs, Pooling, _enum_name, broadcast_param, parse_conv, scale_span
+                   enum_name, need_4d, prod, sigmoid)
+from .core import ConvAttrs, PoolAttrs, Pooling, broadcast_param, parse_conv, scale_span
 from .geometry import Window2D, deconv_output_size, pool_output_size
 from .registry import register
 
@@ -142,7 +142,7 @@ class Swish(_Pointwise):
 
     def kernel(self, a: SwishAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         x = xs[0]
-        return [x * (0.5 * (1.0 + np.tanh(0.5 * a.beta * x)))]
+        return [x * sigmoid(a.beta * x)]
 
     def lower(self, a: SwishAttrs, g: Any) -> None:
         x = g.inputs[0]
@@ -574,8 +574,7 @@ class Deconvolution(Layer):
 
     def infer(self, a: ConvAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         s = shapes[0]
-        if len(s) != 4:
-            raise ctx.error(f"expects a 4-D (N, C, H, W) input, got shape {tuple(s)}")
+        need_4d(s, ctx)
         if s[1] % a.group:
             raise ctx.error(f"input channels {s[1]} are not divisible by group {a.group}")
         w = a.window
@@ -1078,7 +1077,7 @@ class Reduction(Layer):
 
     def parse(self, layer: Any, ctx: LayerContext) -> ReductionAttrs:
         p = layer.reduction_param
-        return ReductionAttrs(_enum_name(p, "operation"), int(p.axis), float(p.coeff))
+        return ReductionAttrs(enum_name(p, "operation"), int(p.axis), float(p.coeff))
 
     def infer(self, a: ReductionAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         s = tuple(shapes[0])
@@ -1204,7 +1203,7 @@ class SPP(Layer):
         p = layer.spp_param
         if not p.HasField("pyramid_height") or p.pyramid_height < 1:
             raise ctx.error("spp_param.pyramid_height must be set to a positive number")
-        method = _enum_name(p, "pool")
+        method = enum_name(p, "pool")
         if method == "STOCHASTIC":
             raise ctx.error("STOCHASTIC pooling is not supported (Caffe itself has no CPU inference for it)")
         return SPPAttrs(int(p.pyramid_height), method)
@@ -1236,8 +1235,7 @@ class SPP(Layer):
 
     def infer(self, a: SPPAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         s = tuple(shapes[0])
-        if len(s) != 4:
-            raise ctx.error(f"expects a 4-D (N, C, H, W) input, got shape {s}")
+        need_4d(s, ctx)
         levels = self.levels(a, s, ctx)
         if a.pyramid_height == 1:
             return [levels[0][1]]

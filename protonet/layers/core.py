@@ -10,17 +10,10 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..errors import LayerContext
 from .affine import Affine, scale_along
-from .base import (CONSTANT_ONE, CONSTANT_ZERO, Example, Filler, Layer, Shape, WeightSpec,
-                   canonical_axis, prod)
+from .base import (CONSTANT_ONE, CONSTANT_ZERO, FLT_MAX, Example, Filler, Layer, Shape, WeightSpec,
+                   canonical_axis, enum_name, need_4d, prod, sigmoid)
 from .geometry import Window2D, conv_output_size, conv_window, pool_nonempty, pool_output_size, pool_window
-
-#: Caffe's starting value of a max (an empty window keeps it)
-FLT_MAX = float(np.finfo(np.float32).max)
 from .registry import register
-
-
-def _enum_name(msg: Any, field: str) -> str:
-    return msg.DESCRIPTOR.fields_by_name[field].enum_type.values_by_number[getattr(msg, field)].name
 
 
 def _windows(x: np.ndarray, k: tuple[int, int], s: tuple[int, int], d: tuple[int, int],
@@ -30,11 +23,6 @@ def _windows(x: np.ndarray, k: tuple[int, int], s: tuple[int, int], d: tuple[int
     sn, sc, sh, sw = x.strides
     return as_strided(x, shape=(n, c, k[0], k[1], out[0], out[1]),
                       strides=(sn, sc, sh * d[0], sw * d[1], sh * s[0], sw * s[1]), writeable=False)
-
-
-def _need_4d(shape: Shape, ctx: LayerContext) -> None:
-    if len(shape) != 4:
-        raise ctx.error(f"expects a 4-D (N, C, H, W) input, got shape {tuple(shape)}")
 
 
 # -- Input -------------------------------------------------------------------------------------
@@ -145,7 +133,7 @@ class Convolution(Layer):
 
     def infer(self, a: ConvAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         s = shapes[0]
-        _need_4d(s, ctx)
+        need_4d(s, ctx)
         if s[1] % a.group:
             raise ctx.error(f"input channels {s[1]} are not divisible by group {a.group}")
         w = a.window
@@ -335,7 +323,7 @@ class Sigmoid(_Unary):
     examples = (Example('layer { name: "s" type: "Sigmoid" bottom: "in0" top: "out" }', ((2, 3, 4),)),)
 
     def fn(self, x: np.ndarray) -> np.ndarray:
-        return 0.5 * (1.0 + np.tanh(0.5 * x))
+        return sigmoid(x)
 
 
 @register
@@ -403,12 +391,12 @@ class Pooling(Layer):
 
     def parse(self, layer: Any, ctx: LayerContext) -> PoolAttrs:
         p = layer.pooling_param
-        method = _enum_name(p, "pool")
+        method = enum_name(p, "pool")
         if method == "STOCHASTIC":
             raise ctx.error("STOCHASTIC pooling is not supported (Caffe itself has no CPU inference for it)")
         ceil_mode = True
         if "round_mode" in p.DESCRIPTOR.fields_by_name:
-            ceil_mode = _enum_name(p, "round_mode") == "CEIL"
+            ceil_mode = enum_name(p, "round_mode") == "CEIL"
         mask = len(layer.top) == 2
         if mask and method != "MAX":
             raise ctx.error("a second top (the argmax mask) needs pool: MAX")
@@ -425,7 +413,7 @@ class Pooling(Layer):
 
     def infer(self, a: PoolAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         s = shapes[0]
-        _need_4d(s, ctx)
+        need_4d(s, ctx)
         win, (ho, wo) = pool_geometry(a, s)
         if ho <= 0 or wo <= 0:
             raise ctx.error(f"kernel {win.kernel} is larger than the padded input {s[2:]}")
@@ -546,10 +534,10 @@ class LRN(Layer):
         if p.local_size % 2 == 0 or p.local_size <= 0:
             raise ctx.error(f"local_size must be a positive odd number, got {p.local_size}")
         return LRNAttrs(int(p.local_size), float(p.alpha), float(p.beta), float(p.k),
-                        _enum_name(p, "norm_region") == "ACROSS_CHANNELS")
+                        enum_name(p, "norm_region") == "ACROSS_CHANNELS")
 
     def infer(self, a: LRNAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
-        _need_4d(shapes[0], ctx)
+        need_4d(shapes[0], ctx)
         return [shapes[0]]
 
     def kernel(self, a: LRNAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
@@ -656,7 +644,7 @@ class Eltwise(Layer):
 
     def parse(self, layer: Any, ctx: LayerContext) -> EltwiseAttrs:
         p = layer.eltwise_param
-        op = _enum_name(p, "operation")
+        op = enum_name(p, "operation")
         coeff = tuple(float(c) for c in p.coeff)
         if coeff and op != "SUM":
             raise ctx.error("coeff is only allowed with operation SUM")

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import LayerContext
-from .base import Example, Layer, Shape, prod
+from .base import Example, Layer, Shape, need_4d, prod
 from .registry import register
 
 F32 = np.float32
@@ -354,8 +354,7 @@ class PSROIPooling(Layer):
 
     def infer(self, a: PSROIPoolAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         s, r = shapes
-        if len(s) != 4:
-            raise ctx.error(f"expects a 4-D (N, C, H, W) input, got shape {tuple(s)}")
+        need_4d(s, ctx)
         if s[1] != a.output_dim * a.group_size ** 2:
             raise ctx.error(f"input has {s[1]} channels; output_dim {a.output_dim} × group_size² "
                             f"{a.group_size ** 2} = {a.output_dim * a.group_size ** 2} expected")

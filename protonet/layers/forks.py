@@ -23,15 +23,10 @@ import numpy as np
 
 from ..errors import LayerContext, UnsupportedError
 from .affine import scale_along
-from .base import CONSTANT_ONE, CONSTANT_ZERO, Example, Filler, Layer, Shape, WeightSpec, prod
+from .base import CONSTANT_ONE, CONSTANT_ZERO, Example, Filler, Layer, Shape, WeightSpec, need_4d, prod
 from .core import Convolution, ConvAttrs, channel_shape, conv2d
 from .geometry import Window2D, conv_window
 from .registry import register
-
-
-def _need_4d(shape: Shape, ctx: LayerContext, what: str = "input") -> None:
-    if len(shape) != 4:
-        raise ctx.error(f"expects a 4-D (N, C, H, W) {what}, got shape {tuple(shape)}")
 
 
 def _need_2_to_4d(shape: Shape, ctx: LayerContext) -> None:
@@ -112,7 +107,7 @@ class Upsample(Layer):
 
     def infer(self, a: UpsampleAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         s = shapes[0]
-        _need_4d(s, ctx)
+        need_4d(s, ctx)
         if a.with_mask and tuple(shapes[1]) != tuple(s):
             raise ctx.error(f"mask bottom shape {tuple(shapes[1])} must equal the data shape {tuple(s)}")
         return [(s[0], s[1], *self._out_hw(a, s))]
@@ -233,7 +228,7 @@ class Interp(Layer):
 
     def infer(self, a: InterpAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         s = shapes[0]
-        _need_4d(s, ctx)
+        need_4d(s, ctx)
         (hin, win), (ho, wo) = self.sizes(a, s)
         if hin <= 0 or win <= 0:
             raise ctx.error(f"pad_beg/pad_end crop the {s[2]}x{s[3]} input to nothing")
@@ -362,7 +357,7 @@ class DepthwiseConvolution(Layer):
 
     def infer(self, a: DepthwiseAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         s = shapes[0]
-        _need_4d(s, ctx)
+        need_4d(s, ctx)
         c = s[1]
         out = a.num_output or c
         if out % c:
@@ -744,7 +739,7 @@ class ROIPooling(Layer):
 
     def infer(self, a: ROIPoolAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         s, r = shapes
-        _need_4d(s, ctx)
+        need_4d(s, ctx)
         if len(r) < 2 or prod(r[1:]) != 5:
             raise ctx.error(f"rois bottom must be (R, 5) rows [batch_index, x1, y1, x2, y2], got shape {tuple(r)}")
         return [(r[0], s[1], a.pooled_h, a.pooled_w)]

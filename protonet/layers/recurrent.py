@@ -28,13 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import LayerContext
-from .base import Example, Filler, Layer, NoAttrs, Shape, WeightSpec, prod
+from .base import Example, Filler, Layer, NoAttrs, Shape, WeightSpec, prod, sigmoid
 from .registry import register
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """1 / (1 + exp(-x)), written through tanh so that large |x| does not overflow."""
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 @dataclass(frozen=True)
@@ -213,9 +208,9 @@ class LSTM(_Recurrent):
         for t in range(T):
             ct = cont[t][:, None]
             gates = (ct * h) @ w["W_hc"].T + xw[t]
-            i = _sigmoid(gates[:, :H])
-            f = _sigmoid(gates[:, H:2 * H])
-            o = _sigmoid(gates[:, 2 * H:3 * H])
+            i = sigmoid(gates[:, :H])
+            f = sigmoid(gates[:, H:2 * H])
+            o = sigmoid(gates[:, 2 * H:3 * H])
             g = np.tanh(gates[:, 3 * H:])
             # LSTMUnit: the forget gate is exactly 0 where cont is 0 (even against a non-finite c)
             f = np.where(ct == 0, 0.0, ct * f)
@@ -372,9 +367,9 @@ class LSTMUnit(Layer):
         c_prev, x, cont = xs
         h = c_prev.shape[2]
         ct = cont[:, :, None]
-        i = _sigmoid(x[:, :, :h])
-        f = np.where(ct == 0, 0.0, ct * _sigmoid(x[:, :, h:2 * h]))
-        o = _sigmoid(x[:, :, 2 * h:3 * h])
+        i = sigmoid(x[:, :, :h])
+        f = np.where(ct == 0, 0.0, ct * sigmoid(x[:, :, h:2 * h]))
+        o = sigmoid(x[:, :, 2 * h:3 * h])
         g = np.tanh(x[:, :, 3 * h:])
         c = f * c_prev + i * g
         return [c, o * np.tanh(c)]

@@ -11,14 +11,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import LayerContext, UnsupportedError
-from .base import Example, Layer, Shape, prod
+from .base import FLT_MAX, Example, Layer, Shape, enum_name, prod
 from .registry import register
-
-FLT_MAX = float(np.finfo(np.float32).max)
-
-
-def _enum_name(msg: Any, field: str) -> str:
-    return msg.DESCRIPTOR.fields_by_name[field].enum_type.values_by_number[getattr(msg, field)].name
 
 
 # -- PriorBox ------------------------------------------------------------------------------------
@@ -243,7 +237,7 @@ class DetectionOutput(Layer):
         thr = float(p.confidence_threshold) if p.HasField("confidence_threshold") else -FLT_MAX
         return DetectionOutputAttrs(int(p.num_classes), bool(p.share_location), int(p.background_label_id),
                                     float(nms.nms_threshold), top_k, thr, int(p.keep_top_k),
-                                    _enum_name(p, "code_type"), bool(p.variance_encoded_in_target))
+                                    enum_name(p, "code_type"), bool(p.variance_encoded_in_target))
 
     def _fg_classes(self, a: DetectionOutputAttrs) -> int:
         return a.num_classes - (1 if 0 <= a.background_label_id < a.num_classes else 0)
