@@ -1,7 +1,7 @@
 """NetParameter (current format, phase-filtered) -> IR graph.
 
 In-place tops get fresh SSA names (the last version of a blob keeps the Caffe name, earlier
-ones become ``blob#k``). Each layer is parsed, shape-inferred and given its weights, either
+ones become ``blob#k``; a rewritten graph input keeps it unless its last version is an output). Each layer is parsed, shape-inferred and given its weights, either
 from a ``.caffemodel`` (matched by layer name, shape-checked as Caffe does) or from its
 fillers under a seed. Net outputs are the blobs no later layer consumes (Caffe's rule).
 """
@@ -166,12 +166,15 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
 
 
 def _name_versions(g: Graph, versions: dict[str, list[Value]]) -> None:
-    """SSA names: a graph input keeps its blob name (its in-place rewrites become blob#k); any
-    other blob's last version keeps the name and earlier versions become blob#k, with k chosen
-    so that no name a Caffe blob already has is taken."""
+    """SSA names: the version of a blob that the caller sees under its Caffe name keeps it and
+    the others become blob#k (k chosen so that no name a Caffe blob already has is taken).
+    That is the last version (Caffe's ``blobs[name]`` after a forward pass), except for a graph
+    input rewritten in place whose last version is read by later layers: the input keeps the
+    name there, since it is what the caller feeds. An input rewritten in place and left as a
+    net output gives the name to the output (what the caller reads) and becomes blob#0."""
     taken = set(versions)
     for blob, vs in versions.items():
-        keep = vs[0] if vs[0] in g.inputs else vs[-1]
+        keep = vs[0] if vs[0] in g.inputs and vs[-1].users else vs[-1]
         k = 0
         for v in vs:
             if v is keep:

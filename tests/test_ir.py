@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from harness import build_text
+from protonet.export import export
 from protonet.ir import IRError
+from protonet.runtime import make_session
 
 NET = """
 layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }
@@ -82,6 +84,19 @@ def test_graph_input_keeps_its_name_when_rewritten_in_place():
                            'layer { name: "s" type: "Sigmoid" bottom: "x" top: "y" }\n')
     assert [v.name for v in g.inputs] == ["x"]
     assert g.node("r").outputs[0].name == "x#0" and g.node("s").inputs[0].name == "x#0"
+
+
+def test_input_rewritten_in_place_and_left_as_output_gives_the_output_its_name():
+    g = build_text(INPUT + 'layer { name: "r" type: "ReLU" bottom: "x" top: "x" }\n'
+                           'layer { name: "s" type: "Sigmoid" bottom: "x" top: "x" }\n')
+    assert [v.name for v in g.outputs] == ["x"] and g.outputs[0].producer is g.node("s")
+    assert [v.name for v in g.inputs] == ["x#0"] and g.node("r").outputs[0].name == "x#1"
+    model = export(g)
+    assert [i.name for i in model.graph.input] == ["x#0"] and [o.name for o in model.graph.output] == ["x"]
+    feeds = {"x#0": np.linspace(-3, 3, 32, dtype=np.float32).reshape(1, 2, 4, 4)}
+    want = 1.0 / (1.0 + np.exp(-np.maximum(feeds["x#0"].astype(np.float64), 0.0)))  # sigmoid(relu(x))
+    got = make_session(model, "cpu").run(feeds)["x"]
+    assert np.allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_blob_names_like_ssa_names_do_not_collide():
