@@ -90,9 +90,19 @@ def save_caffemodel(graph: Graph, path: str | Path) -> None:
 
 
 def random_inputs(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
-    """Standard-normal inputs for every graph input (deterministic under ``seed``)."""
+    """Standard-normal inputs for every graph input (deterministic under ``seed``), except the
+    image-info input of a Proposal layer (its third bottom), which gets (height, width, 1) of the
+    net's first 4-D input: noise there would be a negative image size."""
     rng = np.random.default_rng(seed)
-    return {v.name: rng.standard_normal(v.shape).astype(np.float32) for v in graph.inputs}
+    feeds = {v.name: rng.standard_normal(v.shape).astype(np.float32) for v in graph.inputs}
+    image = next((v for v in graph.inputs if len(v.shape) == 4), None)
+    for node in graph.nodes:
+        info = node.inputs[2] if node.type == "Proposal" else None
+        if info is not None and info in graph.inputs and image is not None and int(np.prod(info.shape)) >= 3:
+            values = np.zeros(info.shape, np.float32).reshape(-1)
+            values[:3] = (image.shape[2], image.shape[3], 1.0)
+            feeds[info.name] = values.reshape(info.shape)
+    return feeds
 
 
 @dataclass

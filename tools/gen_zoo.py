@@ -997,18 +997,23 @@ def generate(key: str) -> str:
     return BUILDERS[key]().to_prototxt()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    keys = list(argv if argv is not None else sys.argv[1:]) or list(BUILDERS)
-    unknown = [k for k in keys if k not in BUILDERS]
+def write_nets(builders: Dict[str, Callable[[], NetSpec]], out_dir: Path, keys: Sequence[str]) -> int:
+    """Write ``out_dir/<key>.prototxt`` for the named keys (all when none); 2 for an unknown key."""
+    keys = list(keys) or list(builders)
+    unknown = [k for k in keys if k not in builders]
     if unknown:
-        print(f"unknown net(s): {', '.join(unknown)}; known: {', '.join(BUILDERS)}", file=sys.stderr)
+        print(f"unknown net(s): {', '.join(unknown)}; known: {', '.join(builders)}", file=sys.stderr)
         return 2
-    NETS_DIR.mkdir(exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for key in keys:
-        path = NETS_DIR / f"{key}.prototxt"
-        path.write_text(generate(key))
+        path = out_dir / f"{key}.prototxt"
+        path.write_text(builders[key]().to_prototxt())
         print(f"wrote {path.relative_to(ROOT)}")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return write_nets(BUILDERS, NETS_DIR, argv if argv is not None else sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -85,11 +85,12 @@ def decode_boxes(anchors: np.ndarray, deltas: np.ndarray) -> np.ndarray:
     by (exp(dw), exp(dh)); corners are centre ∓ 0.5·size."""
     w, h, cx, cy = anchor_geometry(anchors)
     d = deltas.astype(F32)
-    pcx = d[:, 0] * w + cx
-    pcy = d[:, 1] * h + cy
-    pw = np.exp(d[:, 2]) * w
-    ph = np.exp(d[:, 3]) * h
-    return np.stack([pcx - F32(0.5) * pw, pcy - F32(0.5) * ph, pcx + F32(0.5) * pw, pcy + F32(0.5) * ph], axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):  # huge deltas give inf, clipped later, as in Python
+        pcx = d[:, 0] * w + cx
+        pcy = d[:, 1] * h + cy
+        pw = np.exp(d[:, 2]) * w
+        ph = np.exp(d[:, 3]) * h
+        return np.stack([pcx - F32(0.5) * pw, pcy - F32(0.5) * ph, pcx + F32(0.5) * pw, pcy + F32(0.5) * ph], axis=1)
 
 
 def clip_boxes(boxes: np.ndarray, im_h: float, im_w: float) -> np.ndarray:
