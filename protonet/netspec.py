@@ -1,10 +1,12 @@
 """A small net-building API that emits Caffe (current, V2 ``layer {}``) prototxt.
 
-This module is pure text generation: it has no dependency on the rest of
-protonet nor on protobuf.  Layers are added to a :class:`NetSpec` one call at a
-time; each call returns a :class:`Blob` handle naming the layer's top blob,
-which is passed as the bottom of later layers.  :meth:`NetSpec.to_prototxt`
-returns the whole net as deterministic, 2-space-indented text.
+Layers are added to a :class:`NetSpec` one call at a time; each call fills one
+``LayerParameter`` of a ``NetParameter`` message (the classes of
+``proto/caffe.proto``, :mod:`protonet.frontend.schema`) and returns a :class:`Blob`
+handle naming the layer's top blob, which is passed as the bottom of later layers.
+:meth:`NetSpec.to_prototxt` prints the message with protobuf's ``text_format``
+(deterministic, 2-space-indented, fields in the schema's order) after the header
+comments, so the text is valid for Caffe's parser by construction.
 
 Example::
 
@@ -20,7 +22,11 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from google.protobuf import json_format, text_format
+
+from .frontend.schema import pb
 
 __all__ = ["Blob", "NetSpec", "IntOrPair"]
 
@@ -37,51 +43,11 @@ class Blob:
         return self.name
 
 
-@dataclass(frozen=True)
-class _Enum:
-    """A bare protobuf enum value (emitted without quotes)."""
-
-    value: str
-
-
-# A parameter block is a list of (key, value) entries; a value is a scalar, an
-# _Enum, or a nested block.
-_Entry = Tuple[str, object]
-
-
 # Base of auto-generated layer names ("<base>1", "<base>2", ...).
 _AUTO_NAME = {
     "Convolution": "conv", "Pooling": "pool", "LRN": "norm", "InnerProduct": "fc",
     "BatchNorm": "bn", "Dropout": "drop", "ShuffleChannel": "shuffle",
 }
-
-
-def _fmt_scalar(value: object) -> str:
-    if isinstance(value, _Enum):
-        return value.value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value.is_integer() and abs(value) < 1e15:
-            return str(int(value))
-        return repr(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
-    raise TypeError(f"unsupported prototxt value {value!r}")
-
-
-def _emit(entries: Sequence[_Entry], indent: int, out: List[str]) -> None:
-    pad = "  " * indent
-    for key, value in entries:
-        if isinstance(value, list):
-            out.append(f"{pad}{key} {{")
-            _emit(value, indent + 1, out)
-            out.append(f"{pad}}}")
-        else:
-            out.append(f"{pad}{key}: {_fmt_scalar(value)}")
 
 
 def _pair(value: IntOrPair) -> Tuple[int, int]:
@@ -91,26 +57,36 @@ def _pair(value: IntOrPair) -> Tuple[int, int]:
     return int(h), int(w)
 
 
-def _spatial(entries: List[_Entry], key: str, value: IntOrPair, default: int) -> None:
-    """Append ``key`` (square) or ``key_h``/``key_w`` (rectangular) entries."""
+def _spatial(msg: Any, key: str, value: IntOrPair, default: int) -> None:
+    """Set ``key`` (square; a repeated field in Convolution, singular in Pooling) unless it is
+    ``default``, or ``key_h``/``key_w`` (rectangular)."""
     h, w = _pair(value)
-    if h == w:
-        if h != default:
-            entries.append((key, h))
+    if h != w:
+        setattr(msg, f"{key}_h", h)
+        setattr(msg, f"{key}_w", w)
+    elif h != default:
+        _set_square(msg, key, h)
+
+
+def _set_square(msg: Any, key: str, value: int) -> None:
+    current = getattr(msg, key)
+    if hasattr(current, "append"):  # a repeated field (Convolution's kernel_size, pad, stride)
+        current.append(value)
     else:
-        entries.append((f"{key}_h", h))
-        entries.append((f"{key}_w", w))
+        setattr(msg, key, value)
 
 
-def _filler(kind: str, value: Optional[float] = None) -> List[_Entry]:
-    entries: List[_Entry] = [("type", kind)]
-    if value is not None:
-        entries.append(("value", value))
-    return entries
+def _kernel(msg: Any, kernel: IntOrPair) -> None:
+    """``kernel_size`` when square, else ``kernel_h``/``kernel_w`` (always written)."""
+    kh, kw = _pair(kernel)
+    if kh == kw:
+        _set_square(msg, "kernel_size", kh)
+    else:
+        msg.kernel_h, msg.kernel_w = kh, kw
 
 
 class NetSpec:
-    """Accumulates layers and renders them as a Caffe ``NetParameter`` prototxt.
+    """Accumulates layers in a Caffe ``NetParameter`` and prints it as prototxt.
 
     Args:
         name: the net's ``name:`` field.
@@ -134,7 +110,7 @@ class NetSpec:
         self.header: List[str] = list(header or [])
         self.weight_filler = weight_filler
         self.bias_filler = bias_filler
-        self._layers: List[Tuple[str, str, List[str], List[str], List[_Entry]]] = []
+        self.net = pb.NetParameter(name=name)
         self._names: set = set()
         self._counters: dict = {}
 
@@ -148,28 +124,9 @@ class NetSpec:
                 self._counters[base] = k
                 return candidate
 
-    def layer(
-        self,
-        type_: str,
-        bottoms: Sequence[Blob],
-        name: Optional[str] = None,
-        top: Optional[str] = None,
-        inplace: bool = False,
-        params: Optional[List[_Entry]] = None,
-    ) -> Blob:
-        """Add a generic layer and return its (single) top blob.
-
-        Args:
-            type_: Caffe layer type string, e.g. ``"Convolution"``.
-            bottoms: input blobs.
-            name: layer name; auto-generated when omitted (``conv1``, ``pool2``,
-                ``relu3``, ...: a short per-type base plus a counter).
-            top: top blob name; defaults to the layer name (or to the bottom's
-                name when ``inplace``).
-            inplace: write the result into the (single) bottom blob.
-            params: extra entries of the layer message, e.g.
-                ``[("relu_param", [("negative_slope", 0.1)])]``.
-        """
+    def _add(self, type_: str, bottoms: Sequence[Blob], name: Optional[str], top: Optional[str],
+             inplace: bool) -> Tuple[Blob, Any]:
+        """Append a layer; returns its top and its ``LayerParameter`` to fill in."""
         if name is None:
             name = self._auto_name(_AUTO_NAME.get(type_, type_.lower()))
         if name in self._names:
@@ -181,30 +138,53 @@ class NetSpec:
         else:
             top_name = name if top is None else top
         self._names.add(name)
-        self._layers.append(
-            (name, type_, [b.name for b in bottoms], [top_name], list(params or []))
-        )
-        return Blob(top_name)
+        lp = self.net.layer.add(name=name, type=type_)
+        lp.bottom.extend(b.name for b in bottoms)
+        lp.top.append(top_name)
+        return Blob(top_name), lp
 
-    def _weights(
+    def layer(
         self,
-        entries: List[_Entry],
-        bias: bool,
-        weight_filler: Optional[str],
-        bias_filler: Optional[float],
-    ) -> None:
+        type_: str,
+        bottoms: Sequence[Blob],
+        name: Optional[str] = None,
+        top: Optional[str] = None,
+        inplace: bool = False,
+        params: Optional[Mapping[str, Any]] = None,
+    ) -> Blob:
+        """Add a generic layer and return its (single) top blob.
+
+        Args:
+            type_: Caffe layer type string, e.g. ``"Convolution"``.
+            bottoms: input blobs.
+            name: layer name; auto-generated when omitted (``conv1``, ``pool2``,
+                ``relu3``, ...: a short per-type base plus a counter).
+            top: top blob name; defaults to the layer name (or to the bottom's
+                name when ``inplace``).
+            inplace: write the result into the (single) bottom blob.
+            params: further fields of the ``LayerParameter`` by their proto names
+                (enums by value name), e.g. ``{"relu_param": {"negative_slope": 0.1}}``.
+        """
+        fields = json_format.ParseDict(dict(params or {}), pb.LayerParameter())  # bad fields: nothing added
+        blob, lp = self._add(type_, bottoms, name, top, inplace)
+        lp.MergeFrom(fields)
+        return blob
+
+    def _weights(self, p: Any, bias: bool, weight_filler: Optional[str], bias_filler: Optional[float]) -> None:
         wf = self.weight_filler if weight_filler is None else weight_filler
         bf = self.bias_filler if bias_filler is None else bias_filler
         if wf:
-            entries.append(("weight_filler", _filler(wf)))
+            p.weight_filler.type = wf
         if bias and bf is not None:
-            entries.append(("bias_filler", _filler("constant", float(bf))))
+            p.bias_filler.type = "constant"
+            p.bias_filler.value = float(bf)
 
     # ---------------------------------------------------------------- layers
     def input(self, name: str, shape: Sequence[int]) -> Blob:
         """``Input`` layer producing blob ``name`` with ``input_param { shape }``."""
-        dims: List[_Entry] = [("dim", int(d)) for d in shape]
-        return self.layer("Input", [], name=name, params=[("input_param", [("shape", dims)])])
+        blob, lp = self._add("Input", [], name, None, False)
+        lp.input_param.shape.add().dim.extend(int(d) for d in shape)
+        return blob
 
     def conv(
         self,
@@ -222,23 +202,20 @@ class NetSpec:
         bias_filler: Optional[float] = None,
     ) -> Blob:
         """``Convolution``; ``kernel``/``stride``/``pad`` accept ``k`` or ``(kh, kw)``."""
-        p: List[_Entry] = [("num_output", int(num_output))]
+        blob, lp = self._add("Convolution", [bottom], name, top, False)
+        p = lp.convolution_param
+        p.num_output = int(num_output)
         if not bias:
-            p.append(("bias_term", False))
+            p.bias_term = False
         _spatial(p, "pad", pad, 0)
-        kh, kw = _pair(kernel)
-        if kh == kw:
-            p.append(("kernel_size", kh))
-        else:
-            p.extend([("kernel_h", kh), ("kernel_w", kw)])
+        _kernel(p, kernel)
         _spatial(p, "stride", stride, 1)
         if dilation != 1:
-            p.append(("dilation", int(dilation)))
+            p.dilation.append(int(dilation))
         if group != 1:
-            p.append(("group", int(group)))
+            p.group = int(group)
         self._weights(p, bias, weight_filler, bias_filler)
-        return self.layer("Convolution", [bottom], name=name, top=top,
-                          params=[("convolution_param", p)])
+        return blob
 
     def pool(
         self,
@@ -251,32 +228,29 @@ class NetSpec:
         name: Optional[str] = None,
         top: Optional[str] = None,
     ) -> Blob:
-        """``Pooling`` (``method`` is ``"MAX"`` or ``"AVE"``).
+        """``Pooling`` (``method`` is ``"MAX"``, ``"AVE"`` or ``"STOCHASTIC"``).
 
         Caffe rounds the output size up: ``ceil((H + 2p - k) / s) + 1``.
         """
         method = method.upper()
-        if method not in ("MAX", "AVE", "STOCHASTIC"):
+        if method not in pb.PoolingParameter.PoolMethod.keys():
             raise ValueError(f"unknown pooling method {method!r}")
-        p: List[_Entry] = [("pool", _Enum(method))]
+        if not global_pooling and kernel is None:
+            raise ValueError("pooling needs a kernel unless global_pooling")
+        blob, lp = self._add("Pooling", [bottom], name, top, False)
+        p = lp.pooling_param
+        p.pool = pb.PoolingParameter.PoolMethod.Value(method)
         if global_pooling:
-            p.append(("global_pooling", True))
+            p.global_pooling = True
         else:
-            if kernel is None:
-                raise ValueError("pooling needs a kernel unless global_pooling")
-            kh, kw = _pair(kernel)
-            if kh == kw:
-                p.append(("kernel_size", kh))
-            else:
-                p.extend([("kernel_h", kh), ("kernel_w", kw)])
+            _kernel(p, kernel)
             sh, sw = _pair(stride)
             if sh == sw:
-                p.append(("stride", sh))  # explicit even when 1, as in BVLC deploys
+                p.stride = sh  # explicit even when 1, as in BVLC deploys
             else:
-                p.extend([("stride_h", sh), ("stride_w", sw)])
+                p.stride_h, p.stride_w = sh, sw
             _spatial(p, "pad", pad, 0)
-        return self.layer("Pooling", [bottom], name=name, top=top,
-                          params=[("pooling_param", p)])
+        return blob
 
     def lrn(
         self,
@@ -290,13 +264,14 @@ class NetSpec:
         top: Optional[str] = None,
     ) -> Blob:
         """``LRN`` (local response normalization)."""
-        p: List[_Entry] = [("local_size", int(local_size)), ("alpha", float(alpha)),
-                           ("beta", float(beta))]
+        blob, lp = self._add("LRN", [bottom], name, top, False)
+        p = lp.lrn_param
+        p.local_size, p.alpha, p.beta = int(local_size), float(alpha), float(beta)
         if norm_region != "ACROSS_CHANNELS":
-            p.append(("norm_region", _Enum(norm_region)))
+            p.norm_region = pb.LRNParameter.NormRegion.Value(norm_region)
         if k != 1.0:
-            p.append(("k", float(k)))
-        return self.layer("LRN", [bottom], name=name, top=top, params=[("lrn_param", p)])
+            p.k = float(k)
+        return blob
 
     def relu(
         self,
@@ -307,30 +282,31 @@ class NetSpec:
         negative_slope: float = 0.0,
     ) -> Blob:
         """``ReLU`` (in place by default)."""
-        params: List[_Entry] = []
+        blob, lp = self._add("ReLU", [bottom], name, top, inplace)
         if negative_slope:
-            params.append(("relu_param", [("negative_slope", float(negative_slope))]))
-        return self.layer("ReLU", [bottom], name=name, top=top, inplace=inplace, params=params)
+            lp.relu_param.negative_slope = float(negative_slope)
+        return blob
 
     def sigmoid(self, bottom: Blob, inplace: bool = False, name: Optional[str] = None,
                 top: Optional[str] = None) -> Blob:
         """``Sigmoid``."""
-        return self.layer("Sigmoid", [bottom], name=name, top=top, inplace=inplace)
+        return self._add("Sigmoid", [bottom], name, top, inplace)[0]
 
     def batchnorm(self, bottom: Blob, inplace: bool = True, name: Optional[str] = None,
                   top: Optional[str] = None, eps: Optional[float] = None) -> Blob:
         """``BatchNorm`` with ``use_global_stats: true`` (inference)."""
-        p: List[_Entry] = [("use_global_stats", True)]
+        blob, lp = self._add("BatchNorm", [bottom], name, top, inplace)
+        lp.batch_norm_param.use_global_stats = True
         if eps is not None:
-            p.append(("eps", float(eps)))
-        return self.layer("BatchNorm", [bottom], name=name, top=top, inplace=inplace,
-                          params=[("batch_norm_param", p)])
+            lp.batch_norm_param.eps = float(eps)
+        return blob
 
     def scale(self, bottom: Blob, bias_term: bool = True, inplace: bool = True,
               name: Optional[str] = None, top: Optional[str] = None) -> Blob:
         """``Scale`` (learned per-channel scale, plus bias when ``bias_term``)."""
-        return self.layer("Scale", [bottom], name=name, top=top, inplace=inplace,
-                          params=[("scale_param", [("bias_term", bool(bias_term))])])
+        blob, lp = self._add("Scale", [bottom], name, top, inplace)
+        lp.scale_param.bias_term = bool(bias_term)
+        return blob
 
     def batchnorm_scale(
         self,
@@ -364,23 +340,23 @@ class NetSpec:
     ) -> Blob:
         """``Eltwise`` (``SUM``, ``PROD`` or ``MAX``; ``coeff`` only for SUM)."""
         operation = operation.upper()
-        if operation not in ("SUM", "PROD", "MAX"):
+        if operation not in pb.EltwiseParameter.EltwiseOp.keys():
             raise ValueError(f"unknown eltwise operation {operation!r}")
-        p: List[_Entry] = [("operation", _Enum(operation))]
+        if coeff is not None and (operation != "SUM" or len(coeff) != len(bottoms)):
+            raise ValueError("coeff needs SUM and one value per bottom")
+        blob, lp = self._add("Eltwise", list(bottoms), name, top, False)
+        lp.eltwise_param.operation = pb.EltwiseParameter.EltwiseOp.Value(operation)
         if coeff is not None:
-            if operation != "SUM" or len(coeff) != len(bottoms):
-                raise ValueError("coeff needs SUM and one value per bottom")
-            p.extend(("coeff", float(c)) for c in coeff)
-        return self.layer("Eltwise", list(bottoms), name=name, top=top,
-                          params=[("eltwise_param", p)])
+            lp.eltwise_param.coeff.extend(float(c) for c in coeff)
+        return blob
 
     def concat(self, bottoms: Sequence[Blob], axis: int = 1, name: Optional[str] = None,
                top: Optional[str] = None) -> Blob:
         """``Concat`` along ``axis`` (channels by default)."""
-        params: List[_Entry] = []
+        blob, lp = self._add("Concat", list(bottoms), name, top, False)
         if axis != 1:
-            params.append(("concat_param", [("axis", int(axis))]))
-        return self.layer("Concat", list(bottoms), name=name, top=top, params=params)
+            lp.concat_param.axis = int(axis)
+        return blob
 
     def inner_product(
         self,
@@ -393,68 +369,60 @@ class NetSpec:
         bias_filler: Optional[float] = None,
     ) -> Blob:
         """``InnerProduct`` (fully connected)."""
-        p: List[_Entry] = [("num_output", int(num_output))]
+        blob, lp = self._add("InnerProduct", [bottom], name, top, False)
+        p = lp.inner_product_param
+        p.num_output = int(num_output)
         if not bias:
-            p.append(("bias_term", False))
+            p.bias_term = False
         self._weights(p, bias, weight_filler, bias_filler)
-        return self.layer("InnerProduct", [bottom], name=name, top=top,
-                          params=[("inner_product_param", p)])
+        return blob
 
     def dropout(self, bottom: Blob, ratio: float = 0.5, inplace: bool = True,
                 name: Optional[str] = None, top: Optional[str] = None) -> Blob:
         """``Dropout`` (identity at inference; in place by default)."""
-        return self.layer("Dropout", [bottom], name=name, top=top, inplace=inplace,
-                          params=[("dropout_param", [("dropout_ratio", float(ratio))])])
+        blob, lp = self._add("Dropout", [bottom], name, top, inplace)
+        lp.dropout_param.dropout_ratio = float(ratio)
+        return blob
 
     def softmax(self, bottom: Blob, axis: int = 1, name: Optional[str] = None,
                 top: Optional[str] = None) -> Blob:
         """``Softmax`` over ``axis`` (channels by default)."""
-        params: List[_Entry] = []
+        blob, lp = self._add("Softmax", [bottom], name, top, False)
         if axis != 1:
-            params.append(("softmax_param", [("axis", int(axis))]))
-        return self.layer("Softmax", [bottom], name=name, top=top, params=params)
+            lp.softmax_param.axis = int(axis)
+        return blob
 
     def flatten(self, bottom: Blob, axis: int = 1, name: Optional[str] = None,
                 top: Optional[str] = None) -> Blob:
         """``Flatten`` from ``axis`` on."""
-        params: List[_Entry] = []
+        blob, lp = self._add("Flatten", [bottom], name, top, False)
         if axis != 1:
-            params.append(("flatten_param", [("axis", int(axis))]))
-        return self.layer("Flatten", [bottom], name=name, top=top, params=params)
+            lp.flatten_param.axis = int(axis)
+        return blob
 
     def reshape(self, bottom: Blob, shape: Sequence[int], name: Optional[str] = None,
                 top: Optional[str] = None) -> Blob:
         """``Reshape`` (``0`` copies a dim, ``-1`` infers it)."""
-        dims: List[_Entry] = [("dim", int(d)) for d in shape]
-        return self.layer("Reshape", [bottom], name=name, top=top,
-                          params=[("reshape_param", [("shape", dims)])])
+        blob, lp = self._add("Reshape", [bottom], name, top, False)
+        lp.reshape_param.shape.dim.extend(int(d) for d in shape)
+        return blob
 
     def shuffle_channel(self, bottom: Blob, group: int, name: Optional[str] = None,
                         top: Optional[str] = None) -> Blob:
         """``ShuffleChannel`` (ShuffleNet channel shuffle over ``group`` groups)."""
-        return self.layer("ShuffleChannel", [bottom], name=name, top=top,
-                          params=[("shuffle_channel_param", [("group", int(group))])])
+        blob, lp = self._add("ShuffleChannel", [bottom], name, top, False)
+        lp.shuffle_channel_param.group = int(group)
+        return blob
 
     # ---------------------------------------------------------------- output
     @property
     def layer_names(self) -> List[str]:
         """Names of the layers added so far, in order."""
-        return [layer[0] for layer in self._layers]
+        return [lp.name for lp in self.net.layer]
 
     def to_prototxt(self) -> str:
-        """Render the net: header comments, ``name:``, then one ``layer {}`` each."""
-        out: List[str] = []
-        for line in self.header:
-            out.append(f"# {line}".rstrip())
+        """Render the net: header comments, then the ``NetParameter`` through ``text_format``."""
+        out: List[str] = [f"# {line}".rstrip() for line in self.header]
         if self.header:
             out.append("")
-        out.append(f"name: {_fmt_scalar(self.name)}")
-        for name, type_, bottoms, tops, params in self._layers:
-            entries: List[_Entry] = [("name", name), ("type", type_)]
-            entries.extend(("bottom", b) for b in bottoms)
-            entries.extend(("top", t) for t in tops)
-            entries.extend(params)
-            out.append("layer {")
-            _emit(entries, 1, out)
-            out.append("}")
-        return "\n".join(out) + "\n"
+        return "\n".join(out + [text_format.MessageToString(self.net).rstrip("\n")]) + "\n"

@@ -88,10 +88,6 @@ layer {
   top: "conv2"
   convolution_param {
     num_output: 4
-    pad_h: 0
-    pad_w: 1
-    kernel_h: 1
-    kernel_w: 3
     group: 2
     weight_filler {
       type: "xavier"
@@ -100,6 +96,10 @@ layer {
       type: "constant"
       value: 0.1
     }
+    pad_h: 0
+    pad_w: 1
+    kernel_h: 1
+    kernel_w: 3
   }
 }
 layer {
@@ -110,7 +110,7 @@ layer {
   top: "sum"
   eltwise_param {
     operation: SUM
-    coeff: 1
+    coeff: 1.0
     coeff: 0.5
   }
 }
@@ -215,6 +215,29 @@ def _tiny() -> NetSpec:
 
 def test_tiny_net_exact_text() -> None:
     assert _tiny().to_prototxt() == TINY_EXPECTED
+
+
+def test_the_net_is_a_netparameter_message() -> None:
+    from protonet.frontend.schema import pb as caffe_pb2
+
+    n = _tiny()
+    assert isinstance(n.net, caffe_pb2.NetParameter) and n.net.name == "Tiny"
+    conv2 = n.net.layer[5].convolution_param
+    assert (conv2.kernel_h, conv2.kernel_w, conv2.pad_h, conv2.pad_w, conv2.group) == (1, 3, 0, 1, 2)
+    assert n.net.layer[8].pooling_param.pool == caffe_pb2.PoolingParameter.MAX
+
+
+def test_generic_layer_params_by_proto_field_names() -> None:
+    n = NetSpec("Generic")
+    x = n.input("data", (1, 3, 4, 4))
+    y = n.layer("ReLU", [x], name="leaky", params={"relu_param": {"negative_slope": 0.25}})
+    n.layer("Pooling", [y], name="p", params={"pooling_param": {"pool": "AVE", "kernel_size": 2}})
+    assert n.net.layer[1].relu_param.negative_slope == 0.25
+    assert n.net.layer[2].pooling_param.pool == 1 and n.net.layer[2].pooling_param.kernel_size == 2
+    assert 'pool: AVE' in n.to_prototxt() and 'negative_slope: 0.25' in n.to_prototxt()
+    with pytest.raises(Exception, match="no_such_field"):
+        n.layer("ReLU", [y], params={"relu_param": {"no_such_field": 1}})
+    assert n.layer_names == ["data", "leaky", "p"]
 
 
 def test_handles_and_names() -> None:
