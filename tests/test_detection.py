@@ -239,3 +239,24 @@ def test_psroi_pooling_by_hand():
 def test_psroi_pooling_checks_channels():
     with pytest.raises(ProtonetError, match=r"8 channels; output_dim 3 × group_size² 4 = 12 expected"):
         build_text(PSROI_NET.replace("output_dim: 2", "output_dim: 3"))
+
+
+def test_psroi_bin_edges_use_a_fused_multiply_add():
+    """scale 1/3, 6 bins over x 58..211: start 58/3 = 19.333334, bin 8.555556 (float32); bin 2
+    ends at ceil(3·bin + start). Rounded once (fmaf, as nvcc compiles R-FCN's kernel) that is
+    45.000004 -> 46; rounding the product first would give 45.0 -> 45. The ONNX lowering
+    (float64 multiply-add, one rounding to float32) agrees with the reference."""
+    rois = np.array([[0, 58, 0, 211, 0]], np.float32)
+    _, _, ws, we = psroi_bins(rois, 1 / 3, 6, 100, 100)
+    assert we[0, 2] == 46 and ws[0, 3] == 45
+    graph = build_text("""
+layer { name: "in" type: "Input" top: "maps" top: "rois"
+  input_param { shape { dim: 1 dim: 36 dim: 4 dim: 80 } shape { dim: 1 dim: 5 } } }
+layer { name: "ps" type: "PSROIPooling" bottom: "maps" bottom: "rois" top: "out"
+  psroi_pooling_param { spatial_scale: 0.33333334 output_dim: 1 group_size: 6 } }
+""")
+    maps = np.zeros((1, 36, 4, 80), np.float32)
+    maps[0, 2, :, 45] = 1.0  # column 45 only counts in bin (0, 2) when that bin ends at 46
+    ref, got = _run_both(graph, {"maps": maps, "rois": rois})
+    assert ref["out"][0, 0, 0, 2] > 0
+    np.testing.assert_allclose(got["out"], ref["out"], rtol=1e-6)

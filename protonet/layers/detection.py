@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import LayerContext
-from .base import Example, Layer, Shape, need_4d, prod
+from .base import FLT_MAX, Example, Layer, Shape, need_4d, prod
 from .registry import register
 
 F32 = np.float32
@@ -266,7 +266,7 @@ class Proposal(Layer):
         sel = g.op("NonMaxSuppression", [g.op("Unsqueeze", [nms_boxes, g.int64s([0], "axis0")]),
                                          g.op("Reshape", [best, g.int64s([1, 1, pre], "nms_scores")]),
                                          g.int64s([rows], "max_out"), g.const([a.nms_thresh], "iou"),
-                                         g.const([-np.finfo(F32).max], "score_floor")])
+                                         g.const([-FLT_MAX], "score_floor")])
         picked = g.op("Gather", [sel, g.int64s([2], "box_col")], axis=1)  # (S, 1), S <= rows
         picked = g.op("Reshape", [picked, g.int64s([-1], "flat_sel")])
 
