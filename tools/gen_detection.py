@@ -48,14 +48,13 @@ def _rpn(n: NetSpec, feat: Blob, width: int) -> Blob:
     cls = n.reshape(cls, (0, 2, -1, 0), name="rpn_cls_score_reshape")
     cls = n.softmax(cls, name="rpn_cls_prob")
     cls = n.reshape(cls, (0, 18, -1, 0), name="rpn_cls_prob_reshape")
-    return n.layer("Python", [cls, bbox, Blob("im_info")], name="proposal", top="rois", params=[
-        ("python_param", [("module", "rpn.proposal_layer"), ("layer", "ProposalLayer"),
-                          ("param_str", "'feat_stride': 16")])])
+    return n.layer("Python", [cls, bbox, Blob("im_info")], name="proposal", top="rois", params={
+        "python_param": {"module": "rpn.proposal_layer", "layer": "ProposalLayer", "param_str": "'feat_stride': 16"}})
 
 
 def _fast_rcnn_head(n: NetSpec, feat: Blob, rois: Blob, pooled: int) -> None:
-    x = n.layer("ROIPooling", [feat, rois], name=f"roi_pool{'_conv5' if pooled == 6 else '5'}", params=[
-        ("roi_pooling_param", [("pooled_w", pooled), ("pooled_h", pooled), ("spatial_scale", 0.0625)])])
+    x = n.layer("ROIPooling", [feat, rois], name=f"roi_pool{'_conv5' if pooled == 6 else '5'}", params={
+        "roi_pooling_param": {"pooled_w": pooled, "pooled_h": pooled, "spatial_scale": 0.0625}})
     for i in (6, 7):
         x = n.inner_product(x, 4096, name=f"fc{i}")
         x = n.relu(x, name=f"relu{i}")
@@ -149,8 +148,8 @@ def build_rfcn_resnet50() -> NetSpec:
     for kind, dim, pooled, out in (("cls", CLASSES, "psroipooled_cls_rois", "cls_score"),
                                    ("bbox", 8, "psroipooled_loc_rois", "bbox_pred_pre")):
         maps = n.conv(x, dim * 49, kernel=1, name=f"rfcn_{kind}")
-        ps = n.layer("PSROIPooling", [maps, rois], name=pooled, params=[
-            ("psroi_pooling_param", [("spatial_scale", 0.0625), ("output_dim", dim), ("group_size", 7)])])
+        ps = n.layer("PSROIPooling", [maps, rois], name=pooled, params={
+            "psroi_pooling_param": {"spatial_scale": 0.0625, "output_dim": dim, "group_size": 7}})
         heads[kind] = n.pool(ps, "AVE", kernel=7, stride=7, name=f"ave_{out.replace('_pre', '')}_rois", top=out)
     prob = n.softmax(heads["cls"], name="cls_prob", top="cls_prob_pre")
     n.reshape(prob, (-1, CLASSES), name="cls_prob_reshape", top="cls_prob")
