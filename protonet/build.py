@@ -74,14 +74,29 @@ def check_types(loaded: LoadedNet) -> None:
         raise UnsupportedError("unsupported layer types: " + ", ".join(unknown), Location(loaded.path))
 
 
-def check_names(loaded: LoadedNet) -> None:
+def node_names(loaded: LoadedNet) -> list[str]:
+    """One IR node name per layer. Caffe allows a layer name to repeat (HED repeats ``crop``): the
+    first keeps it, later ones become ``name#k`` in the graph (and in ONNX), while errors and the
+    weights file still use the Caffe name. A note says where it happened."""
     seen: dict[str, int] = {}
+    taken = {layer.name for layer in loaded.net.layer}
+    out: list[str] = []
     for i, layer in enumerate(loaded.net.layer):
-        if layer.name in seen:
-            first = loaded.line_of(layer, seen[layer.name])
-            raise ProtonetError(f"duplicate layer name '{layer.name}'" + (f" (first defined at line {first})"
-                                if first else ""), loaded.loc(layer, i))
-        seen[layer.name] = i
+        if layer.name not in seen:
+            seen[layer.name] = i
+            out.append(layer.name)
+            continue
+        k = 1
+        while f"{layer.name}#{k}" in taken:
+            k += 1
+        name = f"{layer.name}#{k}"
+        taken.add(name)
+        out.append(name)
+        first, line = loaded.line_of(loaded.net.layer[seen[layer.name]], seen[layer.name]), loaded.line_of(layer, i)
+        loaded.notes.append(f"layer name '{layer.name}' repeats" + (f" (lines {first} and {line})" if first and line
+                            else "") + f": the later layer is '{name}' in the graph; as in Caffe, weights "
+                            f"named '{layer.name}' go to the last layer of that name")
+    return out
 
 
 def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | None = None) -> tuple[Graph, WeightReport]:
@@ -90,7 +105,8 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
     if not loaded.net.layer:
         raise ProtonetError("the file defines no layers", Location(loaded.path))
     check_types(loaded)
-    check_names(loaded)
+    names = node_names(loaded)
+    last_of = {lp.name: i for i, lp in enumerate(loaded.net.layer)}  # Caffe copies weights by name: the last wins
     g = Graph(loaded.net.name or "net")
     report = WeightReport(source=weights.path if weights is not None else "fillers")
     current: dict[str, Value] = {}  # blob name -> its latest version
@@ -135,14 +151,15 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
                                 f"(input shapes {', '.join(str(tuple(x)) for x in in_shapes)})")
         _check_tops(lp, inputs, shapes, current, ctx)
         specs = layer.weights(attrs, in_shapes)
-        node_weights = _weights_for(lp, specs, weights, opts, report, ctx, shared)
+        node_weights = _weights_for(lp, specs, weights if last_of[lp.name] == index else None, opts, report, ctx,
+                                    shared)
         outputs = []
         for top, shape in zip(lp.top, shapes):
             counter += 1
             v = g.new_value(f"\x00{counter}", tuple(shape), blob=top)
             versions.setdefault(top, []).append(v)
             outputs.append(v)
-        node = Node(lp.name, canonical, attrs, inputs, outputs, node_weights, loc,
+        node = Node(names[index], canonical, attrs, inputs, outputs, node_weights, loc,
                     param_names=tuple(p.name for p in lp.param))
         g.add_node(node)
         for top, v in zip(lp.top, outputs):
@@ -159,6 +176,11 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
                             f"of the net (inputs: {', '.join(v.blob for v in g.inputs)})", Location(loaded.path))
     _name_versions(g, versions)
     g.outputs = [v for v in current.values() if not v.users]
+    if not g.outputs:
+        # Caffe runs a net whose last blobs all go into Silence layers (the colorization net):
+        # those blobs are its outputs (--output picks others)
+        g.outputs = [v for v in current.values() if v.users and v not in g.inputs
+                     and all(n.type == "Silence" for n in v.users)]
     if not g.outputs:
         raise ProtonetError("the net has no outputs", Location(loaded.path))
     g.lint()

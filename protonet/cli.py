@@ -55,7 +55,17 @@ def _parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, tuple(_positive(p.strip()) for p in parts)
 
 
+def _add_schema_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--caffe-proto", metavar="FORK.proto",
+                   help="read the files through your Caffe fork's own caffe.proto (compiled at run time by "
+                        "grpcio-tools' protoc: pip install 'protonet[proto]')")
+    p.add_argument("--ignore-field", action="append", default=[], metavar="MSG.FIELD",
+                   help="run without a fork field protonet does not implement (e.g. DropoutParameter."
+                        "sample_weights_test); results may differ from the fork's")
+
+
 def _add_net_options(p: argparse.ArgumentParser, weights: bool = True) -> None:
+    _add_schema_options(p)
     if weights:
         p.add_argument("-w", "--weights", metavar="W.caffemodel", help="trained weights (default: fillers)")
     p.add_argument("--batch", type=_positive, metavar="N", help="override the batch dimension of every input")
@@ -120,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("upgrade", help="rewrite a legacy (V0/V1) definition or caffemodel in the current format")
     p.add_argument("old")
     p.add_argument("-o", "--out", required=True, metavar="NEW")
+    _add_schema_options(p)
 
     p = sub.add_parser("layers", help="list the supported layer types and their facets")
     p.add_argument("--format", choices=["markdown", "names"], default="markdown")
@@ -144,7 +155,8 @@ def _compile(args: argparse.Namespace, net: str, optimize: bool) -> Any:
 
     passes = args.passes.split(",") if getattr(args, "passes", None) else None
     return compile_net(net, getattr(args, "weights", None), _options(args), optimize=optimize, passes=passes,
-                       outputs=getattr(args, "output", None) or None)
+                       outputs=getattr(args, "output", None) or None, schema=args.caffe_proto,
+                       ignore_fields=tuple(args.ignore_field))
 
 
 def _report_loaded(c: Any) -> None:
@@ -342,7 +354,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_upgrade(args: argparse.Namespace) -> int:
     from .frontend import upgrade_file
 
-    ran = upgrade_file(args.old, args.out)
+    ran = upgrade_file(args.old, args.out, args.caffe_proto)
     _say(f"upgraded: {'; '.join(ran)}" if ran else "already in the current format: nothing to upgrade")
     _say(f"wrote {args.out}")
     return 0

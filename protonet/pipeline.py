@@ -12,7 +12,7 @@ import numpy as np
 from .build import BuildOptions, WeightReport, build_graph
 from .errors import Location, ProtonetError
 from .export import export
-from .frontend import LoadedNet, deploy_step, load_net
+from .frontend import LoadedNet, deploy_step, dialect_step, load_net
 from .ir import Graph
 from .reference import ReferenceInterpreter
 from .runtime import make_session
@@ -40,20 +40,25 @@ def load_weights(path: str | Path | None) -> Any:
 
 def compile_net(net: str | Path, weights: str | Path | None = None, options: BuildOptions | None = None,
                 optimize: bool = False, passes: list[str] | None = None,
-                outputs: list[str] | None = None) -> Compiled:
+                outputs: list[str] | None = None, schema: Any = None,
+                ignore_fields: tuple[str, ...] = ()) -> Compiled:
     """Parse, upgrade, filter, build (and optionally optimize) a net definition.
 
     ``outputs`` keeps only the named network outputs (the dead-code pass then removes what
-    no longer feeds them)."""
+    no longer feeds them). ``schema`` is a user's own caffe.proto (path or compiled schema) that
+    the definition is read through; ``ignore_fields`` names fork fields (``MSG.FIELD``) that
+    protonet may run without."""
     opts = options or BuildOptions()
     from .frontend import looks_like_caffemodel, net_from_caffemodel
 
     if looks_like_caffemodel(net):  # a caffemodel alone carries the whole definition
-        loaded = deploy_step(net_from_caffemodel(net, input_shapes=opts.input_shapes), opts.input_shapes)
+        loaded = deploy_step(net_from_caffemodel(net, input_shapes=opts.input_shapes, schema=schema),
+                             opts.input_shapes)
+        dialect_step(loaded, ignore_fields)
         if weights is None:
             weights = net
     else:
-        loaded = load_net(net, input_shapes=opts.input_shapes)
+        loaded = load_net(net, input_shapes=opts.input_shapes, schema=schema, ignore_fields=ignore_fields)
     wfile = load_weights(weights)
     graph, report = build_graph(loaded, wfile, opts)
     graph.metadata.update(loaded.preprocess)

@@ -21,6 +21,9 @@ CASES = sorted(BAD.glob("*.prototxt"))
 def run_cli(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     e = dict(os.environ)
     e.update(env or {})
+    # the checkout under test first, whatever else PYTHONPATH names (an installed protonet is not it)
+    e["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent)] +
+                                      [p for p in e.get("PYTHONPATH", "").split(os.pathsep) if p])
     return subprocess.run([sys.executable, "-m", "protonet", *args], cwd=cwd, capture_output=True, text=True,
                           env=e, timeout=300)
 

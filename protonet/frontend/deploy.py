@@ -3,13 +3,15 @@
 Run after the upgrade chain and phase filtering. The rules, in file order:
 
 * data layers (``Data``, ``ImageData``, ``HDF5Data``, ``WindowData``, ``AnnotatedData``,
-  ``MemoryData``, and ``Python`` layers without bottoms such as py-faster-rcnn's
-  ``roi_data_layer``) become ``Input`` layers for their first top. The shape is ``input_shapes[top]``
-  when given, else ``(batch_size, C, crop, crop)`` from the layer's ``*_data_param.batch_size``
-  and ``transform_param.crop_size``, with C = 3 unless ``image_data_param.is_color`` is false or
-  ``transform_param.force_gray`` is set (1); an ``ImageData`` layer without crop uses
-  ``new_height x new_width``; ``MemoryData`` states its shape; a Python data layer's shapes
-  come only from ``input_shapes``. Anything else (an MNIST ``Data``
+  SegNet's ``DenseImageData``, and ``Python`` layers without bottoms such as py-faster-rcnn's
+  ``roi_data_layer``) become ``Input`` layers for their first top. The shape is
+  ``input_shapes[top]`` when given (an unnamed ``--input-shape``, key ``""``, shapes the first data
+  layer), else ``(batch_size, C, crop, crop)`` from the layer's ``*_data_param.batch_size`` and
+  ``transform_param.crop_size``, with C = 3 unless ``is_color`` is false or
+  ``transform_param.force_gray`` is set (1); ``DenseImageData`` without crop_size crops
+  ``crop_height x crop_width`` (at a random place, also in SegNet's TEST phase); an ``ImageData``
+  or ``DenseImageData`` layer without crop uses ``new_height x new_width``; a Python data layer's
+  shapes come only from ``input_shapes``. Anything else (an MNIST ``Data``
   layer without crop: the image size lives in the database) is an error asking for
   ``--input-shape``. The other tops (labels) are dropped unless ``input_shapes`` names them.
 * ``SoftmaxWithLoss`` becomes ``Softmax`` on its first bottom (same ``softmax_param``), its output
@@ -35,7 +37,7 @@ from .python_layers import describe, is_python_data_layer
 from .schema import pb
 
 # MemoryData is not here: it is an input layer fed by the caller (protonet.layers.bvlc.MemoryData)
-DATA_TYPES = ("Data", "ImageData", "HDF5Data", "WindowData", "AnnotatedData")
+DATA_TYPES = ("Data", "ImageData", "HDF5Data", "WindowData", "AnnotatedData", "DenseImageData")
 LOSS_TYPES = frozenset({"EuclideanLoss", "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss",
                         "SigmoidCrossEntropyLoss", "ContrastiveLoss", "SoftmaxWithLoss"})
 DROPPED_TYPES = frozenset({"Accuracy"})
@@ -43,7 +45,10 @@ METADATA_KEY = "protonet.preprocess"
 
 #: data layer type -> (name of its *_param field, whether that param has batch_size)
 _PARAM = {"Data": "data_param", "ImageData": "image_data_param", "HDF5Data": "hdf5_data_param",
-          "WindowData": "window_data_param", "MemoryData": "memory_data_param"}
+          "WindowData": "window_data_param", "MemoryData": "memory_data_param",
+          "DenseImageData": "dense_image_data_param"}
+#: data layers whose param reads photos (is_color, new_height x new_width)
+_IMAGE_TYPES = ("ImageData", "DenseImageData")
 
 
 @dataclass
@@ -114,6 +119,9 @@ def to_deploy(net: Any, loc: Location, input_shapes: Mapping[str, tuple[int, ...
             line = lines[index] if lines is not None and index < len(lines) else None
         return Location(loc.file, line, layer=layer.name, layer_type=layer.type)
 
+    sources = [l for l in net.layer if _is_data(l) or l.type == "Input"]
+    if "" in shapes and sources and _is_data(sources[0]) and sources[0].top:
+        shapes.setdefault(sources[0].top[0], shapes.pop(""))  # an unnamed --input-shape: the first input
     for index, layer in enumerate(net.layer):
         if _is_data(layer):
             _convert_data(layer, out, shapes, notes, dropped, where(index, layer), base_dir)
@@ -204,6 +212,8 @@ def _data_shape(layer: Any, meta: Preprocess | None, loc: Location) -> tuple[int
     crop = meta.crop_size if meta is not None else 0
     if crop:
         return (batch, channels, crop, crop)
+    if layer.type == "DenseImageData" and p is not None and p.crop_height and p.crop_width:
+        return (batch, channels, int(p.crop_height), int(p.crop_width))
     if meta is not None and meta.resize:
         return (batch, channels, *meta.resize)
     why = {"HDF5Data": "an HDF5Data layer's shapes live in its HDF5 files",
@@ -235,7 +245,7 @@ def _preprocess(layer: Any, top: str, loc: Location, base_dir: str | Path | None
     if mean_file and mean_value:
         raise ProtonetError("transform_param gives both mean_file and mean_value; Caffe accepts only one", loc)
     channels = 3
-    if layer.type == "ImageData" and p is not None and not p.is_color:
+    if layer.type in _IMAGE_TYPES and p is not None and not p.is_color:
         channels = 1
     if t.force_gray:
         channels = 1
@@ -245,8 +255,11 @@ def _preprocess(layer: Any, top: str, loc: Location, base_dir: str | Path | None
         raise ProtonetError(f"{len(mean_value)} mean_value entries for {channels} channel(s); give 1 or "
                             f"{channels}", loc)
     resize: tuple[int, int] | None = None
-    if layer.type == "ImageData" and p is not None and p.new_height and p.new_width:
+    if layer.type in _IMAGE_TYPES and p is not None and p.new_height and p.new_width:
         resize = (int(p.new_height), int(p.new_width))
+    if layer.type == "DenseImageData" and p is not None and p.crop_height and p.crop_width and not crop:
+        notes.messages.append(f"crop_height x crop_width of layer '{layer.name}' ({p.crop_height}x{p.crop_width}) "
+                              f"is a random crop in SegNet, also at test time; the input takes that size")
     mean_image = ""
     mean_shape: tuple[int, ...] = ()
     if mean_file:

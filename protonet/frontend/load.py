@@ -13,25 +13,40 @@ from google.protobuf import text_format
 
 from ..errors import Location, ProtonetError, SchemaError, WeightsError
 from ..fileio import write_bytes_atomic
+from . import wire
 from .deploy import needs_deploy, to_deploy
+from .dialects import check_fields, normalize
 from .phase import filter_phase
 from .python_layers import native_python_layers
-from .reader import LoadedNet, read_net, read_text
-from .schema import pb
+from .reader import LoadedNet, in_schema, parse_binary, read_net, read_text
+from .schema import Schema, load_schema, pb
 from .upgrade import upgrade_net
 from .weights import close_map, open_scan
+
+#: a user's own caffe.proto: its path, or the compiled schema
+SchemaSpec = Schema | str | Path | None
+
+
+def user_schema(spec: SchemaSpec) -> Schema | None:
+    """The schema named by ``--caffe-proto`` (compiled at run time), or None for protonet's own."""
+    if spec is None or isinstance(spec, Schema):
+        return spec
+    return load_schema(spec)
 
 log = logging.getLogger(__name__)
 
 
 def load_net(path: str | Path, phase: str = "TEST", stages: tuple[str, ...] = (), level: int = 0,
              text: str | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None,
-             deploy: bool = True) -> LoadedNet:
+             deploy: bool = True, schema: SchemaSpec = None, ignore_fields: tuple[str, ...] = ()) -> LoadedNet:
     """Read, upgrade to the current format, filter by phase and convert a training definition to
     its deploy form: what Caffe's Net::Init sees in the TEST phase. With ``text``, that prototxt
-    text is parsed instead of reading ``path``."""
-    loaded = read_net(path) if text is None else read_text(text, str(path))
-    return prepare(loaded, phase, stages, level, input_shapes, deploy)
+    text is parsed instead of reading ``path``. ``schema`` is a user's own caffe.proto (the file
+    is read through it); ``ignore_fields`` (``MSG.FIELD``) are fork fields the user accepts
+    protonet running without (see :func:`.dialects.check_fields`)."""
+    s = user_schema(schema)
+    loaded = read_net(path, s) if text is None else read_text(text, str(path), s)
+    return prepare(loaded, phase, stages, level, input_shapes, deploy, ignore_fields)
 
 
 def _shape_bare_inputs(loaded: LoadedNet, input_shapes: dict[str, tuple[int, ...]]) -> None:
@@ -49,9 +64,11 @@ def _shape_bare_inputs(loaded: LoadedNet, input_shapes: dict[str, tuple[int, ...
 
 
 def prepare(loaded: LoadedNet, phase: str = "TEST", stages: tuple[str, ...] = (), level: int = 0,
-            input_shapes: dict[str, tuple[int, ...]] | None = None, deploy: bool = True) -> LoadedNet:
+            input_shapes: dict[str, tuple[int, ...]] | None = None, deploy: bool = True,
+            ignore_fields: tuple[str, ...] = ()) -> LoadedNet:
     """Upgrade a parsed net to the current format, filter it by phase and convert training-only
-    layers (data layers -> inputs, losses dropped) for deployment (in place)."""
+    layers (data layers -> inputs, losses dropped) for deployment (in place); then read the fork
+    spellings protonet implements and refuse the fork fields it does not (:mod:`.dialects`)."""
     if not loaded.binary:
         _shape_bare_inputs(loaded, input_shapes or {})
     current_text = not loaded.binary and len(loaded.net.layers) == 0
@@ -69,7 +86,22 @@ def prepare(loaded: LoadedNet, phase: str = "TEST", stages: tuple[str, ...] = ()
     loaded.net, kept = filter_phase(loaded.net, phase, stages, level, with_indices=True, where=where)
     if exact:
         loaded.layer_lines = [lines[i] for i in kept]
-    return deploy_step(loaded, input_shapes) if deploy else loaded
+    if deploy:
+        deploy_step(loaded, input_shapes)
+    return dialect_step(loaded, ignore_fields)
+
+
+def dialect_step(loaded: LoadedNet, ignore_fields: tuple[str, ...] = ()) -> LoadedNet:
+    """Fork spellings -> BVLC's, then the check of fork fields protonet does not implement, on
+    the layers that are left (in place)."""
+    def where(index: int | None, name: str | None) -> Location:
+        if index is None:
+            return loaded.loc()
+        return loaded.loc(loaded.net.layer[index], index)
+
+    loaded.notes.extend(normalize(loaded.net, where))
+    check_fields(loaded.net, loaded.foreign, ignore_fields, where)
+    return loaded
 
 
 def deploy_step(loaded: LoadedNet, input_shapes: dict[str, tuple[int, ...]] | None = None) -> LoadedNet:
@@ -95,7 +127,8 @@ def _file_phase(net: Any) -> str | None:
 
 
 def net_from_caffemodel(path: str | Path, phase: str | None = None, stages: tuple[str, ...] = (),
-                        level: int = 0, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Any:
+                        level: int = 0, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                        schema: SchemaSpec = None) -> Any:
     """A ``.caffemodel`` used as the net definition: its layers without blobs, upgraded and
     phase-filtered, as a :class:`frontend.LoadedNet` (no blob values are read).
 
@@ -106,9 +139,15 @@ def net_from_caffemodel(path: str | Path, phase: str | None = None, stages: tupl
     from ``input_shapes`` (``--input-shape``).
     """
     p = str(path)
-    f, _, mm, _, net = open_scan(p)
-    f.close()
-    close_map(mm)
+    f, _, mm, rec, net = open_scan(p)
+    foreign: list[Any] = []
+    try:
+        s = user_schema(schema)
+        if s is not None:  # the blob-free net again, through the user's schema
+            net, foreign = in_schema(parse_binary(wire.stripped_net_bytes(rec), p, s), p, s)
+    finally:
+        f.close()
+        close_map(mm)
     loc = Location(p)
     if len(net.input) and not len(net.input_dim) and not len(net.input_shape):
         shapes = input_shapes or {}
@@ -120,7 +159,7 @@ def net_from_caffemodel(path: str | Path, phase: str | None = None, stages: tupl
             net.input_shape.add().dim.extend(int(d) for d in shapes[n])
     net, ran = upgrade_net(net, loc)
     net = filter_phase(net, phase or _file_phase(net) or "TEST", stages, level)
-    return LoadedNet(net, p, True, {}, ran)
+    return LoadedNet(net, p, True, {}, ran, foreign=foreign)
 
 
 # -- files -----------------------------------------------------------------------------------------
@@ -136,10 +175,12 @@ def serialize_net(net: Any, binary: bool) -> bytes:
     return text_format.MessageToString(net).encode("utf-8")
 
 
-def upgrade_file(src: str | Path, dst: str | Path) -> list[str]:
-    """Read ``src`` (text or binary), upgrade it to the current format and write ``dst``, as text
+def upgrade_file(src: str | Path, dst: str | Path, schema: SchemaSpec = None) -> list[str]:
+    """Read ``src`` (text or binary; through ``schema``, a user's own caffe.proto, when given),
+    upgrade it to the current format and write ``dst`` in protonet's schema, as text
     (``.prototxt``/``.pbtxt``/``.txt``) or binary (``.caffemodel``/``.binaryproto``/``.pb``) by its
-    extension. Returns the names of the steps that ran (empty for a current file)."""
+    extension. Fields protonet's schema lacks are left out, with a warning. Returns the names of
+    the steps that ran (empty for a current file)."""
     out = Path(dst)
     suffix = out.suffix.lower()
     if suffix not in TEXT_SUFFIXES + BINARY_SUFFIXES:
@@ -148,7 +189,9 @@ def upgrade_file(src: str | Path, dst: str | Path) -> list[str]:
                             Location(str(dst)))
     if not out.parent.is_dir():
         raise ProtonetError(f"output directory '{out.parent}' does not exist", Location(str(dst)))
-    loaded = read_net(src)
+    loaded = read_net(src, user_schema(schema))
+    for f in loaded.foreign:
+        log.warning("%s: %s (%s) left out: protonet's schema has no such field", src, f.key, f.value)
     net, ran = upgrade_net(loaded.net, loaded.loc())
     write_bytes_atomic(out, serialize_net(net, suffix in BINARY_SUFFIXES))  # in place is safe: atomic
     log.info("%s -> %s: %s", src, dst, ", ".join(ran) if ran else "already current")

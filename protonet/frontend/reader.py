@@ -1,7 +1,8 @@
 """Reading Caffe net definitions: text prototxt and binary NetParameter / .caffemodel.
 
-Text goes through ``google.protobuf.text_format`` with the classes generated from
-``proto/caffe.proto``. A small scanner records the line and name of every top-level
+Text goes through ``google.protobuf.text_format`` with the classes built from
+``proto/caffe.proto`` (or from a user's own schema, ``--caffe-proto``, whose messages
+:mod:`.dialects` then translates into protonet's by field name). A small scanner records the line and name of every top-level
 ``layer {`` / ``layers {`` block so that later errors can point at the source. After the
 upgrade chain (:mod:`.upgrade`), :mod:`.phase` filters the layers and :mod:`.load` runs the whole
 sequence.
@@ -18,7 +19,8 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from ..errors import Location, SchemaError, ProtonetError
-from .schema import pb
+from .dialects import Foreign, translate
+from .schema import Schema, pb
 
 _TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|[{}<>]|[A-Za-z_][A-Za-z0-9_.]*|\n|[^\s{}<>"\'#A-Za-z_]+')
 
@@ -101,6 +103,8 @@ class LoadedNet:
     #: the ``layer`` blocks of the text, in order (current-format text files)
     blocks: list[LayerSource] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: fields set through a user's schema that protonet's schema has no field for
+    foreign: list[Foreign] = field(default_factory=list)
     #: ONNX metadata entries describing the data layers' preprocessing (train_val files)
     preprocess: dict[str, str] = field(default_factory=dict)
 
@@ -116,11 +120,16 @@ class LoadedNet:
                         layer_type=layer.type or None)
 
 
-def _syntax_error(path: str, e: text_format.ParseError, blocks: list[LayerSource]) -> SchemaError:
+def _syntax_error(path: str, e: text_format.ParseError, blocks: list[LayerSource],
+                  schema: Schema | None = None) -> SchemaError:
     line, col = e.GetLine(), e.GetColumn()
     msg = str(e)
     # strip the "line:col : " prefix protobuf puts on the message
     msg = re.sub(r"^\d+:\d+ : ", "", msg)
+    if re.search(r'has no field named|has no value named', msg):
+        msg = msg.rstrip(".") + (f" (not in {schema.origin} either)" if schema is not None else
+                "; protonet's schema holds BVLC Caffe's and the common forks' fields: if your Caffe fork "
+                "defines it, give that fork's caffe.proto with --caffe-proto FORK.proto")
     inside = [b for b in blocks if b.line <= (line or 0)]
     where = ""
     if inside and line is not None:
@@ -130,13 +139,14 @@ def _syntax_error(path: str, e: text_format.ParseError, blocks: list[LayerSource
     return SchemaError(f"{where}{msg}", Location(path, line, col))
 
 
-def parse_text(text: str, path: str) -> tuple[Any, list[LayerSource]]:
-    net = pb.NetParameter()
+def parse_text(text: str, path: str, schema: Schema | None = None) -> tuple[Any, list[LayerSource]]:
+    """Prototxt text as a NetParameter of ``schema`` (protonet's own by default)."""
+    net = (schema or pb).NetParameter()
     blocks = scan_layer_blocks(text)
     try:
         text_format.Parse(text, net)
     except text_format.ParseError as e:
-        raise _syntax_error(path, e, blocks) from None
+        raise _syntax_error(path, e, blocks, schema) from None
     return net, blocks
 
 
@@ -157,8 +167,9 @@ def decode_text(data: bytes) -> str:
         return data.decode("latin-1")
 
 
-def parse_binary(data: bytes | memoryview, path: str) -> Any:
-    net = pb.NetParameter()
+def parse_binary(data: bytes | memoryview, path: str, schema: Schema | None = None) -> Any:
+    """Binary NetParameter / caffemodel bytes as a NetParameter of ``schema`` (protonet's own by default)."""
+    net = (schema or pb).NetParameter()
     try:
         net.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as e:
@@ -167,23 +178,33 @@ def parse_binary(data: bytes | memoryview, path: str) -> Any:
     return net
 
 
-def read_net(path: str | Path) -> LoadedNet:
-    """Parse a text or binary net definition, without upgrading or filtering."""
+def in_schema(net: Any, path: str, schema: Schema | None) -> tuple[Any, list[Foreign]]:
+    """A net parsed through a user's schema as protonet's NetParameter, and its foreign fields."""
+    if schema is None:
+        return net, []
+    return translate(net, path)
+
+
+def read_net(path: str | Path, schema: Schema | None = None) -> LoadedNet:
+    """Parse a text or binary net definition (through ``schema``, a user's own caffe.proto,
+    when given), without upgrading or filtering."""
     p = Path(path)
     try:
         data = p.read_bytes()
     except OSError as e:
         raise ProtonetError(f"cannot read: {e.strerror}", Location(str(path))) from None
     if is_binary(data):
-        return LoadedNet(parse_binary(data, str(path)), str(path), True)
-    return read_text(decode_text(data), str(path))
+        net, foreign = in_schema(parse_binary(data, str(path), schema), str(path), schema)
+        return LoadedNet(net, str(path), True, foreign=foreign)
+    return read_text(decode_text(data), str(path), schema)
 
 
-def read_text(text: str, path: str) -> LoadedNet:
+def read_text(text: str, path: str, schema: Schema | None = None) -> LoadedNet:
     """Parse prototxt text (``path`` names it in messages), without upgrading or filtering."""
-    net, blocks = parse_text(text, path)
+    net, blocks = parse_text(text, path, schema)
+    net, foreign = in_schema(net, path, schema)
     lines: dict[str, int] = {}
     for b in blocks:
         if b.name is not None and b.name not in lines:
             lines[b.name] = b.line
-    return LoadedNet(net, path, False, lines, blocks=blocks)
+    return LoadedNet(net, path, False, lines, blocks=blocks, foreign=foreign)

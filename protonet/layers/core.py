@@ -382,6 +382,9 @@ class Pooling(Layer):
         Example('layer { name: "p" type: "Pooling" bottom: "in0" top: "out" '
                 'pooling_param { pool: MAX kernel_size: 3 stride: 2 round_mode: FLOOR } }', ((1, 2, 8, 8),),
                 "max_floor"),
+        Example('layer { name: "p" type: "Pooling" bottom: "in0" top: "out" '
+                'pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 ceil_mode: false } }', ((1, 2, 6, 7),),
+                "ave_ceil_mode_false"),
         Example('layer { name: "p" type: "Pooling" bottom: "in0" top: "out" top: "mask" '
                 'pooling_param { pool: MAX kernel_size: 2 stride: 2 pad: 1 } }', ((2, 3, 5, 6),), "max_mask"),
     )
@@ -397,6 +400,13 @@ class Pooling(Layer):
         ceil_mode = True
         if "round_mode" in p.DESCRIPTOR.fields_by_name:
             ceil_mode = enum_name(p, "round_mode") == "CEIL"
+        # BVLC pull request 3057's ceil_mode (OpenCV, PyTorch-era converters): false = round down,
+        # the same output size and padding rule as round_mode: FLOOR
+        if "ceil_mode" in p.DESCRIPTOR.fields_by_name and p.HasField("ceil_mode"):
+            if p.HasField("round_mode") and ceil_mode != p.ceil_mode:
+                raise ctx.error(f"ceil_mode: {str(p.ceil_mode).lower()} contradicts round_mode: "
+                                f"{enum_name(p, 'round_mode')}; set one of them")
+            ceil_mode = bool(p.ceil_mode)
         mask = len(layer.top) == 2
         if mask and method != "MAX":
             raise ctx.error("a second top (the argmax mask) needs pool: MAX")
@@ -765,33 +775,46 @@ class Softmax(Layer):
 @dataclass(frozen=True)
 class DropoutAttrs:
     ratio: float
+    scale: float = 1.0  # the TEST-phase factor
 
 
 @register
 class Dropout(Layer):
-    """At inference (TEST phase) Caffe's Dropout is the identity: training scales by 1/(1 - ratio)."""
+    """At inference (TEST phase) Caffe's Dropout is the identity: training scales by 1/(1 - ratio).
+    py-faster-rcnn's ``scale_train: false`` trains unscaled and scales at test time instead:
+    y = x * alpha, alpha = float(1 / scale), scale = float(1 / (1 - ratio)) (double arithmetic, each
+    result stored in float, as that fork's dropout_layer.cpp does)."""
 
     type_name = "Dropout"
     removed_at_inference = True
     examples = (
         Example('layer { name: "d" type: "Dropout" bottom: "in0" top: "out" dropout_param { dropout_ratio: 0.5 } }',
                 ((2, 6),), "identity"),
+        Example('layer { name: "d" type: "Dropout" bottom: "in0" top: "out" '
+                'dropout_param { dropout_ratio: 0.3 scale_train: false } }', ((2, 6),), "scale_test"),
     )
 
     def parse(self, layer: Any, ctx: LayerContext) -> DropoutAttrs:
         p = layer.dropout_param
         if not 0.0 <= p.dropout_ratio < 1.0:
             raise ctx.error(f"dropout_ratio must be in [0, 1), got {p.dropout_ratio}")
-        return DropoutAttrs(float(p.dropout_ratio))
+        scale = 1.0
+        if "scale_train" in p.DESCRIPTOR.fields_by_name and not p.scale_train:
+            train_scale = np.float32(1.0 / (1.0 - float(np.float32(p.dropout_ratio))))
+            scale = float(np.float32(1.0 / float(train_scale)))
+        return DropoutAttrs(float(p.dropout_ratio), scale)
 
     def infer(self, a: Any, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         return [shapes[0]]
 
     def kernel(self, a: DropoutAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
-        return [xs[0]]
+        return [xs[0] * a.scale if a.scale != 1.0 else xs[0]]
 
     def lower(self, a: DropoutAttrs, g: Any) -> None:
-        g.op("Identity", g.inputs, g.outputs)
+        if a.scale != 1.0:
+            g.op("Mul", [g.inputs[0], g.const(np.float32(a.scale), "scale")], g.outputs)
+        else:
+            g.op("Identity", g.inputs, g.outputs)
 
 
 # -- BatchNorm, Scale ---------------------------------------------------------------------------
