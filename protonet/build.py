@@ -135,6 +135,7 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
         if want_tops is not None and len(lp.top) != want_tops:
             raise ctx.error(f"needs {want_tops} top(s), got {len(lp.top)}")
         in_shapes = [v.shape for v in inputs]
+        attrs = layer.resolve(attrs, in_shapes, ctx)
         if layer.is_source:
             shapes = layer.infer(attrs, in_shapes, ctx)
             shapes = [_input_shape(top, s, opts, ctx, not g.inputs and i == 0)

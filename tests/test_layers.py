@@ -12,7 +12,8 @@ import pytest
 from harness import build_text, example_inputs, example_net_text, onnx_inferred_shapes
 from protonet.export import export
 from protonet.layers import registry
-from protonet.layers.base import Layer
+from protonet.errors import LayerContext
+from protonet.layers.base import Example, Layer
 from protonet.reference import ReferenceInterpreter
 from protonet.runtime import make_session
 from protonet.tolerances import LAYER_RTOL, relative_error
@@ -57,3 +58,35 @@ def test_layer_example(name, ex):
     layer = registry.get(node.type)
     macs = layer.cost(node.attrs, [v.shape for v in node.inputs], [v.shape for v in node.outputs])
     assert isinstance(macs, int) and macs >= 0
+
+
+@pytest.mark.parametrize("name,ex", CASES)
+def test_built_attrs_are_resolved_once(name, ex):
+    """Build resolves attrs against the input shapes; resolving them again changes nothing
+    (kernel and lower read them as they are)."""
+    graph = build_text(example_net_text(ex))
+    for node in graph.nodes:
+        layer = registry.get(node.type)
+        again = layer.resolve(node.attrs, [v.shape for v in node.inputs], LayerContext(node.loc))
+        assert again == node.attrs, f"{node.name}: {node.attrs} resolves again to {again}"
+
+
+@pytest.mark.parametrize("text,shapes,field,want", [
+    ('layer { name: "l" type: "Softmax" bottom: "in0" top: "out" softmax_param { axis: -1 } }', [(2, 3, 4)],
+     "axis", 2),
+    ('layer { name: "l" type: "Concat" bottom: "in0" bottom: "in1" top: "out" concat_param { axis: -2 } }',
+     [(2, 3, 4), (2, 5, 4)], "axis", 1),
+    ('layer { name: "l" type: "InnerProduct" bottom: "in0" top: "out" inner_product_param { num_output: 2 '
+     'axis: -1 } }', [(2, 3, 4)], "axis", 2),
+    ('layer { name: "l" type: "Scale" bottom: "in0" top: "out" scale_param { axis: -2 num_axes: -1 } }',
+     [(2, 3, 4)], "num_axes", 2),
+    ('layer { name: "l" type: "Bias" bottom: "in0" top: "out" bias_param { axis: -1 } }', [(2, 3, 4)], "axis", 2),
+    ('layer { name: "l" type: "Flatten" bottom: "in0" top: "out" flatten_param { end_axis: -2 } }',
+     [(2, 3, 4, 5)], "end_axis", 2),
+    ('layer { name: "l" type: "Reshape" bottom: "in0" top: "out" reshape_param { shape { dim: 0 dim: -1 } '
+     'axis: -2 } }', [(2, 3, 4)], "out", (2, 3, 4, 1)),  # replaces axes [2, 3): 4 copied, 1 inferred
+])
+def test_resolve_makes_axes_canonical(text, shapes, field, want):
+    graph = build_text(example_net_text(Example(text, tuple(shapes))))
+    assert getattr(graph.node("l").attrs, field) == want
+

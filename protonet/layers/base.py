@@ -4,6 +4,8 @@
 facet      what it does
 =========  ==================================================================
 parse      the only code that reads the layer's ``*_param``; returns frozen attrs
+resolve    validates the attrs against the input shapes, once, at build time, and
+           returns them resolved (canonical axes, effective windows, plans)
 infer      output shapes from input shapes (pure arithmetic)
 weights    the layer's blobs in Caffe's order (name, shape, filler, role)
 cost       multiply-accumulates of one forward pass (params come from ``weights``)
@@ -21,7 +23,10 @@ affine), ``folds_into_producer`` (BatchNorm), ``removed_at_inference`` and ``cop
 ``scale_output_channels``.
 
 A layer raises user errors through ``ctx.error(...)`` so the message carries the
-file, line and layer. Shapes are tuples of ints; arrays are numpy.
+file, line and layer. Shapes are tuples of ints; arrays are numpy. Only ``parse``,
+``resolve`` and ``infer`` see a context: ``weights``, ``cost``, ``kernel`` and ``lower``
+receive resolved attrs and trust them (they never re-derive an axis or a window), and
+kernels use numpy alone.
 """
 from __future__ import annotations
 
@@ -146,7 +151,15 @@ class Layer:
     def parse(self, layer: Any, ctx: LayerContext) -> Any:
         return NoAttrs()
 
+    def resolve(self, attrs: Any, shapes: Sequence[Shape], ctx: LayerContext) -> Any:
+        """Validate ``attrs`` against the input shapes and return them resolved: what the
+        later facets need, computed once (e.g. a negative axis made canonical). Called once
+        per node at build time (and for nodes the optimizer creates); resolving resolved
+        attrs returns them unchanged."""
+        return attrs
+
     def infer(self, attrs: Any, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        """Output shapes from input shapes, given resolved attrs."""
         raise NotImplementedError
 
     def weights(self, attrs: Any, shapes: Sequence[Shape]) -> list[WeightSpec]:

@@ -9,7 +9,7 @@ Each class states the Caffe rule it implements; the semantics come from BVLC Caf
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -477,38 +477,39 @@ class Bias(Layer):
         return BiasAttrs(int(p.axis), int(p.num_axes), Filler.from_proto(p.filler, default=CONSTANT_ZERO),
                          len(layer.bottom) == 2)
 
-    def _span(self, a: BiasAttrs, shapes: Sequence[Shape], ctx: LayerContext | None = None) -> tuple[int, int]:
+    def resolve(self, a: BiasAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> BiasAttrs:
+        """The canonical axis and the explicit number of axes the bias covers."""
         if a.two_bottoms and len(shapes[1]) == 0:
-            return 0, 0  # Caffe: a scalar bias applies from axis 0, whatever axis says
-        return scale_span(a.axis, a.num_axes, shapes[0], ctx, shapes[1] if a.two_bottoms else None)
+            return replace(a, axis=0, num_axes=0)  # Caffe: a scalar bias applies from axis 0, whatever axis says
+        start, end = scale_span(a.axis, a.num_axes, shapes[0], ctx, shapes[1] if a.two_bottoms else None)
+        return replace(a, axis=start, num_axes=end - start)
 
     def infer(self, a: BiasAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
-        self._span(a, shapes, ctx)
         return [shapes[0]]
 
     def weights(self, a: BiasAttrs, shapes: Sequence[Shape]) -> list[WeightSpec]:
         if a.two_bottoms:
             return []
-        start, end = self._span(a, shapes)
+        start, end = a.axis, a.axis + a.num_axes
         return [WeightSpec("bias", tuple(shapes[0][start:end]), a.filler, role="bias")]
 
     def affine(self, a: BiasAttrs, ins: Sequence[Shape], w: dict) -> Affine | str:
         """The learned bias over the axes it covers (scale 1)."""
         if a.two_bottoms:
             return "Bias with a second bottom adds a computed value, not a constant"
-        start, end = self._span(a, ins)
+        start, end = a.axis, a.axis + a.num_axes
         pshape = tuple(ins[0][start:end])
         return Affine(start, np.ones(pshape), np.asarray(w["bias"], np.float64).reshape(pshape))
 
     def kernel(self, a: BiasAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         x = xs[0]
-        start, _ = self._span(a, [v.shape for v in xs])
+        start = a.axis
         b = xs[1] if a.two_bottoms else w["bias"]
         return [x + broadcast_param(b, start, x.ndim)]
 
     def lower(self, a: BiasAttrs, g: Any) -> None:
         s = g.in_shapes[0]
-        start, end = self._span(a, g.in_shapes)
+        start, end = a.axis, a.axis + a.num_axes
         if a.two_bottoms:
             b = g.inputs[1]
             if end < len(s):

@@ -2,7 +2,7 @@
 Concat, Eltwise, Softmax, Dropout, BatchNorm, Scale, Split, Flatten, Reshape."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -204,17 +204,15 @@ class InnerProduct(Layer):
         return InnerProductAttrs(int(p.num_output), bool(p.bias_term), int(p.axis), bool(p.transpose),
                                  Filler.from_proto(p.weight_filler), Filler.from_proto(p.bias_filler))
 
-    def _axis(self, a: InnerProductAttrs, s: Shape, ctx: LayerContext | None = None) -> int:
-        return a.axis % len(s) if ctx is None else canonical_axis(a.axis, len(s), ctx)
+    def resolve(self, a: InnerProductAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> InnerProductAttrs:
+        """The canonical axis (input axes from it on are flattened)."""
+        return replace(a, axis=canonical_axis(a.axis, len(shapes[0]), ctx))
 
     def infer(self, a: InnerProductAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
-        s = shapes[0]
-        ax = self._axis(a, s, ctx)
-        return [tuple(s[:ax]) + (a.num_output,)]
+        return [tuple(shapes[0][:a.axis]) + (a.num_output,)]
 
     def weights(self, a: InnerProductAttrs, shapes: Sequence[Shape]) -> list[WeightSpec]:
-        s = shapes[0]
-        k = prod(s[self._axis(a, s):])
+        k = prod(shapes[0][a.axis:])
         wshape = (k, a.num_output) if a.transpose else (a.num_output, k)
         specs = [WeightSpec("weight", wshape, a.weight_filler)]
         if a.bias_term:
@@ -226,7 +224,7 @@ class InnerProduct(Layer):
 
     def kernel(self, a: InnerProductAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         x = xs[0]
-        ax = self._axis(a, x.shape)
+        ax = a.axis
         x2 = x.reshape(prod(x.shape[:ax]), -1)
         wt = w["weight"] if a.transpose else w["weight"].T
         y = x2 @ wt
@@ -243,7 +241,7 @@ class InnerProduct(Layer):
 
     def lower(self, a: InnerProductAttrs, g: Any) -> None:
         s = g.in_shapes[0]
-        ax = self._axis(a, s)
+        ax = a.axis
         wt = g.weights["weight"] if a.transpose else g.weights["weight"].T
         if ax == 1:
             x = g.inputs[0] if len(s) == 2 else g.op("Flatten", [g.inputs[0]], axis=1)
@@ -607,9 +605,12 @@ class Concat(Layer):
             return AxisAttrs(int(p.concat_dim))
         return AxisAttrs(int(p.axis))
 
+    def resolve(self, a: AxisAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> AxisAttrs:
+        return AxisAttrs(canonical_axis(a.axis, len(shapes[0]), ctx))
+
     def infer(self, a: AxisAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         first = shapes[0]
-        ax = canonical_axis(a.axis, len(first), ctx)
+        ax = a.axis
         total = 0
         for i, s in enumerate(shapes):
             if len(s) != len(first) or any(s[d] != first[d] for d in range(len(s)) if d != ax):
@@ -622,10 +623,10 @@ class Concat(Layer):
         return "Concat of a single bottom" if len(ins) == 1 else None
 
     def kernel(self, a: AxisAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
-        return [np.concatenate(xs, axis=a.axis % xs[0].ndim)]
+        return [np.concatenate(xs, axis=a.axis)]
 
     def lower(self, a: AxisAttrs, g: Any) -> None:
-        g.op("Concat", g.inputs, g.outputs, axis=a.axis % len(g.in_shapes[0]))
+        g.op("Concat", g.inputs, g.outputs, axis=a.axis)
 
 
 @dataclass(frozen=True)
@@ -758,18 +759,19 @@ class Softmax(Layer):
     def parse(self, layer: Any, ctx: LayerContext) -> AxisAttrs:
         return AxisAttrs(int(layer.softmax_param.axis))
 
+    def resolve(self, a: AxisAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> AxisAttrs:
+        return AxisAttrs(canonical_axis(a.axis, len(shapes[0]), ctx))
+
     def infer(self, a: AxisAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
-        canonical_axis(a.axis, len(shapes[0]), ctx)
         return [shapes[0]]
 
     def kernel(self, a: AxisAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         x = xs[0]
-        ax = a.axis % x.ndim
-        e = np.exp(x - x.max(axis=ax, keepdims=True))
-        return [e / e.sum(axis=ax, keepdims=True)]
+        e = np.exp(x - x.max(axis=a.axis, keepdims=True))
+        return [e / e.sum(axis=a.axis, keepdims=True)]
 
     def lower(self, a: AxisAttrs, g: Any) -> None:
-        g.op("Softmax", g.inputs, g.outputs, axis=a.axis % len(g.in_shapes[0]))
+        g.op("Softmax", g.inputs, g.outputs, axis=a.axis)
 
 
 @dataclass(frozen=True)
@@ -921,20 +923,19 @@ class ScaleAttrs:
     two_bottoms: bool
 
 
-def scale_span(axis: int, num_axes: int, s: Shape, ctx: LayerContext | None, two: Shape | None = None) -> tuple[int, int]:
-    """[start, end) of the axes that the scale/bias blob covers (Caffe's Scale/Bias rules)."""
+def scale_span(axis: int, num_axes: int, s: Shape, ctx: LayerContext, two: Shape | None = None) -> tuple[int, int]:
+    """[start, end) of the axes that the scale/bias blob covers (Caffe's Scale/Bias rules):
+    from the canonical ``axis``, ``num_axes`` axes (-1: to the end) or, with a second bottom
+    ``two``, as many axes as it has, which must equal the input's there."""
+    start = canonical_axis(axis, len(s), ctx)
     if two is not None:
-        start = axis % len(s) if ctx is None else canonical_axis(axis, len(s), ctx)
-        if len(two) == 0:
-            return start, start
         end = start + len(two)
-        if ctx is not None and tuple(s[start:end]) != tuple(two):
+        if tuple(s[start:end]) != tuple(two):
             raise ctx.error(f"bottom 1 shape {tuple(two)} does not match bottom 0 {tuple(s)} from axis {start}")
         return start, end
-    start = axis % len(s) if ctx is None else canonical_axis(axis, len(s), ctx)
     if num_axes == -1:
         return start, len(s)
-    if ctx is not None and (num_axes < -1 or start + num_axes > len(s)):
+    if num_axes < -1 or start + num_axes > len(s):
         raise ctx.error(f"num_axes {num_axes} from axis {start} exceeds the {len(s)}-D input")
     return start, start + num_axes
 
@@ -968,15 +969,16 @@ class Scale(Layer):
                           Filler.from_proto(p.filler, default=CONSTANT_ONE),
                           Filler.from_proto(p.bias_filler, default=CONSTANT_ZERO), len(layer.bottom) == 2)
 
-    def _span(self, a: ScaleAttrs, shapes: Sequence[Shape], ctx: LayerContext | None = None) -> tuple[int, int]:
-        return scale_span(a.axis, a.num_axes, shapes[0], ctx, shapes[1] if a.two_bottoms else None)
+    def resolve(self, a: ScaleAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> ScaleAttrs:
+        """The canonical axis and the explicit number of axes the scale covers."""
+        start, end = scale_span(a.axis, a.num_axes, shapes[0], ctx, shapes[1] if a.two_bottoms else None)
+        return replace(a, axis=start, num_axes=end - start)
 
     def infer(self, a: ScaleAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
-        self._span(a, shapes, ctx)
         return [shapes[0]]
 
     def weights(self, a: ScaleAttrs, shapes: Sequence[Shape]) -> list[WeightSpec]:
-        start, end = self._span(a, shapes)
+        start, end = a.axis, a.axis + a.num_axes
         pshape = tuple(shapes[0][start:end])
         specs = [] if a.two_bottoms else [WeightSpec("scale", pshape, a.filler)]
         if a.bias_term:
@@ -987,7 +989,7 @@ class Scale(Layer):
         """The learned scale (and bias) over the axes they cover."""
         if a.two_bottoms:
             return "Scale with a second bottom multiplies by a computed value, not a constant"
-        start, end = self._span(a, ins)
+        start, end = a.axis, a.axis + a.num_axes
         pshape = tuple(ins[0][start:end])
         scale = np.asarray(w["scale"], np.float64).reshape(pshape)
         shift = np.asarray(w["bias"], np.float64).reshape(pshape) if a.bias_term else np.zeros(pshape)
@@ -995,7 +997,7 @@ class Scale(Layer):
 
     def kernel(self, a: ScaleAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         x = xs[0]
-        start, _ = self._span(a, [x.shape] + [v.shape for v in xs[1:]])
+        start = a.axis
         scale = xs[1] if a.two_bottoms else w["scale"]
         y = x * broadcast_param(scale, start, x.ndim)
         if a.bias_term:
@@ -1004,7 +1006,7 @@ class Scale(Layer):
 
     def lower(self, a: ScaleAttrs, g: Any) -> None:
         s = g.in_shapes[0]
-        start, end = self._span(a, g.in_shapes)
+        start, end = a.axis, a.axis + a.num_axes
         tail = (1,) * (len(s) - end)
         if a.two_bottoms:
             scale = g.inputs[1]
@@ -1042,17 +1044,20 @@ class Flatten(Layer):
         p = layer.flatten_param
         return FlattenAttrs(int(p.axis), int(p.end_axis))
 
-    def out_shape(self, a: FlattenAttrs, s: Shape, ctx: LayerContext | None = None) -> Shape:
-        if ctx is not None:
-            start, end = canonical_axis(a.axis, len(s), ctx), canonical_axis(a.end_axis, len(s), ctx, "end_axis")
-            if end < start:
-                raise ctx.error(f"end_axis {a.end_axis} comes before axis {a.axis}")
-        else:
-            start, end = a.axis % len(s), a.end_axis % len(s)
-        return tuple(s[:start]) + (prod(s[start:end + 1]),) + tuple(s[end + 1:])
+    def resolve(self, a: FlattenAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> FlattenAttrs:
+        """Canonical axis and end_axis, end_axis not before axis."""
+        n = len(shapes[0])
+        start, end = canonical_axis(a.axis, n, ctx), canonical_axis(a.end_axis, n, ctx, "end_axis")
+        if end < start:
+            raise ctx.error(f"end_axis {a.end_axis} comes before axis {a.axis}")
+        return FlattenAttrs(start, end)
+
+    @staticmethod
+    def out_shape(a: FlattenAttrs, s: Shape) -> Shape:
+        return tuple(s[:a.axis]) + (prod(s[a.axis:a.end_axis + 1]),) + tuple(s[a.end_axis + 1:])
 
     def infer(self, a: FlattenAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
-        return [self.out_shape(a, shapes[0], ctx)]
+        return [self.out_shape(a, shapes[0])]
 
     def identity(self, a: FlattenAttrs, ins: Sequence[Shape], outs: Sequence[Shape], w: dict) -> str | None:
         return same_shape(self.type_name, ins, outs)
@@ -1061,7 +1066,7 @@ class Flatten(Layer):
         return [xs[0].reshape(self.out_shape(a, xs[0].shape))]
 
     def lower(self, a: FlattenAttrs, g: Any) -> None:
-        lower_reshape(g, g.out_shapes[0], keep_leading=a.axis % len(g.in_shapes[0]))
+        lower_reshape(g, g.out_shapes[0], keep_leading=a.axis)
 
 
 def same_shape(type_name: str, ins: Sequence[Shape], outs: Sequence[Shape]) -> str | None:
@@ -1077,9 +1082,10 @@ def lower_reshape(g: Any, out: Shape, keep_leading: int) -> None:
 
 @dataclass(frozen=True)
 class ReshapeAttrs:
-    dims: tuple[int, ...]
-    axis: int
-    num_axes: int
+    dims: tuple[int, ...]  # as written: 0 copies the input dim, -1 is inferred
+    axis: int  # resolved: the first replaced axis, in [0, ndim]
+    num_axes: int  # resolved: how many axes are replaced
+    out: Shape = ()  # resolved: the output shape
 
 
 @register
@@ -1107,19 +1113,21 @@ class Reshape(Layer):
             raise ctx.error(f"num_axes must be >= -1, got {p.num_axes}")
         return ReshapeAttrs(dims, int(p.axis), int(p.num_axes))
 
-    def out_shape(self, a: ReshapeAttrs, s: Shape, ctx: LayerContext | None = None) -> Shape:
+    def resolve(self, a: ReshapeAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> ReshapeAttrs:
+        """The replaced span [axis, axis + num_axes) and the output shape, checked against the
+        input: Caffe's axis counts from the end as -1 = after the last axis."""
+        s = shapes[0]
         n = len(s)
         if not -(n + 1) <= a.axis <= n:
-            if ctx is not None:
-                raise ctx.error(f"axis {a.axis} out of range for a {n}-D input")
+            raise ctx.error(f"axis {a.axis} out of range for a {n}-D input")
         start = a.axis if a.axis >= 0 else n + 1 + a.axis
         end = n if a.num_axes == -1 else start + a.num_axes
-        if end > n and ctx is not None:
+        if end > n:
             raise ctx.error(f"axis {a.axis} with num_axes {a.num_axes} exceeds the {n}-D input")
         mid = []
         for i, d in enumerate(a.dims):
             if d == 0:
-                if start + i >= n and ctx is not None:
+                if start + i >= n:
                     raise ctx.error(f"dim {i} is 0 (copy) but the input has no axis {start + i}")
                 mid.append(s[start + i])
             else:
@@ -1128,25 +1136,22 @@ class Reshape(Layer):
         if -1 in out:
             known = prod(d for d in out if d != -1)
             if known == 0 or prod(s) % known:
-                if ctx is not None:
-                    raise ctx.error(f"cannot reshape {tuple(s)} to {tuple(out)}: {prod(s)} values")
+                raise ctx.error(f"cannot reshape {tuple(s)} to {tuple(out)}: {prod(s)} values")
             out[out.index(-1)] = prod(s) // known
-        if prod(out) != prod(s) and ctx is not None:
+        if prod(out) != prod(s):
             raise ctx.error(f"cannot reshape {tuple(s)} ({prod(s)} values) to {tuple(out)} ({prod(out)} values)")
-        return tuple(out)
+        return ReshapeAttrs(a.dims, start, end - start, tuple(out))
 
     def infer(self, a: ReshapeAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
-        return [self.out_shape(a, shapes[0], ctx)]
+        return [a.out]
 
     def identity(self, a: ReshapeAttrs, ins: Sequence[Shape], outs: Sequence[Shape], w: dict) -> str | None:
         return same_shape(self.type_name, ins, outs)
 
     def kernel(self, a: ReshapeAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
-        return [xs[0].reshape(self.out_shape(a, xs[0].shape))]
+        return [xs[0].reshape(a.out)]
 
     def lower(self, a: ReshapeAttrs, g: Any) -> None:
-        s = g.in_shapes[0]
-        start = a.axis if a.axis >= 0 else len(s) + 1 + a.axis
         # the batch axis is copied when the reshape leaves it alone or copies it explicitly
-        keep = 1 if start >= 1 or (a.dims and a.dims[0] == 0) else 0
+        keep = 1 if a.axis >= 1 or (a.dims and a.dims[0] == 0) else 0
         lower_reshape(g, g.out_shapes[0], keep_leading=keep)

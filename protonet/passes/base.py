@@ -13,6 +13,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from ..errors import LayerContext
 from ..ir import Graph, Node, Value
 from ..layers import registry
 from ..layers.affine import Affine
@@ -102,7 +103,11 @@ def ndim(v: Value) -> int:
 def layer_of(node: Node) -> Layer:
     """The registered layer class instance of ``node`` (its traits drive the passes); a node
     of a type no longer registered reads as the base class, which has no traits."""
-    return registry.get(node.type) or _NO_TRAITS
+    return layer_of_type(node.type)
+
+
+def layer_of_type(type_name: str) -> Layer:
+    return registry.get(type_name) or _NO_TRAITS
 
 
 def is_source(node: Node) -> bool:
@@ -169,6 +174,7 @@ def replace_chain(graph: Graph, chain: list[Node], new_type: str, new_name: str,
     ``chain[-1]``'s single output (which keeps its name)."""
     first, last = chain[0], chain[-1]
     out = last.outputs[0]
+    attrs = layer_of_type(new_type).resolve(attrs, [v.shape for v in first.inputs], LayerContext(first.loc))
     index = graph.nodes.index(first)
     value = graph.new_value(graph.fresh_name(out.name + "#new"), out.shape, blob=out.blob)
     node = Node(new_name, new_type, attrs, list(first.inputs), [value], dict(weights), first.loc,
