@@ -21,14 +21,16 @@ For each file (deploy and train_val definitions; solvers are listed and skipped)
    layer's name) is compared: max |opencv - protonet| / max |protonet|. Where protonet refused,
    OpenCV is asked only to import the file (there are no weights to run it with).
 
-Each file runs in its own subprocess (``nice -n 19``, one at a time, a timeout and an address-space
-cap), so a file that hangs or exhausts memory is one row of the report, not the end of the run.
+Each file runs in its own process, forked from a parent that has imported everything once (niced
+to 19, one at a time, a timeout and an address-space cap), so a file that hangs or exhausts
+memory is one row of the report, not the end of the run.
 Results are kept in ``DIR/.corpus_results.json``; ``--only`` reruns the matching files and keeps
 the others' last results.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -203,14 +205,27 @@ def _opencv_import(path: str, work: Path) -> dict[str, Any]:
 
 
 def _cli_refusal(path: str, work: Path, given: dict[str, tuple[int, ...]]) -> dict[str, Any]:
-    """What a user sees: ``protonet compile`` on the file; a refusal should be one line, exit 2."""
-    cmd = [sys.executable, "-m", "protonet", "compile", path, "-o", str(work / "cli.onnx"), "--batch", "1"]
+    """What a user sees from ``protonet compile`` on the file (its ``main``, in this process): a
+    refusal should be one line on stderr and exit 2."""
+    import contextlib
+    import io
+
+    from protonet.cli import main as cli_main
+
+    argv = ["compile", path, "-o", str(work / "cli.onnx"), "--batch", "1"]
     for name, shape in given.items():
-        cmd += ["--input-shape", f"{name}={','.join(map(str, shape))}"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=work,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith(("INFO", "WARNING"))]
-    return {"cli_rc": r.returncode, "cli_lines": len(lines), "cli_traceback": "Traceback" in r.stderr}
+        argv += ["--input-shape", f"{name}={','.join(map(str, shape))}"]
+    err = io.StringIO()
+    traceback = False
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            rc = cli_main(argv)
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 1
+        except Exception:  # noqa: BLE001 - escaping main() is what a traceback would show
+            rc, traceback = 1, True
+    lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
+    return {"cli_rc": rc, "cli_lines": len(lines), "cli_traceback": traceback or "Traceback" in err.getvalue()}
 
 
 def parse_shapes(spec: str) -> dict[str, tuple[int, ...]]:
@@ -281,35 +296,58 @@ def check_file(path: str, work: Path, given: dict[str, tuple[int, ...]] | None =
     return res
 
 
-# -- the parent: one subprocess per file, then the report ---------------------------------------
+# -- the parent: one forked process per file, then the report -----------------------------------
 
-def _limits(mem_gb: float) -> Any:
-    def apply() -> None:
-        cap = int(mem_gb * (1 << 30))
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    return apply
+def _child(path: str, work: str, given: str, out: str, mem_gb: float) -> None:
+    """The forked child: cap the address space, keep stderr in a file, check one file."""
+    import logging
+
+    cap = int(mem_gb * (1 << 30))
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    os.chdir(work)
+    fd = os.open(os.path.join(work, "stderr.txt"), os.O_WRONLY | os.O_CREAT, 0o644)
+    os.dup2(fd, 2)
+    logging.disable(logging.WARNING)
+    res = check_file(path, Path(work), parse_shapes(given))
+    res["protonet"] = _rev()  # computed in the parent before the fork
+    Path(out).write_text(json.dumps(res))
+
+
+def _preload() -> None:
+    """Import what every check needs once, in the parent, so that each forked child starts warm
+    (no onnxruntime session or thread pool exists before the fork)."""
+    import cv2  # noqa: F401
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+
+    import protonet.cli  # noqa: F401
+    import protonet.export  # noqa: F401
+    import protonet.pipeline  # noqa: F401
 
 
 def run_one(entry: Entry, corpus: Path, timeout: int, mem_gb: float) -> dict[str, Any]:
+    """Check one file in a forked child with a timeout and an address-space cap."""
+    import multiprocessing
+
     path = corpus / entry.local
     if not path.exists():
         return {"status": "absent", "message": f"not in {corpus} (run tools/corpus_fetch.py)"}
     with tempfile.TemporaryDirectory(prefix="corpus_") as tmp:
         out = Path(tmp) / "result.json"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-               "MKL_NUM_THREADS": "1"}
-        cmd = ["nice", "-n", "19", sys.executable, __file__, "--one", str(path), "--result", str(out),
-               "--input-shape", entry.input_shape]
         t0 = time.perf_counter()
-        try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                               preexec_fn=_limits(mem_gb), cwd=tmp)
-        except subprocess.TimeoutExpired:
-            return {"status": "timeout", "message": f"no result within {timeout} s"}
+        proc = multiprocessing.get_context("fork").Process(
+            target=_child, args=(str(path), tmp, entry.input_shape, str(out), mem_gb))
+        proc.start()
+        proc.join(timeout)
         seconds = round(time.perf_counter() - t0, 1)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+            return {"status": "timeout", "message": f"no result within {timeout} s", "seconds": seconds}
         if not out.exists():
-            tail = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
-            why = "memory cap" if "MemoryError" in r.stderr or r.returncode in (-9, 137) else f"exit {r.returncode}"
+            err = Path(tmp, "stderr.txt").read_text(errors="replace") if Path(tmp, "stderr.txt").exists() else ""
+            tail = (err.strip().splitlines() or ["(no output)"])[-1]
+            why = "memory cap" if "MemoryError" in err or proc.exitcode == -9 else f"exit {proc.exitcode}"
             return {"status": "crash", "message": f"{why}: {tail[:300]}", "seconds": seconds}
         res = json.loads(out.read_text())
         res["seconds"] = seconds
@@ -409,6 +447,50 @@ def render(entries: list[Entry], results: dict[str, dict[str, Any]], machine: li
     return "\n".join(lines) + "\n"
 
 
+def _cause(r: dict[str, Any]) -> str:
+    """A finer cause than the reason, for grouping: the field or layer types a message names."""
+    m = r.get("message", "")
+    field = re.search(r'field named "(\w+)"|field \'?"?(\w+)', m)
+    if r.get("reason") == "unknown-field" and field:
+        msg_type = re.search(r'"caffe\.(\w+)"', m)
+        return f"unknown field {(msg_type.group(1) + '.') if msg_type else ''}{field.group(1) or field.group(2)}"
+    if r.get("reason") in ("layer-type", "fork-layer-type"):
+        return "layer types " + ", ".join(sorted(set(re.findall(r"(\w+) \(layer '", m))))
+    return r.get("reason") or r["status"]
+
+
+def render_findings(entries: list[Entry], results: dict[str, dict[str, Any]], corpus: Path) -> str:
+    """What protonet gets wrong on the corpus, grouped by cause, one repro line each: refusals that
+    are gaps, crashes, timeouts, verify mismatches and disagreements with OpenCV."""
+    groups: dict[str, list[str]] = {}
+    for e in entries:
+        r = results.get(e.local)
+        if r is None or e.kind == "solver-excluded":
+            continue
+        shapes = "".join(f" --input-shape {part}" for part in filter(None, e.input_shape.split(";")))
+        repro = f"protonet compile {corpus / e.local}{shapes} -o /tmp/x.onnx"
+        if r["status"] == "refused" and r.get("gap"):
+            key = _cause(r)
+        elif r["status"] in ("crash", "timeout", "verify-crash", "mismatch"):
+            key = f"protonet {r['status']}"
+        elif r.get("opencv_max_rel") is not None and r["opencv_max_rel"] > AGREE_RTOL:
+            key = "disagrees with OpenCV"
+            repro = f"{repro}   # vs OpenCV: {r['opencv_max_rel']:.1e} ({', '.join(r.get('opencv_notes', []))})"
+        else:
+            continue
+        detail = r.get("message", "")
+        groups.setdefault(key, []).append(f"- `{repro}`" + (f"\n  {detail}" if detail else ""))
+    lines = ["# Corpus findings", "", f"From `tools/corpus_report.py` at protonet {_rev()}, "
+             f"{sum(e.local in results for e in entries)} files run. Files that Caffe, its fork or OpenCV run "
+             "and protonet refuses or gets wrong, grouped by cause (biggest first); each line reproduces it "
+             "(`PYTHONPATH=/work/main python3 -m protonet ...`).", ""]
+    for key, items in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        lines += [f"## {key} ({len(items)})", "", *items, ""]
+    if not groups:
+        lines.append("None.")
+    return "\n".join(lines) + "\n"
+
+
 def _cv_version() -> str:
     try:
         import cv2
@@ -417,6 +499,7 @@ def _cv_version() -> str:
         return "(not installed)"
 
 
+@functools.lru_cache(maxsize=None)
 def _rev() -> str:
     try:
         return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -431,29 +514,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", default=str(LIST))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "corpus.md"))
     ap.add_argument("--only", default="", help="rerun only files whose repository/path contains this")
+    ap.add_argument("--findings", help="also write the gaps, grouped by cause with a repro line each, here")
+    ap.add_argument("--render", action="store_true", help="write the report from the kept results; run nothing")
+    ap.add_argument("--resume", action="store_true", help="skip files that already have a kept result")
+    ap.add_argument("--results", help="where results are kept (default: DIR/.corpus_results.json)")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per file")
     ap.add_argument("--mem-gb", type=float, default=8.0, help="address-space cap per file")
-    ap.add_argument("--one", help=argparse.SUPPRESS)  # the child: check one file
-    ap.add_argument("--result", help=argparse.SUPPRESS)
-    ap.add_argument("--input-shape", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.one:
-        import logging
-        logging.disable(logging.WARNING)
-        res = check_file(args.one, Path.cwd(), parse_shapes(args.input_shape))
-        Path(args.result).write_text(json.dumps(res))
-        return 0
     if not args.corpus:
         ap.error("--corpus DIR is required")
     from machine import markdown  # tools/machine.py
 
+    os.nice(19)  # polite on a shared machine; the forked children inherit it
+    _preload()
+    _rev()
+
     corpus = Path(args.corpus)
     entries = read_list(Path(args.list))
     out = Path(args.out)
-    store = corpus / ".corpus_results.json"
+    store = Path(args.results) if args.results else corpus / ".corpus_results.json"
     results: dict[str, dict[str, Any]] = json.loads(store.read_text()) if store.exists() else {}
     for e in entries:
-        if e.kind == "solver-excluded" or (args.only and args.only not in f"{e.repo}/{e.path}"):
+        if args.render or e.kind == "solver-excluded" or (args.only and args.only not in f"{e.repo}/{e.path}"):
+            continue
+        if args.resume and e.local in results:
             continue
         results[e.local] = run_one(e, corpus, args.timeout, args.mem_gb)
         r = results[e.local]
@@ -465,6 +549,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(render(entries, results, markdown(), _rev()))
     tmp.replace(out)
     print(f"wrote {out}")
+    if args.findings:
+        Path(args.findings).write_text(render_findings(entries, results, corpus))
+        print(f"wrote {args.findings}")
     return 0
 
 
