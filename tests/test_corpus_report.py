@@ -55,6 +55,8 @@ def test_a_net_both_run_is_verified_and_agrees_with_opencv(tmp_path):
     assert res["opencv"] == "runs"
     assert set(res["opencv_rel"]) == {"prob"}
     assert res["opencv_max_rel"] <= cr.AGREE_RTOL
+    # every layer is compared too (fusion off in OpenCV): conv1, bn1, sc1, relu1, pool1, fc, prob
+    assert res["opencv_layers"] == 7 and res["opencv_layer_max_rel"] <= cr.AGREE_RTOL
     # the caffemodel OpenCV read holds protonet's random weights, not zeros: the output varies
     net = cv2.dnn.readNetFromCaffe(str(tmp_path / "small.prototxt"), str(tmp_path / "random.caffemodel"))
     net.setInput(np.random.default_rng(0).standard_normal((1, 3, 12, 12)).astype(np.float32))
@@ -63,19 +65,27 @@ def test_a_net_both_run_is_verified_and_agrees_with_opencv(tmp_path):
 
 
 def test_the_opencv_comparison_notices_a_wrong_output(tmp_path):
-    from protonet.pipeline import compile_net, random_inputs, save_caffemodel, verify_compiled
     from protonet.build import BuildOptions
+    from protonet.export import export
+    from protonet.pipeline import compile_net, random_inputs, save_caffemodel
+    from protonet.runtime import make_session
 
     path = _write(tmp_path, "small.prototxt", SMALL)
     c = compile_net(path, options=BuildOptions(batch=1, init="random"))
     save_caffemodel(c.graph, tmp_path / "w.caffemodel")
     feeds = random_inputs(c.graph, seed=3)
-    ours = verify_compiled(c, feeds).outputs
-    good = cr._opencv_run(path, str(tmp_path / "w.caffemodel"), c.graph, feeds, ours)
-    assert good["opencv_max_rel"] <= cr.AGREE_RTOL
-    wrong = {"prob": ours["prob"][:, ::-1].copy()}  # the classes in the wrong order
+    blobs = make_session(export(c.graph, expose_all=True, check=False), "cpu").run(feeds)
+    good = cr._opencv_run(path, str(tmp_path / "w.caffemodel"), c.graph, feeds, blobs)
+    assert cr.cv_worst(good) <= cr.AGREE_RTOL
+    wrong = {**blobs, "prob": blobs["prob"][:, ::-1].copy()}  # the classes in the wrong order
     bad = cr._opencv_run(path, str(tmp_path / "w.caffemodel"), c.graph, feeds, wrong)
-    assert bad["opencv_max_rel"] > 1e-2
+    assert bad["opencv_max_rel"] > 1e-2 and bad["opencv_layer_worst"] == "prob"
+    # a wrong hidden layer is seen even where the output agrees
+    fc = c.graph.node("pool1").outputs[0].name
+    hidden = {**blobs, fc: blobs[fc] * 1.01}
+    res = cr._opencv_run(path, str(tmp_path / "w.caffemodel"), c.graph, feeds, hidden)
+    assert res["opencv_max_rel"] <= cr.AGREE_RTOL and res["opencv_layer_worst"] == "pool1"
+    assert cr.cv_worst(res) > 1e-3
 
 
 def test_a_python_layer_is_a_located_refusal_and_right_to_refuse(tmp_path):
