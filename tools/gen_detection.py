@@ -52,8 +52,8 @@ def _rpn(n: NetSpec, feat: Blob, width: int) -> Blob:
         "python_param": {"module": "rpn.proposal_layer", "layer": "ProposalLayer", "param_str": "'feat_stride': 16"}})
 
 
-def _fast_rcnn_head(n: NetSpec, feat: Blob, rois: Blob, pooled: int) -> None:
-    x = n.layer("ROIPooling", [feat, rois], name=f"roi_pool{'_conv5' if pooled == 6 else '5'}", params={
+def _fast_rcnn_head(n: NetSpec, feat: Blob, rois: Blob, pooled: int, name: str, top: str) -> None:
+    x = n.layer("ROIPooling", [feat, rois], name=name, top=top, params={
         "roi_pooling_param": {"pooled_w": pooled, "pooled_h": pooled, "spatial_scale": 0.0625}})
     for i in (6, 7):
         x = n.inner_product(x, 4096, name=f"fc{i}")
@@ -87,7 +87,7 @@ def build_faster_rcnn_zf() -> NetSpec:
     for i, c in ((3, 384), (4, 384), (5, 256)):
         x = n.conv(x, c, kernel=3, pad=1, name=f"conv{i}")
         x = n.relu(x, name=f"relu{i}")
-    _fast_rcnn_head(n, x, _rpn(n, x, 256), 6)
+    _fast_rcnn_head(n, x, _rpn(n, x, 256), 6, "roi_pool_conv5", "roi_pool_conv5")
     return n
 
 
@@ -103,7 +103,7 @@ def build_faster_rcnn_vgg16() -> NetSpec:
             x = n.relu(x, name=f"relu{stage}_{j}")
         if stage < 5:
             x = n.pool(x, "MAX", kernel=2, stride=2, name=f"pool{stage}")
-    _fast_rcnn_head(n, x, _rpn(n, x, 512), 7)
+    _fast_rcnn_head(n, x, _rpn(n, x, 512), 7, "roi_pool5", "pool5")
     return n
 
 
@@ -124,7 +124,7 @@ def build_rfcn_resnet50() -> NetSpec:
         return n.relu(y, name=f"res{tag}_relu") if relu else y
 
     x = _inputs(n)
-    x = n.conv(x, 64, kernel=7, stride=2, pad=3, bias=False, name="conv1")
+    x = n.conv(x, 64, kernel=7, stride=2, pad=3, name="conv1")  # with a bias, unlike the ImageNet model
     x = n.batchnorm_scale(x, bn_name="bn_conv1", scale_name="scale_conv1")
     x = n.relu(x, name="conv1_relu")
     x = n.pool(x, "MAX", kernel=3, stride=2, name="pool1")
@@ -145,12 +145,12 @@ def build_rfcn_resnet50() -> NetSpec:
     rois = _rpn(n, res4f, 512)
     x = n.relu(n.conv(x, 1024, kernel=1, name="conv_new_1"), name="conv_new_1_relu")
     heads = {}
-    for kind, dim, pooled, out in (("cls", CLASSES, "psroipooled_cls_rois", "cls_score"),
-                                   ("bbox", 8, "psroipooled_loc_rois", "bbox_pred_pre")):
-        maps = n.conv(x, dim * 49, kernel=1, name=f"rfcn_{kind}")
-        ps = n.layer("PSROIPooling", [maps, rois], name=pooled, params={
+    maps = {kind: n.conv(x, dim * 49, kernel=1, name=f"rfcn_{kind}") for kind, dim in (("cls", CLASSES), ("bbox", 8))}
+    for kind, dim, pooled, ave, out in (("cls", CLASSES, "psroipooled_cls_rois", "ave_cls_score_rois", "cls_score"),
+                                        ("bbox", 8, "psroipooled_loc_rois", "ave_bbox_pred_rois", "bbox_pred_pre")):
+        ps = n.layer("PSROIPooling", [maps[kind], rois], name=pooled, params={
             "psroi_pooling_param": {"spatial_scale": 0.0625, "output_dim": dim, "group_size": 7}})
-        heads[kind] = n.pool(ps, "AVE", kernel=7, stride=7, name=f"ave_{out.replace('_pre', '')}_rois", top=out)
+        heads[kind] = n.pool(ps, "AVE", kernel=7, stride=7, name=ave, top=out)
     prob = n.softmax(heads["cls"], name="cls_prob", top="cls_prob_pre")
     n.reshape(prob, (-1, CLASSES), name="cls_prob_reshape", top="cls_prob")
     n.reshape(heads["bbox"], (-1, 8), name="bbox_pred_reshape", top="bbox_pred")
