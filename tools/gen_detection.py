@@ -52,13 +52,17 @@ def _rpn(n: NetSpec, feat: Blob, width: int) -> Blob:
         "python_param": {"module": "rpn.proposal_layer", "layer": "ProposalLayer", "param_str": "'feat_stride': 16"}})
 
 
-def _fast_rcnn_head(n: NetSpec, feat: Blob, rois: Blob, pooled: int, name: str, top: str) -> None:
+def _fast_rcnn_head(n: NetSpec, feat: Blob, rois: Blob, pooled: int, name: str, top: str,
+                    scale_train: bool) -> None:
+    """ROI pooling, fc6/fc7 (ReLU, Dropout; ``scale_train: false``, caffe-fast-rcnn's field,
+    scales at test time), the class scores and per-class boxes."""
     x = n.layer("ROIPooling", [feat, rois], name=name, top=top, params={
         "roi_pooling_param": {"pooled_w": pooled, "pooled_h": pooled, "spatial_scale": 0.0625}})
     for i in (6, 7):
         x = n.inner_product(x, 4096, name=f"fc{i}")
         x = n.relu(x, name=f"relu{i}")
-        x = n.dropout(x, 0.5, name=f"drop{i}")
+        drop = {"dropout_ratio": 0.5} if scale_train else {"dropout_ratio": 0.5, "scale_train": False}
+        x = n.layer("Dropout", [x], name=f"drop{i}", inplace=True, params={"dropout_param": drop})
     cls = n.inner_product(x, CLASSES, name="cls_score")
     n.inner_product(x, 4 * CLASSES, name="bbox_pred")
     n.softmax(cls, name="cls_prob")
@@ -70,13 +74,9 @@ def _inputs(n: NetSpec) -> Blob:
     return x
 
 
-DROPOUT_NOTE = ("the original's dropout_param { scale_train: false } (caffe-fast-rcnn) is left out: "
-                "a fork field; at test time it scales fc6/fc7 by 1 - 0.5")
-
-
 def build_faster_rcnn_zf() -> NetSpec:
     n = NetSpec("ZF", _header("Faster R-CNN, ZF (PASCAL VOC, end to end)", PY_FASTER_RCNN,
-                              "models/pascal_voc/ZF/faster_rcnn_end2end/test.prototxt", [DROPOUT_NOTE]),
+                              "models/pascal_voc/ZF/faster_rcnn_end2end/test.prototxt", []),
                 weight_filler="xavier", bias_filler=0)
     x = _inputs(n)
     for i, (c, k, s, p) in enumerate(((96, 7, 2, 3), (256, 5, 2, 2)), start=1):
@@ -87,14 +87,14 @@ def build_faster_rcnn_zf() -> NetSpec:
     for i, c in ((3, 384), (4, 384), (5, 256)):
         x = n.conv(x, c, kernel=3, pad=1, name=f"conv{i}")
         x = n.relu(x, name=f"relu{i}")
-    _fast_rcnn_head(n, x, _rpn(n, x, 256), 6, "roi_pool_conv5", "roi_pool_conv5")
+    _fast_rcnn_head(n, x, _rpn(n, x, 256), 6, "roi_pool_conv5", "roi_pool_conv5", scale_train=False)
     return n
 
 
 def build_faster_rcnn_vgg16() -> NetSpec:
     n = NetSpec("VGG_ILSVRC_16_layers", _header(
         "Faster R-CNN, VGG-16 (PASCAL VOC, end to end)", PY_FASTER_RCNN,
-        "models/pascal_voc/VGG16/faster_rcnn_end2end/test.prototxt", [DROPOUT_NOTE]),
+        "models/pascal_voc/VGG16/faster_rcnn_end2end/test.prototxt", []),
         weight_filler="xavier", bias_filler=0)
     x = _inputs(n)
     for stage, (reps, c) in enumerate(zip((2, 2, 3, 3, 3), (64, 128, 256, 512, 512)), start=1):
@@ -103,7 +103,7 @@ def build_faster_rcnn_vgg16() -> NetSpec:
             x = n.relu(x, name=f"relu{stage}_{j}")
         if stage < 5:
             x = n.pool(x, "MAX", kernel=2, stride=2, name=f"pool{stage}")
-    _fast_rcnn_head(n, x, _rpn(n, x, 512), 7, "roi_pool5", "pool5")
+    _fast_rcnn_head(n, x, _rpn(n, x, 512), 7, "roi_pool5", "pool5", scale_train=True)
     return n
 
 
