@@ -1,7 +1,9 @@
 """The frontend: Caffe files in, an upgraded, phase-filtered, deploy-form NetParameter out.
 
 Modules, each importing only those before it:
-``schema`` (the message classes) -> ``reader`` (bytes or text -> NetParameter; ``is_binary``) ->
+``schema`` (the message classes; a user's caffe.proto compiled at run time) -> ``dialects`` (a user's
+schema translated into protonet's by field name; fork fields protonet does not implement) ->
+``reader`` (bytes or text -> NetParameter; ``is_binary``) ->
 ``blobs`` (BlobProto <-> numpy) -> ``legacy``, ``upgrade`` (NetParameter -> NetParameter, no file
 I/O) -> ``phase`` -> ``python_layers`` (known Python layers by name) -> ``preprocess``, ``deploy``
 -> ``wire``, ``weights`` (caffemodel -> arrays) -> ``load`` (the orchestrator: read -> upgrade ->
