@@ -44,12 +44,8 @@ class _Pointwise(Layer):
         return [shapes[0]]
 
 
-def _legacy4(shape: Shape, ctx: LayerContext | None = None) -> Shape:
-    """Caffe's num/channels/height/width view of a blob: at most 4 axes, missing ones read as 1."""
-    if len(shape) > 4:
-        if ctx is not None:
-            raise ctx.error(f"uses Caffe's legacy 4-D (num, channels, height, width) accessors; "
-                            f"a {len(shape)}-D input {tuple(shape)} is not allowed")
+def _legacy4(shape: Shape) -> Shape:
+    """Caffe's num/channels/height/width view of a blob of at most 4 axes: missing ones read as 1."""
     return tuple(shape) + (1,) * (4 - len(shape))
 
 
@@ -790,13 +786,14 @@ class ArgMax(Layer):
             raise ctx.error(f"top_k must be at least 1, got {p.top_k}")
         return ArgMaxAttrs(bool(p.out_max_val), int(p.top_k), int(p.axis) if p.HasField("axis") else None)
 
-    def _axis(self, a: ArgMaxAttrs, ndim: int) -> int:
-        return (a.axis or 0) % ndim
+    def resolve(self, a: ArgMaxAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> ArgMaxAttrs:
+        """The canonical axis (None: each item flattened)."""
+        return a if a.axis is None else replace(a, axis=canonical_axis(a.axis, len(shapes[0]), ctx))
 
     def infer(self, a: ArgMaxAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         s = tuple(shapes[0])
         if a.axis is not None:
-            ax = canonical_axis(a.axis, len(s), ctx)
+            ax = a.axis
             if a.top_k > s[ax]:
                 raise ctx.error(f"top_k {a.top_k} exceeds the size {s[ax]} of axis {ax}")
             return [s[:ax] + (a.top_k,) + s[ax + 1:]]
@@ -816,7 +813,7 @@ class ArgMax(Layer):
             out = [1] * max(x.ndim, 3)
             out[0], out[1], out[2] = y.shape
             return [y.reshape(out)]
-        ax = self._axis(a, x.ndim)
+        ax = a.axis
         idx, vals = _caffe_top_k(np.moveaxis(x, ax, -1), a.top_k)
         y = vals if a.out_max_val else idx.astype(x.dtype)
         return [np.moveaxis(y, -1, ax)]
@@ -829,7 +826,7 @@ class ArgMax(Layer):
                 x = g.op("Flatten", [x], axis=1)
             ax, d = 1, prod(s[1:])
         else:
-            ax = self._axis(a, len(s))
+            ax = a.axis
             d = s[ax]
         # reversing the axis turns TopK's lowest-index-first tie rule into Caffe's highest-first
         rev = g.op("Slice", [x, g.int64s([-1], "starts"), g.int64s([_INT64_MIN], "ends"), g.int64s([ax], "axes"),
@@ -851,8 +848,8 @@ class ArgMax(Layer):
 
 @dataclass(frozen=True)
 class CropAttrs:
-    axis: int
-    offsets: tuple[int, ...]
+    axis: int  # resolved: canonical
+    offsets: tuple[int, ...]  # resolved: one per cropped axis (``axis`` to the last)
 
 
 @register
@@ -878,40 +875,38 @@ class Crop(Layer):
         p = layer.crop_param
         return CropAttrs(int(p.axis), tuple(int(o) for o in p.offset))
 
-    def plan(self, a: CropAttrs, s0: Shape, s1: Shape, ctx: LayerContext | None = None) -> tuple[Shape, list[int]]:
-        """(output shape, offset per axis)."""
+    def resolve(self, a: CropAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> CropAttrs:
+        """The canonical axis and one offset per cropped axis (none given: 0; one: the same for
+        every cropped axis), each crop checked to fit."""
+        s0, s1 = shapes
         n = len(s0)
-        start = canonical_axis(a.axis, n, ctx) if ctx is not None else a.axis % n
-        if ctx is not None:
-            if len(s1) != n:
-                raise ctx.error(f"bottom 1 has {len(s1)} axes, bottom 0 has {n}; they must agree")
-            if len(a.offsets) > 1 and len(a.offsets) != n - start:
-                raise ctx.error(f"{len(a.offsets)} offsets given; give one, or one per axis from {start} "
-                                f"({n - start})")
-        out, offs = [], []
-        for i in range(n):
-            if i < start:
-                out.append(s0[i])
-                offs.append(0)
-                continue
-            off = 0 if not a.offsets else (a.offsets[0] if len(a.offsets) == 1 else a.offsets[i - start])
-            if ctx is not None and s0[i] - off < s1[i]:
+        start = canonical_axis(a.axis, n, ctx)
+        if len(s1) != n:
+            raise ctx.error(f"bottom 1 has {len(s1)} axes, bottom 0 has {n}; they must agree")
+        if len(a.offsets) > 1 and len(a.offsets) != n - start:
+            raise ctx.error(f"{len(a.offsets)} offsets given; give one, or one per axis from {start} ({n - start})")
+        offs = a.offsets if len(a.offsets) > 1 else (a.offsets[0] if a.offsets else 0,) * (n - start)
+        for i, off in enumerate(offs, start):
+            if s0[i] - off < s1[i]:
                 raise ctx.error(f"crop of axis {i} is out of bounds: size {s1[i]} at offset {off} "
                                 f"does not fit in {s0[i]}")
-            out.append(s1[i])
-            offs.append(off)
-        return tuple(out), offs
+        return CropAttrs(start, offs)
+
+    @staticmethod
+    def out_shape(a: CropAttrs, s0: Shape, s1: Shape) -> Shape:
+        return tuple(s0[:a.axis]) + tuple(s1[a.axis:])
 
     def infer(self, a: CropAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
-        return [self.plan(a, shapes[0], shapes[1], ctx)[0]]
+        return [self.out_shape(a, shapes[0], shapes[1])]
 
     def kernel(self, a: CropAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
-        out, offs = self.plan(a, xs[0].shape, xs[1].shape)
+        out = self.out_shape(a, xs[0].shape, xs[1].shape)
+        offs = (0,) * a.axis + a.offsets
         return [xs[0][tuple(slice(o, o + d) for o, d in zip(offs, out))]]
 
     def lower(self, a: CropAttrs, g: Any) -> None:
         s0 = g.in_shapes[0]
-        out, offs = self.plan(a, s0, g.in_shapes[1])
+        out, offs = g.out_shapes[0], (0,) * a.axis + a.offsets
         axes = [i for i in range(len(s0)) if out[i] != s0[i]]
         if not axes:
             g.op("Identity", [g.inputs[0]], g.outputs)
@@ -922,10 +917,11 @@ class Crop(Layer):
 
 @dataclass(frozen=True)
 class SliceAttrs:
-    axis: int
+    axis: int  # resolved: canonical
     slice_points: tuple[int, ...]
     tops: int
     legacy_dim: bool  # axis came from slice_dim (not canonicalised: must be in [0, ndim))
+    sizes: tuple[int, ...] = ()  # resolved: each top's size along the axis
 
 
 @register
@@ -966,41 +962,41 @@ class Slice(Layer):
     def num_tops(self, attrs: SliceAttrs, layer: Any) -> int | None:
         return attrs.tops
 
-    def sizes(self, a: SliceAttrs, s: Shape, ctx: LayerContext | None = None) -> tuple[int, list[int]]:
-        """(axis, size of each top along it)."""
+    def resolve(self, a: SliceAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> SliceAttrs:
+        """The canonical axis and the size of each top along it."""
+        s = shapes[0]
         n = len(s)
         if a.legacy_dim:
-            if ctx is not None and not 0 <= a.axis < n:
+            if not 0 <= a.axis < n:
                 raise ctx.error(f"slice_dim {a.axis} is out of range for a {n}-D input")
             ax = a.axis
         else:
-            ax = canonical_axis(a.axis, n, ctx) if ctx is not None else a.axis % n
+            ax = canonical_axis(a.axis, n, ctx)
         d = s[ax]
         if a.slice_points:
-            if ctx is not None and a.slice_points[-1] >= d:
+            if a.slice_points[-1] >= d:
                 raise ctx.error(f"slice_point {a.slice_points[-1]} leaves nothing for the last top "
                                 f"(axis {ax} has size {d})")
             bounds = (0,) + a.slice_points + (d,)
-            return ax, [bounds[i + 1] - bounds[i] for i in range(a.tops)]
-        if ctx is not None and d % a.tops:
+            sizes = tuple(bounds[i + 1] - bounds[i] for i in range(a.tops))
+        elif d % a.tops:
             raise ctx.error(f"{a.tops} tops do not divide axis {ax} of size {d} evenly; give slice_point values")
-        return ax, [d // a.tops] * a.tops
+        else:
+            sizes = (d // a.tops,) * a.tops
+        return replace(a, axis=ax, sizes=sizes)
 
     def infer(self, a: SliceAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         s = tuple(shapes[0])
-        ax, sizes = self.sizes(a, s, ctx)
-        return [s[:ax] + (k,) + s[ax + 1:] for k in sizes]
+        return [s[:a.axis] + (k,) + s[a.axis + 1:] for k in a.sizes]
 
     def kernel(self, a: SliceAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
-        ax, sizes = self.sizes(a, xs[0].shape)
-        return list(np.split(xs[0], np.cumsum(sizes)[:-1], axis=ax))
+        return list(np.split(xs[0], np.cumsum(a.sizes)[:-1], axis=a.axis))
 
     def lower(self, a: SliceAttrs, g: Any) -> None:
         if a.tops == 1:
             g.op("Identity", [g.inputs[0]], g.outputs)
             return
-        ax, sizes = self.sizes(a, g.in_shapes[0])
-        g.op("Split", [g.inputs[0], g.int64s(sizes, "split")], g.outputs, axis=ax)
+        g.op("Split", [g.inputs[0], g.int64s(a.sizes, "split")], g.outputs, axis=a.axis)
 
 
 @dataclass(frozen=True)
@@ -1032,14 +1028,16 @@ class Tile(Layer):
             raise ctx.error(f"tiles must be positive, got {p.tiles}")
         return TileAttrs(int(p.axis), int(p.tiles))
 
+    def resolve(self, a: TileAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> TileAttrs:
+        return TileAttrs(canonical_axis(a.axis, len(shapes[0]), ctx), a.tiles)
+
     def infer(self, a: TileAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         s = tuple(shapes[0])
-        ax = canonical_axis(a.axis, len(s), ctx)
-        return [s[:ax] + (s[ax] * a.tiles,) + s[ax + 1:]]
+        return [s[:a.axis] + (s[a.axis] * a.tiles,) + s[a.axis + 1:]]
 
     def _reps(self, a: TileAttrs, ndim: int) -> list[int]:
         reps = [1] * ndim
-        reps[a.axis % ndim] = a.tiles
+        reps[a.axis] = a.tiles
         return reps
 
     def kernel(self, a: TileAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
@@ -1080,14 +1078,15 @@ class Reduction(Layer):
         p = layer.reduction_param
         return ReductionAttrs(enum_name(p, "operation"), int(p.axis), float(p.coeff))
 
+    def resolve(self, a: ReductionAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> ReductionAttrs:
+        return replace(a, axis=canonical_axis(a.axis, len(shapes[0]), ctx))
+
     def infer(self, a: ReductionAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
-        s = tuple(shapes[0])
-        return [s[:canonical_axis(a.axis, len(s), ctx)]]
+        return [tuple(shapes[0])[:a.axis]]
 
     def kernel(self, a: ReductionAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         x = xs[0]
-        ax = a.axis % x.ndim
-        flat = x.reshape(x.shape[:ax] + (-1,))
+        flat = x.reshape(x.shape[:a.axis] + (-1,))
         if a.operation == "ASUM":
             y = np.abs(flat).sum(axis=-1)
         elif a.operation == "SUMSQ":
@@ -1100,7 +1099,7 @@ class Reduction(Layer):
 
     def lower(self, a: ReductionAttrs, g: Any) -> None:
         n = len(g.in_shapes[0])
-        axes = list(range(a.axis % n, n))
+        axes = list(range(a.axis, n))
         last = a.coeff == 1
         outs = g.outputs if last else None
         x = g.inputs[0]
@@ -1144,8 +1143,15 @@ class MVN(Layer):
         p = layer.mvn_param
         return MVNAttrs(bool(p.normalize_variance), bool(p.across_channels), float(p.eps))
 
+    def resolve(self, a: MVNAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> MVNAttrs:
+        """Caffe's legacy accessors take at most 4 axes."""
+        if len(shapes[0]) > 4:
+            raise ctx.error(f"uses Caffe's legacy 4-D (num, channels, height, width) accessors; "
+                            f"a {len(shapes[0])}-D input {tuple(shapes[0])} is not allowed")
+        return a
+
     def infer(self, a: MVNAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
-        return [_legacy4(shapes[0], ctx)]
+        return [_legacy4(shapes[0])]
 
     def _axes(self, a: MVNAttrs) -> tuple[int, ...]:
         return (1, 2, 3) if a.across_channels else (2, 3)
@@ -1179,6 +1185,8 @@ class MVN(Layer):
 class SPPAttrs:
     pyramid_height: int
     method: str  # MAX or AVE
+    #: resolved: per level, the pooling it runs and that pooling's 4-D output shape
+    levels: tuple[tuple[PoolAttrs, Shape], ...] = ()
 
 
 @register
@@ -1219,12 +1227,14 @@ class SPP(Layer):
             pad.append((k * bins - size + 1) // 2)
         return Window2D((kernel[0], kernel[1]), (kernel[0], kernel[1]), (pad[0], pad[1]))
 
-    def levels(self, a: SPPAttrs, s: Shape, ctx: LayerContext | None = None) -> list[tuple[PoolAttrs, Shape]]:
+    def resolve(self, a: SPPAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> SPPAttrs:
         """Per level: the pooling it runs and that pooling's 4-D output shape."""
+        s = tuple(shapes[0])
+        need_4d(s, ctx)
         out = []
         for level in range(a.pyramid_height):
             win = self.level_window(level, s[2], s[3])
-            if ctx is not None and (win.pad[0] >= win.kernel[0] or win.pad[1] >= win.kernel[1]):
+            if win.pad[0] >= win.kernel[0] or win.pad[1] >= win.kernel[1]:
                 raise ctx.error(f"pyramid level {level} ({2 ** level} bins) needs pad {win.pad} >= kernel "
                                 f"{win.kernel} for a {s[2]}x{s[3]} input, which Caffe's pooling refuses; "
                                 f"lower pyramid_height or use a larger input")
@@ -1232,12 +1242,11 @@ class SPP(Layer):
             ho, wo = (pool_output_size(s[2 + i], win.kernel[i], win.stride[i], win.pad[i], clip=clip)
                       for i in range(2))
             out.append((PoolAttrs(a.method, win, True), (s[0], s[1], ho, wo)))
-        return out
+        return replace(a, levels=tuple(out))
 
     def infer(self, a: SPPAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         s = tuple(shapes[0])
-        need_4d(s, ctx)
-        levels = self.levels(a, s, ctx)
+        levels = a.levels
         if a.pyramid_height == 1:
             return [levels[0][1]]
         return [(s[0], sum(prod(shape[1:]) for _, shape in levels))]
@@ -1245,7 +1254,7 @@ class SPP(Layer):
     def kernel(self, a: SPPAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         x = xs[0]
         pool = Pooling()
-        pooled = [pool.kernel(pa, [x], {})[0] for pa, _ in self.levels(a, x.shape)]
+        pooled = [pool.kernel(pa, [x], {})[0] for pa, _ in a.levels]
         if a.pyramid_height == 1:
             return pooled
         return [np.concatenate([p.reshape(x.shape[0], -1) for p in pooled], axis=1)]
@@ -1253,7 +1262,7 @@ class SPP(Layer):
     def lower(self, a: SPPAttrs, g: Any) -> None:
         s = g.in_shapes[0]
         pool = Pooling()
-        levels = self.levels(a, s)
+        levels = a.levels
         if a.pyramid_height == 1:
             pool.lower(levels[0][0], g.with_io(g.inputs, g.outputs, [s], [levels[0][1]]))
             return
