@@ -67,6 +67,12 @@ RENUMBERED = {
     ("LayerParameter", "scale_param"): "BVLC's 142 (yjxiong 160)",
     ("LayerParameter", "bias_param"): "BVLC's 141 (yjxiong 161)",
     ("LayerParameter", "multibox_loss_param"): "proposal_param 201 (OpenCV)",
+    ("LayerParameter", "detection_output_param"): "BVLC swish_param 147 (OpenCV's number; SSD's 204 kept)",
+    ("LayerParameter", "permute_param"): "BVLC clip_param 148 (OpenCV's number; SSD's 202 kept)",
+    ("LayerParameter", "norm_param"): "upsample_param 149 (OpenCV's number; SSD's 206 kept)",
+    ("LayerParameter", "prior_box_param"): "PSPNet unique_label_param 150 (OpenCV's number; SSD's 203 kept)",
+    ("PoolingParameter", "ceil_mode"): "BVLC round_mode 13 (PR 3057's and OpenCV's number)",
+    ("DetectionOutputParameter", "normalized_bbox"): "SSD visualize 10 (OpenCV's number)",
     ("TransformationParameter", "scale_factors"): "SSD resize_param 8",
     ("TransformationParameter", "crop_width"): "SSD noise_param 9",
     ("TransformationParameter", "crop_height"): "SSD emit_constraint 10",
@@ -113,7 +119,7 @@ def _message(name: str):
 def test_every_fork_field_parses_by_name_and_keeps_its_number_unless_documented():
     rows = _fork_fields()
     assert {r[0] for r in rows} == {"alexgkendall/caffe-segnet", "rbgirshick/caffe-fast-rcnn", "hszhao/PSPNet",
-                                    "weiliu89/caffe", "yjxiong/caffe"}
+                                    "weiliu89/caffe", "yjxiong/caffe", "opencv/opencv"}
     moved = set()
     for repo, _branch, _commit, msg, name, number, kind in rows:
         fd = _message(msg).DESCRIPTOR.fields_by_name.get(name)

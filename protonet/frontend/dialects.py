@@ -28,6 +28,14 @@ UNIMPLEMENTED: dict[str, str] = {
         "Bayesian SegNet samples a dropout mask at test time (Monte Carlo dropout), which a "
         "deterministic compiled net cannot reproduce",
     "ReductionParameter.k": "yjxiong/caffe's Reduction keeps the top k values, which protonet's Reduction does not",
+    "PriorBoxParameter.width": "OpenCV's PriorBox takes explicit prior widths, which protonet's PriorBox does not",
+    "PriorBoxParameter.height": "OpenCV's PriorBox takes explicit prior heights, which protonet's PriorBox does not",
+    "PriorBoxParameter.offset_h": "OpenCV's PriorBox takes per-axis cell offsets, which protonet's PriorBox does not",
+    "PriorBoxParameter.offset_w": "OpenCV's PriorBox takes per-axis cell offsets, which protonet's PriorBox does not",
+    "DetectionOutputParameter.normalized_bbox": "OpenCV decodes boxes in pixels when it is false; protonet's "
+                                                "DetectionOutput decodes normalized boxes (SSD's)",
+    "BatchNormParameter.scale_bias": "NVIDIA Caffe's BatchNorm then applies its own scale and bias blobs, which "
+                                     "protonet's BatchNorm does not",
 }
 
 #: how to name a field on the command line
