@@ -258,7 +258,9 @@ def test_cost_counts_the_matmuls():
     a = _node(build_text(_net('layer { name: "l" type: "LSTM" bottom: "in0" bottom: "in1" top: "h" '
                               'recurrent_param { num_output: 5 } }', ((4, 2, 3), (4, 2))))).attrs
     assert lstm.cost(a, [(4, 2, 3), (4, 2)], [(4, 2, 5)]) == 1280
-    assert lstm.cost(a, [(4, 2, 3), (4, 2), (2, 6)], [(4, 2, 5)]) == 1280 + 240
+    s = _node(build_text(_net('layer { name: "l" type: "LSTM" bottom: "in0" bottom: "in1" bottom: "in2" top: "h" '
+                              'recurrent_param { num_output: 5 } }', ((4, 2, 3), (4, 2), (2, 6))))).attrs
+    assert lstm.cost(s, [(4, 2, 3), (4, 2), (2, 6)], [(4, 2, 5)]) == 1280 + 240
     # RNN: per step and stream H*D + H*H (W_hh) + H*H (W_ho) = 15 + 25 + 25 -> 4*2*65 = 520
     assert rnn.cost(a, [(4, 2, 3), (4, 2)], [(4, 2, 5)]) == 520
 

@@ -22,7 +22,7 @@ unrolled into MatMul/Add/Mul/Sigmoid/Tanh over the T steps (T is static in the I
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -33,21 +33,22 @@ from .registry import register
 
 
 @dataclass(frozen=True)
-class RecurrentAttrs:
-    num_output: int
-    weight_filler: Filler
-    bias_filler: Filler
-    expose_hidden: bool
-
-
-@dataclass(frozen=True)
-class _Bottoms:
+class RecurrentDims:
     """What a recurrent layer's bottom shapes say: sizes and which optional bottoms are present."""
 
     T: int
     N: int
     D: int
     static_dim: int | None  # flattened size of x_static, None without a static input
+
+
+@dataclass(frozen=True)
+class RecurrentAttrs:
+    num_output: int
+    weight_filler: Filler
+    bias_filler: Filler
+    expose_hidden: bool
+    dims: RecurrentDims | None = None  # resolved from the bottoms
 
 
 class _Recurrent(Layer):
@@ -72,38 +73,36 @@ class _Recurrent(Layer):
     def _has_static(self, a: RecurrentAttrs, n_bottoms: int) -> bool:
         return n_bottoms > 2 + self._n_state(a)
 
-    def bottoms(self, a: RecurrentAttrs, shapes: Sequence[Shape], ctx: LayerContext | None = None) -> _Bottoms:
-        """Read T, N, D and the static size from the bottoms; with ``ctx``, check them as Caffe does."""
+    def resolve(self, a: RecurrentAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> RecurrentAttrs:
+        """T, N, D and the static size read from the bottoms, checked as Caffe does."""
         x, cont = shapes[0], shapes[1]
         n_state = self._n_state(a)
-        if ctx is not None:
-            lo = 2 + n_state
-            names = "x, cont, [x_static]" + "".join(f", {s}" for s in self.state_names[:n_state])
-            if not lo <= len(shapes) <= lo + 1:
-                raise ctx.error(f"takes {lo} or {lo + 1} bottoms ({names}), got {len(shapes)}"
-                                + ("" if a.expose_hidden else "; initial states need expose_hidden: true"))
-            if len(x) < 3:
-                raise ctx.error(f"bottom 0 (x) must be (T, N, ...) with at least 3 axes, got shape {tuple(x)}")
-            if len(cont) != 2 or tuple(cont) != tuple(x[:2]):
-                raise ctx.error(f"bottom 1 (cont) must have shape (T, N) = {tuple(x[:2])}, got {tuple(cont)}")
+        lo = 2 + n_state
+        names = "x, cont, [x_static]" + "".join(f", {s}" for s in self.state_names[:n_state])
+        if not lo <= len(shapes) <= lo + 1:
+            raise ctx.error(f"takes {lo} or {lo + 1} bottoms ({names}), got {len(shapes)}"
+                            + ("" if a.expose_hidden else "; initial states need expose_hidden: true"))
+        if len(x) < 3:
+            raise ctx.error(f"bottom 0 (x) must be (T, N, ...) with at least 3 axes, got shape {tuple(x)}")
+        if len(cont) != 2 or tuple(cont) != tuple(x[:2]):
+            raise ctx.error(f"bottom 1 (cont) must have shape (T, N) = {tuple(x[:2])}, got {tuple(cont)}")
         static_dim = None
         if self._has_static(a, len(shapes)):
             s = shapes[2]
-            if ctx is not None and (len(s) < 2 or s[0] != x[1]):
+            if len(s) < 2 or s[0] != x[1]:
                 raise ctx.error(f"bottom 2 (x_static) must be (N, ...) with N = {x[1]} and at least 2 axes, "
                                 f"got shape {tuple(s)}")
             static_dim = prod(s[1:])
-        if ctx is not None:
-            want = (1, x[1], a.num_output)
-            first = len(shapes) - n_state
-            for k, name in enumerate(self.state_names[:n_state]):
-                if tuple(shapes[first + k]) != want:
-                    raise ctx.error(f"bottom {first + k} ({name}) must have shape {want}, "
-                                    f"got {tuple(shapes[first + k])}")
-        return _Bottoms(x[0], x[1], prod(x[2:]), static_dim)
+        want = (1, x[1], a.num_output)
+        first = len(shapes) - n_state
+        for k, name in enumerate(self.state_names[:n_state]):
+            if tuple(shapes[first + k]) != want:
+                raise ctx.error(f"bottom {first + k} ({name}) must have shape {want}, "
+                                f"got {tuple(shapes[first + k])}")
+        return replace(a, dims=RecurrentDims(x[0], x[1], prod(x[2:]), static_dim))
 
     def infer(self, a: RecurrentAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
-        b = self.bottoms(a, shapes, ctx)
+        b = a.dims
         state = (1, b.N, a.num_output)
         return [(b.T, b.N, a.num_output)] + [state] * self._n_state(a)
 
@@ -117,7 +116,7 @@ class _Recurrent(Layer):
     # -- shared lowering helpers -------------------------------------------------------------
 
     @staticmethod
-    def _lower_input_transform(g: Any, b: _Bottoms, w_key: str, b_key: str, s_key: str,
+    def _lower_input_transform(g: Any, b: RecurrentDims, w_key: str, b_key: str, s_key: str,
                                x: str, static: str | None) -> list[str]:
         """W x_t + b (+ W_static x_static) for all steps at once, split into T (1, N, rows) pieces."""
         xs = g.in_shapes[0]
@@ -133,7 +132,7 @@ class _Recurrent(Layer):
         return _split_steps(g, xw, b.T)
 
     @staticmethod
-    def _lower_cont(g: Any, b: _Bottoms, cont: str) -> list[str]:
+    def _lower_cont(g: Any, b: RecurrentDims, cont: str) -> list[str]:
         """cont (T, N) as T pieces of shape (1, N, 1), ready to scale (1, N, H) states."""
         c3 = g.op("Reshape", [cont, g.int64s([b.T, b.N, 1], "cont_shape")])
         return _split_steps(g, c3, b.T)
@@ -178,7 +177,7 @@ class LSTM(_Recurrent):
     )
 
     def weights(self, a: RecurrentAttrs, shapes: Sequence[Shape]) -> list[WeightSpec]:
-        b = self.bottoms(a, shapes)
+        b = a.dims
         rows = 4 * a.num_output
         specs = [WeightSpec("W_xc", (rows, b.D), a.weight_filler),
                  WeightSpec("b_c", (rows,), a.bias_filler, role="bias")]
@@ -188,7 +187,7 @@ class LSTM(_Recurrent):
         return specs
 
     def cost(self, a: RecurrentAttrs, ins: Sequence[Shape], outs: Sequence[Shape]) -> int:
-        b = self.bottoms(a, ins)
+        b = a.dims
         rows = 4 * a.num_output
         return b.T * b.N * rows * (b.D + a.num_output) + b.N * rows * (b.static_dim or 0)
 
@@ -220,7 +219,7 @@ class LSTM(_Recurrent):
         return [out] + ([h[None], c[None]] if a.expose_hidden else [])
 
     def lower(self, a: RecurrentAttrs, g: Any) -> None:
-        b = self.bottoms(a, g.in_shapes)
+        b = a.dims
         x, cont, static, states = self.split_inputs(a, g.inputs)
         steps = self._lower_input_transform(g, b, "W_xc", "b_c", "W_xc_static", x, static)
         conts = self._lower_cont(g, b, cont)
@@ -279,7 +278,7 @@ class RNN(_Recurrent):
     )
 
     def weights(self, a: RecurrentAttrs, shapes: Sequence[Shape]) -> list[WeightSpec]:
-        b = self.bottoms(a, shapes)
+        b = a.dims
         H = a.num_output
         specs = [WeightSpec("W_xh", (H, b.D), a.weight_filler),
                  WeightSpec("b_h", (H,), a.bias_filler, role="bias")]
@@ -291,7 +290,7 @@ class RNN(_Recurrent):
         return specs
 
     def cost(self, a: RecurrentAttrs, ins: Sequence[Shape], outs: Sequence[Shape]) -> int:
-        b = self.bottoms(a, ins)
+        b = a.dims
         H = a.num_output
         return b.T * b.N * H * (b.D + 2 * H) + b.N * H * (b.static_dim or 0)
 
@@ -310,7 +309,7 @@ class RNN(_Recurrent):
         return [o] + ([h[None]] if a.expose_hidden else [])
 
     def lower(self, a: RecurrentAttrs, g: Any) -> None:
-        b = self.bottoms(a, g.in_shapes)
+        b = a.dims
         x, cont, static, states = self.split_inputs(a, g.inputs)
         steps = self._lower_input_transform(g, b, "W_xh", "b_h", "W_xh_static", x, static)
         conts = self._lower_cont(g, b, cont)

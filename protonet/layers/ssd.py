@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -165,6 +165,15 @@ class PriorBox(Layer):
 # -- DetectionOutput -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class DetectionGeometry:
+    """What DetectionOutput's bottom shapes say, resolved at build time."""
+
+    num_priors: int
+    loc_classes: int
+    rows: int  # rows per image in the padded output
+
+
+@dataclass(frozen=True)
 class DetectionOutputAttrs:
     num_classes: int
     share_location: bool
@@ -175,13 +184,7 @@ class DetectionOutputAttrs:
     keep_top_k: int  # -1: no limit
     code_type: str  # CORNER, CENTER_SIZE, CORNER_SIZE
     variance_encoded_in_target: bool
-
-
-@dataclass(frozen=True)
-class _Geometry:
-    num_priors: int
-    loc_classes: int
-    rows: int  # rows per image in the padded output
+    geometry: DetectionGeometry | None = None  # resolved from the bottoms
 
 
 @register
@@ -242,32 +245,30 @@ class DetectionOutput(Layer):
     def _fg_classes(self, a: DetectionOutputAttrs) -> int:
         return a.num_classes - (1 if 0 <= a.background_label_id < a.num_classes else 0)
 
-    def _geometry(self, a: DetectionOutputAttrs, shapes: Sequence[Shape], ctx: LayerContext | None = None) -> _Geometry:
+    def resolve(self, a: DetectionOutputAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> DetectionOutputAttrs:
+        """Priors, location classes and output rows per image, from the bottoms (checked)."""
         loc, conf, prior = shapes
-        if ctx is not None:
-            if len(prior) != 3 or prior[0] != 1 or prior[1] != 2 or prior[2] % 4:
-                raise ctx.error(f"bottom 2 (priors) must be (1, 2, num_priors·4), got shape {tuple(prior)}")
-            if loc[0] != conf[0]:
-                raise ctx.error(f"loc and conf bottoms disagree on the batch size: {loc[0]} vs {conf[0]}")
+        if len(prior) != 3 or prior[0] != 1 or prior[1] != 2 or prior[2] % 4:
+            raise ctx.error(f"bottom 2 (priors) must be (1, 2, num_priors·4), got shape {tuple(prior)}")
+        if loc[0] != conf[0]:
+            raise ctx.error(f"loc and conf bottoms disagree on the batch size: {loc[0]} vs {conf[0]}")
         p = prior[2] // 4
         lc = 1 if a.share_location else a.num_classes
-        if ctx is not None:
-            if prod(loc[1:]) != p * lc * 4:
-                raise ctx.error(f"bottom 0 (loc) holds {prod(loc[1:])} values per image; {p} priors × {lc} "
-                                f"location class(es) × 4 = {p * lc * 4} expected")
-            if prod(conf[1:]) != p * a.num_classes:
-                raise ctx.error(f"bottom 1 (conf) holds {prod(conf[1:])} values per image; {p} priors × "
-                                f"{a.num_classes} classes = {p * a.num_classes} expected")
-            if self._fg_classes(a) == 0:
-                raise ctx.error("no class is left once the background class is removed")
+        if prod(loc[1:]) != p * lc * 4:
+            raise ctx.error(f"bottom 0 (loc) holds {prod(loc[1:])} values per image; {p} priors × {lc} "
+                            f"location class(es) × 4 = {p * lc * 4} expected")
+        if prod(conf[1:]) != p * a.num_classes:
+            raise ctx.error(f"bottom 1 (conf) holds {prod(conf[1:])} values per image; {p} priors × "
+                            f"{a.num_classes} classes = {p * a.num_classes} expected")
+        if self._fg_classes(a) == 0:
+            raise ctx.error("no class is left once the background class is removed")
         per_class = p if a.top_k < 0 else min(a.top_k, p)
         most = self._fg_classes(a) * per_class
         rows = most if a.keep_top_k < 0 else min(a.keep_top_k, most)
-        return _Geometry(p, lc, rows)
+        return replace(a, geometry=DetectionGeometry(p, lc, rows))
 
     def infer(self, a: DetectionOutputAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
-        geo = self._geometry(a, shapes, ctx)
-        return [(1, 1, shapes[0][0] * geo.rows, 7)]
+        return [(1, 1, shapes[0][0] * a.geometry.rows, 7)]
 
     # -- numpy ---------------------------------------------------------------------------------
 
@@ -319,7 +320,7 @@ class DetectionOutput(Layer):
     def kernel(self, a: DetectionOutputAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         loc, conf, prior = xs
         n = loc.shape[0]
-        geo = self._geometry(a, [loc.shape, conf.shape, prior.shape])
+        geo = a.geometry
         p, lc = geo.num_priors, geo.loc_classes
         priors = prior.reshape(2, p, 4)
         boxes = self.decode(a, loc.reshape(n, p, lc, 4), priors[0], priors[1])  # (N, P, Lc, 4)
@@ -381,7 +382,7 @@ class DetectionOutput(Layer):
 
     def lower(self, a: DetectionOutputAttrs, g: Any) -> None:
         n = g.in_shapes[0][0]
-        geo = self._geometry(a, g.in_shapes)
+        geo = a.geometry
         p, lc, c, k = geo.num_priors, geo.loc_classes, a.num_classes, geo.rows
         loc, conf, prior = g.inputs
         i64 = np.int64
