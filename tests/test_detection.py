@@ -94,13 +94,13 @@ def test_proposal_by_hand(layer):
     0 (0,0,99,56) by 0.57, 0.606, 0.386: kept in score order 1, 3, 6, 0."""
     graph = build_text(PROPOSAL_NET.format(layer=layer))
     assert [n.type for n in graph.nodes][-1] == "Proposal"
-    assert graph.values["rois"].shape == (9, 5) and graph.values["scores"].shape == (9, 1)
+    assert graph.values["rois"].shape == (300, 5) and graph.values["scores"].shape == (300, 1)
     feeds = _proposal_feeds([0.1, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
-    want = np.zeros((9, 5), np.float32)
+    want = np.zeros((300, 5), np.float32)
     want[:4, 1:] = [[0, 0, 99, 99], [0, 0, 72, 72], [0, 0, 52, 96], [0, 0, 99, 56]]
     for out in _run_both(graph, feeds):
         np.testing.assert_allclose(out["rois"], want, atol=1e-4)
-        np.testing.assert_allclose(out["scores"][:, 0], [0.9, 0.7, 0.4, 0.1, 0, 0, 0, 0, 0], atol=1e-6)
+        np.testing.assert_allclose(out["scores"][:, 0], [0.9, 0.7, 0.4, 0.1] + [0] * 296, atol=1e-6)
 
 
 def test_proposal_equal_scores_keep_anchor_order():
@@ -141,6 +141,36 @@ def test_proposal_random_map_matches_on_valid_rows():
     assert 20 <= valid.sum() <= 50
     np.testing.assert_allclose(got["rois"][valid], ref["rois"][valid], rtol=1e-5, atol=1e-3)
     np.testing.assert_array_equal(got["rois"][~valid], 0)
+
+
+def test_proposal_agrees_with_opencv(tmp_path):
+    """OpenCV 4.10's own Proposal layer (a second implementation, built from SSD's PriorBox and
+    DetectionOutput) on a random 7 x 6 map: the same proposals in the same order, padded to
+    post_nms_topn rows. OpenCV has no min-size filter, so im_info's scale makes it
+    non-binding here (16 · 0.01 < 1)."""
+    cv2 = pytest.importorskip("cv2", reason="OpenCV (opencv-python-headless==4.10.*, the test extra) is not installed")
+    text = ('input: "cls_prob" input_shape { dim: 1 dim: 18 dim: 7 dim: 6 }\n'
+            'input: "bbox_pred" input_shape { dim: 1 dim: 36 dim: 7 dim: 6 }\n'
+            'input: "im_info" input_shape { dim: 1 dim: 3 }\n'
+            'layer { name: "proposal" type: "Proposal" bottom: "cls_prob" bottom: "bbox_pred" bottom: "im_info" '
+            'top: "rois" proposal_param { feat_stride: 16 ratio: 0.5 ratio: 1 ratio: 2 scale: 8 scale: 16 scale: 32 '
+            'pre_nms_topn: 200 post_nms_topn: 60 } }\n')
+    rng = np.random.default_rng(11)
+    fg = rng.uniform(size=(1, 9, 7, 6)).astype(np.float32)
+    feeds = {"cls_prob": np.concatenate([1 - fg, fg], axis=1),
+             "bbox_pred": (0.3 * rng.standard_normal((1, 36, 7, 6))).astype(np.float32),
+             "im_info": np.array([[110, 100, 0.01]], np.float32)}
+    path = tmp_path / "proposal.prototxt"
+    path.write_text(text)
+    net = cv2.dnn.readNetFromCaffe(str(path))
+    for name, value in feeds.items():
+        net.setInput(value, name)
+    theirs = net.forward("proposal")
+    ours = ReferenceInterpreter(build_text(text)).run(feeds)["rois"]
+    assert ours.shape == theirs.shape == (60, 5)
+    valid = ours[:, 3] > 0
+    assert 15 <= valid.sum() < 60
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)  # 41 proposals here, 1.5e-5 apart at most
 
 
 @pytest.mark.parametrize("param_str", [

@@ -149,9 +149,9 @@ class Proposal(Layer):
 
     Top 0: rois (R, 5) rows [0, x1, y1, x2, y2]; top 1 (optional): scores (R, 1). Static shape
     (a divergence, documented): Caffe's row count is data dependent; protonet gives R =
-    min(post_nms_topn, pre_nms_topn, H·W·A) rows, the proposals first in py-faster-rcnn's order,
-    then all-zero rows (as OpenCV's Proposal layer pads), which downstream ROI layers read as a
-    one-pixel box at the origin. A proposal has x2 − x1 + 1 >= min_size · im_info[2], so with a
+    post_nms_topn rows (all pre-NMS candidates when it is 0), the proposals first in
+    py-faster-rcnn's order, then all-zero rows, as OpenCV's Proposal layer does; downstream ROI
+    layers read a zero row as a one-pixel box at the origin. A proposal has x2 − x1 + 1 >= min_size · im_info[2], so with a
     positive minimum a zero row is never a proposal. Batch size 1, as py-faster-rcnn asserts."""
 
     type_name = "Proposal"
@@ -183,10 +183,10 @@ class Proposal(Layer):
         return 2 if a.with_scores else 1
 
     def _rows(self, a: ProposalAttrs, height: int, width: int) -> tuple[int, int]:
-        """(candidates kept before NMS, rows of the output)."""
+        """(candidates kept before NMS, rows of the output: post_nms_topn, as OpenCV gives)."""
         total = height * width * a.num_anchors
         pre = min(a.pre_nms_topn, total) if a.pre_nms_topn > 0 else total
-        return pre, (min(a.post_nms_topn, pre) if a.post_nms_topn > 0 else pre)
+        return pre, (a.post_nms_topn if a.post_nms_topn > 0 else pre)
 
     def infer(self, a: ProposalAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         scores, deltas, info = shapes
