@@ -101,11 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_net_options(p)
     _add_opt_options(p, default_on=True)
     p.add_argument("--explain", action="store_true", help="print what every pass matched, changed and declined")
-    p.add_argument("--opset", type=int, help="target another ONNX opset (through onnx.version_converter; "
-                                             "default 17)")
+    p.add_argument("--opset", type=int, help="target another ONNX opset (through onnx.version_converter, "
+                                             "then run against the opset-17 model; default 17)")
+    p.add_argument("--verify", action="store_true",
+                   help="verify the model before writing it (as 'protonet verify'; a mismatch exits 3 and "
+                        "writes nothing)")
+    p.add_argument("--provider", default="auto", choices=["auto", "cuda", "cpu"], help="for --verify")
+    p.add_argument("--all", action="store_true", help="with --verify, print every blob")
 
     p = sub.add_parser("verify", help="run the numpy reference and onnxruntime and compare every blob")
-    p.add_argument("net")
+    p.add_argument("net", nargs="+", metavar="[MODEL.onnx] NET",
+                   help="the net (the model compile would write is verified), or a compiled MODEL.onnx "
+                        "and the net it was compiled from (with the same options)")
+    p.add_argument("--opset", type=int, help="verify the model compiled for this ONNX opset")
     _add_net_options(p)
     _add_opt_options(p, default_on=True)
     p.add_argument("--input", metavar="x.npy|x.npz", help="input (default: seeded standard-normal noise)")
@@ -238,7 +246,8 @@ def _print_outputs(outs: dict[str, np.ndarray]) -> None:
 # -- commands ----------------------------------------------------------------------------------
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from .export import convert_opset, export, save_model
+    from .export import save_model
+    from .pipeline import build_model
 
     t0 = time.perf_counter()
     c = _compile(args, args.net, optimize=not args.no_optimize)
@@ -251,9 +260,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
         else:
             changed = [r for r in c.passes if r.changed]
             _say("optimized: " + (", ".join(f"{r.name} ({len(r.changes)})" for r in changed) or "nothing to do"))
-    model = export(c.graph)
-    if args.opset is not None:
-        model = convert_opset(model, args.opset)
+    model = build_model(c, args.opset)
+    if args.verify:
+        from .pipeline import random_inputs, verify_model
+
+        _print_verify(verify_model(c, model.SerializeToString(), random_inputs(c.graph, args.seed), args.provider),
+                      args.all)
     files = save_model(model, args.out, inputs=[args.net, args.weights])
     size = sum(f.stat().st_size for f in files)
     _say(f"wrote {args.out}: {len(model.graph.node)} ONNX nodes, opset {model.opset_import[0].version}, "
@@ -263,10 +275,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .pipeline import random_inputs, verify_compiled
-    from .tolerances import VERIFY_RTOL
+    from .pipeline import build_model, random_inputs, verify_model
 
-    c = _compile(args, args.net, optimize=not args.no_optimize)
+    if len(args.net) > 2 or (len(args.net) == 2 and not args.net[0].endswith(".onnx")):
+        raise ProtonetError("verify takes NET, or MODEL.onnx and the NET it was compiled from")
+    artifact, net = (args.net[0], args.net[1]) if len(args.net) == 2 else (None, args.net[0])
+    if artifact is not None and args.opset is not None:
+        raise ProtonetError("--opset: the model's own opset is verified; give --opset to compile")
+    if artifact is not None and not Path(artifact).is_file():
+        raise ProtonetError(f"{artifact}: no such file")
+    c = _compile(args, net, optimize=not args.no_optimize)
     _report_loaded(c)
     shapes = {v.name: v.shape for v in c.graph.inputs}
     if args.input:
@@ -274,22 +292,33 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _check_input_shapes(feeds, shapes, args.input)
     else:
         feeds = random_inputs(c.graph, args.seed)
-    res = verify_compiled(c, feeds, args.provider)
-    rows = res.blobs if args.all else sorted(res.blobs, key=lambda b: -b.rel)[:10]
+    model = artifact if artifact is not None else build_model(c, args.opset).SerializeToString()
+    _print_verify(verify_model(c, model, feeds, args.provider, src=artifact or "model"), args.all)
+    return 0
+
+
+def _print_verify(res: Any, show_all: bool) -> None:
+    """The comparison table (worst ten and every failure unless ``show_all``); raises
+    VerificationError (exit 3) on a mismatch."""
+    from .tolerances import VERIFY
+
+    rows = res.blobs if show_all else sorted(res.blobs, key=lambda b: -b.ratio)[:10]
     rows = rows + [b for b in res.blobs if not b.ok and b not in rows]
-    width = max([len(b.name) for b in rows] + [4])
-    _say(f"{'blob'.ljust(width)}  {'shape':<18} {'max abs err':>12} {'max rel err':>12}")
-    for b in rows:
+    names = [b.name + ("" if b.source == "debug" else f" ({b.source})") for b in rows]
+    width = max([len(n) for n in names] + [4])
+    _say(f"{'blob'.ljust(width)}  {'shape':<18} {'max abs err':>12} {'err/tol':>9}  worst element")
+    for n, b in zip(names, rows):
         flag = "" if b.ok else "  MISMATCH"
-        _say(f"{b.name.ljust(width)}  {'x'.join(map(str, b.shape)):<18} {b.max_abs:12.3e} {b.rel:12.3e}{flag}")
+        _say(f"{n.ljust(width)}  {'x'.join(map(str, b.shape)):<18} {b.max_abs:12.3e} {b.ratio:9.3g}  "
+             f"{b.result.describe()}{flag}")
     worst = res.worst
-    _say(f"{len(res.blobs)} blobs compared on {res.provider.upper()}; worst {worst.name}: relative error "
-         f"{worst.rel:.3e} (tolerance {VERIFY_RTOL:g})")
+    _say(f"{len(res.blobs)} blobs compared on {res.provider.upper()}; tolerance |onnx - ref| <= "
+         f"{VERIFY.atol_factor:g}*rms(ref) + {VERIFY.rtol:g}*|ref| per element; worst {worst.name} "
+         f"({worst.source}) at {worst.ratio:.3g} of it")
     if not res.ok:
         bad = [b.name for b in res.blobs if not b.ok]
         raise VerificationError(f"{len(bad)} blob(s) differ beyond tolerance: {', '.join(bad[:10])}")
     _say("verify: OK")
-    return 0
 
 
 def cmd_infer(args: argparse.Namespace) -> int:

@@ -158,20 +158,6 @@ def export(graph: Graph, expose_all: bool = False, check: bool = True) -> onnx.M
     return model
 
 
-def convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    """The model at another ONNX opset, through onnx.version_converter (checked again)."""
-    if opset == OPSET:
-        return model
-    from onnx import version_converter
-
-    try:
-        converted = version_converter.convert_version(model, opset)
-        check_model(converted)
-    except Exception as e:
-        raise ProtonetError(f"cannot convert the model to opset {opset}: {str(e).strip().splitlines()[0]}") from None
-    return converted
-
-
 def check_model(model: onnx.ModelProto) -> None:
     """onnx.checker with full shape inference; a failure is an internal error of the exporter."""
     onnx.checker.check_model(model, full_check=True)

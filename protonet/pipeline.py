@@ -16,7 +16,7 @@ from .frontend import LoadedNet, deploy_step, dialect_step, load_net
 from .ir import Graph
 from .reference import ReferenceInterpreter
 from .runtime import make_session
-from .tolerances import VERIFY_RTOL, relative_error
+from .tolerances import Comparison, compare
 
 log = logging.getLogger(__name__)
 
@@ -110,23 +110,36 @@ def random_inputs(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
     return feeds
 
 
-@dataclass
+@dataclass(frozen=True)
 class BlobCheck:
+    """One blob compared (``protonet.tolerances.compare``); ``source`` says which model ran it."""
+
     name: str
-    shape: tuple[int, ...]
-    max_abs: float
-    rel: float
+    result: Comparison
+    source: str = "model"  # "model" (the artifact), "debug" (intermediate blobs), "unoptimized"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.result.shape
+
+    @property
+    def max_abs(self) -> float:
+        return self.result.max_abs
+
+    @property
+    def ratio(self) -> float:
+        return self.result.ratio
 
     @property
     def ok(self) -> bool:
-        return self.rel <= VERIFY_RTOL
+        return self.result.ok
 
 
 @dataclass
 class VerifyResult:
     blobs: list[BlobCheck]
     provider: str
-    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # onnxruntime's network outputs
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # the artifact's network outputs
 
     @property
     def ok(self) -> bool:
@@ -134,32 +147,76 @@ class VerifyResult:
 
     @property
     def worst(self) -> BlobCheck:
-        return max(self.blobs, key=lambda b: b.rel)
+        return max(self.blobs, key=lambda b: b.ratio)
 
 
-def verify_compiled(c: Compiled, feeds: Mapping[str, np.ndarray], provider: str = "auto") -> VerifyResult:
-    """Verify a compiled net: every blob of the (optimized) graph, reference vs onnxruntime, and,
-    when passes ran, the network outputs against the reference run of the unoptimized graph."""
-    res = verify_graph(c.graph, feeds, provider)
+def build_model(c: Compiled, opset: int | None = None) -> Any:
+    """The ONNX model that ``compile`` writes: the checked export at the default opset, or, with
+    ``opset``, that model converted and proven against it (``protonet.opset.convert_opset``)."""
+    model = export(c.graph)
+    if opset is not None:
+        from .opset import convert_opset
+
+        model = convert_opset(model, opset)
+    return model
+
+
+def verify_model(c: Compiled, model: Any, feeds: Mapping[str, np.ndarray], provider: str = "auto",
+                 src: str = "model") -> VerifyResult:
+    """Verify an artifact: ``model`` (a ModelProto, its bytes, or a path: what compile writes)
+    runs in onnxruntime and its network outputs are compared with the float64 reference; the
+    intermediate blobs come from a debug export of the same graph (every blob an output). When
+    passes ran, the outputs are also compared with the reference run of the unoptimized graph."""
+    sess = make_session(model, provider)
+    _check_interface(c.graph, sess, src)
+    got = sess.run(feeds)
+    ref = ReferenceInterpreter(c.graph).run(feeds, keep_all=True)
+    checks = [BlobCheck(v.name, compare(got[v.name], ref[v.name])) for v in c.graph.outputs]
+    res = verify_graph(c.graph, feeds, provider, ref=ref)
+    outs = {v.name for v in c.graph.outputs}
+    res.blobs = checks + [b for b in res.blobs if b.name not in outs]
+    res.outputs = {v.name: got[v.name] for v in c.graph.outputs}
     if c.unoptimized is not None:
         before = ReferenceInterpreter(c.unoptimized).run(feeds)
-        for name, ref in before.items():
+        for name, r in before.items():
             if name in res.outputs:
-                mx, rel = relative_error(res.outputs[name], ref)
-                res.blobs.append(BlobCheck(f"{name} (vs unoptimized)", tuple(ref.shape), mx, rel))
+                res.blobs.append(BlobCheck(name, compare(res.outputs[name], r), "unoptimized"))
     return res
 
 
-def verify_graph(graph: Graph, feeds: Mapping[str, np.ndarray], provider: str = "auto") -> VerifyResult:
-    """Run the float64 reference and onnxruntime (fp32) on the same input; compare every blob."""
-    ref = ReferenceInterpreter(graph).run(feeds, keep_all=True)
+def verify_compiled(c: Compiled, feeds: Mapping[str, np.ndarray], provider: str = "auto",
+                    opset: int | None = None) -> VerifyResult:
+    """Build the model that compile writes (:func:`build_model`) and verify it (:func:`verify_model`)."""
+    return verify_model(c, build_model(c, opset).SerializeToString(), feeds, provider)
+
+
+def _check_interface(graph: Graph, sess: Any, src: str) -> None:
+    """The model's inputs and outputs are the net's, by name and shape (else it was compiled from
+    another net or with other options)."""
+    io = sess.session
+    for kind, want, have in (("inputs", graph.inputs, io.get_inputs()), ("outputs", graph.outputs, io.get_outputs())):
+        w = [(v.name, tuple(v.shape)) for v in want]
+        h = [(x.name, tuple(d if isinstance(d, int) else -1 for d in x.shape)) for x in have]
+        if w != h:
+            raise ProtonetError(f"the model's {kind} {_io(h)} are not the net's {_io(w)} (compiled from "
+                                "another net, or with other --batch/--input-shape/--output options?)",
+                                Location(src))
+
+
+def _io(items: list[tuple[str, tuple[int, ...]]]) -> str:
+    return ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in items)
+
+
+def verify_graph(graph: Graph, feeds: Mapping[str, np.ndarray], provider: str = "auto",
+                 ref: Mapping[str, np.ndarray] | None = None) -> VerifyResult:
+    """Every blob of the graph but its inputs, float64 reference vs onnxruntime (fp32) running a
+    debug export (every blob a graph output). This is not the model compile writes:
+    :func:`verify_model` checks the network outputs on that one."""
+    if ref is None:
+        ref = ReferenceInterpreter(graph).run(feeds, keep_all=True)
     model = export(graph, expose_all=True, check=False)  # compile checks; this copy only adds outputs
     sess = make_session(model, provider)
     got = sess.run(feeds)
-    checks = []
-    for v in graph.iter_values():
-        if v in graph.inputs or v.name not in got:
-            continue
-        mx, rel = relative_error(got[v.name], ref[v.name])
-        checks.append(BlobCheck(v.name, v.shape, mx, rel))
-    return VerifyResult(checks, sess.provider, {v.name: got[v.name] for v in graph.outputs})
+    checks = [BlobCheck(v.name, compare(got[v.name], ref[v.name]), "debug") for v in graph.iter_values()
+              if v not in graph.inputs and v.name in got]
+    return VerifyResult(checks, sess.provider)

@@ -1,34 +1,113 @@
-"""Every numeric tolerance in one place.
+"""Every numeric tolerance in one place, and the one rule that applies them.
 
-Relative error of a blob is ``max|a - b| / max(max|ref|, TINY)``: the largest absolute
-difference measured against the blob's own scale, so that values near zero in a blob with
-large entries do not dominate.
+Two blobs agree when, element by element,
+
+    |a - r| <= atol + rtol * |r|,     atol = atol_factor * scale(r)
+
+where ``r`` is the reference, ``a`` the value under test and ``scale(r)`` the root mean square
+of the blob's ordinary reference values. The absolute part follows the blob's units (a blob
+times 1000 gets the same verdict) and covers fp32 rounding where an entry cancels to near zero;
+the RMS, unlike the maximum, is not set by one large entry, so a confident softmax row does not
+hide the error of its small entries, and the per-element ``rtol`` term holds every entry to its
+own size.
+
+Special values are compared exactly and in place: where either side holds a non-finite value
+(NaN, +-inf) or a magnitude of at least float32's largest value (Caffe's -FLT_MAX, which MAX
+pooling writes for a window that lies wholly past the input), both sides must hold the same
+value at the same index (NaN matching NaN). Such entries never enter the scale.
+
+A check reports the worst element (the largest ``|a - r| / (atol + rtol*|r|)``, a ratio of at
+most 1 passing) with its index and both values.
 """
-#: verify: onnxruntime (fp32) vs the float64 reference, per blob
-VERIFY_RTOL = 1e-4
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: float32's largest finite value: Caffe's -FLT_MAX sentinel, and the edge of what fp32 holds
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """``|a - r| <= atol_factor * rms(r) + rtol * |r|`` element-wise (see the module docstring)."""
+
+    rtol: float
+    atol_factor: float
+
+
+#: verify: onnxruntime (fp32) vs the float64 reference, per blob; also an opset-converted model
+#: against the opset-17 one
+VERIFY = Tolerance(rtol=1e-4, atol_factor=1e-4)
 #: passes: reference(before) vs reference(after), float64
-PASS_RTOL = 1e-5
+PASS = Tolerance(rtol=1e-5, atol_factor=1e-5)
 #: layer tests: ONNX lowering in onnxruntime vs the numpy kernel
-LAYER_RTOL = 1e-4
-TINY = 1e-12
+LAYER = Tolerance(rtol=1e-4, atol_factor=1e-4)
+#: a scale below this is treated as this (an all-zero blob then allows only rounding-level noise)
+TINY = 1e-30
 
 
-def relative_error(actual, reference) -> tuple[float, float]:
-    """(max abs error, relative error) of ``actual`` against ``reference``."""
-    import numpy as np
+@dataclass(frozen=True)
+class Comparison:
+    """The outcome of comparing one blob: the worst element and the verdict."""
 
+    shape: tuple[int, ...]
+    max_abs: float  # largest |a - r| over ordinary entries (inf when a special value differs)
+    ratio: float  # worst |a - r| / (atol + rtol*|r|); inf when a special value differs
+    index: tuple[int, ...] | None  # where the worst element is (None for an empty blob)
+    actual: float  # the value under test at ``index``
+    reference: float  # the reference value at ``index``
+    atol: float  # the absolute part used for this blob
+    tolerance: Tolerance
+
+    @property
+    def ok(self) -> bool:
+        return self.ratio <= 1.0
+
+    def describe(self) -> str:
+        """``[i, j, ...] onnx V vs reference R`` for the worst element."""
+        if self.index is None:
+            return "empty"
+        return f"[{', '.join(map(str, self.index))}] got {self.actual:.7g} vs reference {self.reference:.7g}"
+
+
+def _special(x: np.ndarray) -> np.ndarray:
+    return ~np.isfinite(x) | (np.abs(x) >= FLT_MAX)
+
+
+def compare(actual, reference, tol: Tolerance = VERIFY) -> Comparison:
+    """Compare ``actual`` against ``reference`` element-wise (module docstring)."""
     a = np.asarray(actual, dtype=np.float64)
     r = np.asarray(reference, dtype=np.float64)
     if a.shape != r.shape:
         raise ValueError(f"shape {a.shape} vs {r.shape}")
-    if a.size == 0:
-        return 0.0, 0.0
-    both_inf = np.isinf(a) & np.isinf(r) & (np.sign(a) == np.sign(r))
-    diff = np.where(both_inf, 0.0, np.abs(a - r))
-    diff = np.where(np.isnan(a) & np.isnan(r), 0.0, diff)
-    finite = r[np.isfinite(r)]
-    scale = float(np.max(np.abs(finite))) if finite.size else 0.0
-    mx = float(np.max(diff)) if diff.size else 0.0
-    if np.isnan(mx):
-        mx = float("inf")
-    return mx, mx / max(scale, TINY)
+    shape = tuple(r.shape)
+    if r.size == 0:
+        return Comparison(shape, 0.0, 0.0, None, 0.0, 0.0, 0.0, tol)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _compare(a, r, tol)
+
+
+def _compare(a: np.ndarray, r: np.ndarray, tol: Tolerance) -> Comparison:
+    shape = tuple(r.shape)
+    special = _special(a) | _special(r)
+    # special values must agree exactly as float32 values (NaN with NaN)
+    a32, r32 = a.astype(np.float32), r.astype(np.float32)
+    same = (a32 == r32) | (np.isnan(a32) & np.isnan(r32))
+    bad_special = special & ~same
+    ordinary = ~special
+    rv = r[ordinary]
+    scale = float(np.sqrt(np.mean(rv * rv))) if rv.size else 0.0
+    atol = tol.atol_factor * max(scale, TINY)
+    if bad_special.any():
+        flat = int(np.flatnonzero(bad_special)[0])
+        idx = tuple(int(i) for i in np.unravel_index(flat, shape))
+        return Comparison(shape, float("inf"), float("inf"), idx, float(a.flat[flat]), float(r.flat[flat]),
+                          atol, tol)
+    diff = np.where(ordinary, np.abs(a - r), 0.0)
+    ratio = diff / (atol + tol.rtol * np.abs(np.where(ordinary, r, 0.0)))
+    flat = int(np.argmax(ratio))
+    idx = tuple(int(i) for i in np.unravel_index(flat, shape))
+    return Comparison(shape, float(diff.max()), float(ratio.flat[flat]), idx, float(a.flat[flat]),
+                      float(r.flat[flat]), atol, tol)

@@ -57,6 +57,6 @@ def test_family_net_compiles_and_verifies(tmp_path: Path, text: str, expect: tup
     c = compile_net(p, options=BuildOptions(init=init), optimize=True)
     assert c.graph.outputs[0].shape == expect
     res = verify_compiled(c, random_inputs(c.graph))
-    assert res.ok, f"worst {res.worst.name}: {res.worst.rel:.3g}"
+    assert res.ok, f"worst {res.worst.name}: {res.worst.ratio:.3g}"
     if text is SHUFFLE_UNIT:  # every BatchNorm+Scale folded into its convolution
         assert not c.graph.nodes_of("BatchNorm", "Scale")

@@ -16,7 +16,7 @@ from protonet.errors import LayerContext
 from protonet.layers.base import Example, Layer
 from protonet.reference import ReferenceInterpreter
 from protonet.runtime import make_session
-from protonet.tolerances import LAYER_RTOL, relative_error
+from protonet.tolerances import LAYER, compare
 
 CASES = [pytest.param(name, ex, id=f"{name}-{ex.name or i}")
          for name, layer in sorted(registry.all_types().items())
@@ -50,8 +50,8 @@ def test_layer_example(name, ex):
         if v in graph.inputs:
             continue
         assert got[v.name].shape == v.shape
-        mx, rel = relative_error(got[v.name], ref[v.name])
-        assert rel <= LAYER_RTOL, f"{v.name}: onnxruntime vs kernel max abs {mx:.3g} rel {rel:.3g}"
+        res = compare(got[v.name], ref[v.name], LAYER)
+        assert res.ok, f"{v.name}: onnxruntime vs kernel {res.describe()} ({res.ratio:.3g}x the tolerance)"
     inferred = onnx_inferred_shapes(export(graph))
     for v in graph.outputs:
         assert inferred.get(v.name) == v.shape, f"onnx shape inference {inferred.get(v.name)} vs infer {v.shape}"

@@ -25,7 +25,7 @@ def test_core_net_verifies(net: str, batch: int):
     assert c.graph.inputs[0].shape[0] == batch
     export(c.graph)  # runs onnx.checker with full shape inference
     res = verify_compiled(c, random_inputs(c.graph, seed=batch))
-    assert res.ok, f"worst blob {res.worst.name}: relative error {res.worst.rel:.3g}"
+    assert res.ok, f"worst blob {res.worst.name}: {res.worst.ratio:.3g} of the tolerance"
     assert len(res.blobs) >= len(c.graph.nodes) - len(c.graph.inputs)
 
 
@@ -34,7 +34,7 @@ def test_zoo_net_verifies(net: str):
     """Every other net of the zoo at batch 1: optimized ONNX vs the reference, every blob."""
     c = compile_net(NETS / f"{net}.prototxt", options=BuildOptions(batch=1), optimize=True)
     res = verify_compiled(c, random_inputs(c.graph))
-    assert res.ok, f"worst blob {res.worst.name}: relative error {res.worst.rel:.3g}"
+    assert res.ok, f"worst blob {res.worst.name}: {res.worst.ratio:.3g} of the tolerance"
 
 
 def _counts(net: str) -> tuple[int, int]:

@@ -1,5 +1,5 @@
 """The optimizer passes: for each pass its structural result on a tiny net, the reference
-before == after (float64, PASS_RTOL), idempotence, Graph.lint(), one test per decline reason;
+before == after (float64, tolerances.PASS), idempotence, Graph.lint(), one test per decline reason;
 then every net in nets/ optimized vs unoptimized through onnxruntime, and verify (reference vs
 onnxruntime, blob by blob) on the optimized graph of the smaller nets."""
 from __future__ import annotations
@@ -22,7 +22,7 @@ from protonet.passes import PASS_NAMES, PassError, explain, run_pass, run_passes
 from protonet.pipeline import compile_net, random_inputs, verify_graph
 from protonet.reference import ReferenceInterpreter
 from protonet.runtime import make_session
-from protonet.tolerances import PASS_RTOL, VERIFY_RTOL, relative_error
+from protonet.tolerances import PASS, compare
 
 NETS = Path(__file__).resolve().parent.parent / "nets"
 
@@ -72,7 +72,7 @@ def check_pass(text: str, name: str, init: str = "random", outputs: list[str] | 
     before = ReferenceInterpreter(g0).run(feeds)
     after = ReferenceInterpreter(g1).run(feeds)
     for k, ref in before.items():
-        assert relative_error(after[k], ref)[1] <= PASS_RTOL, k
+        assert compare(after[k], ref, PASS).ok, k
     again = run_pass(g1, name)
     assert not again.changed, again.changes
     return g0, g1, res
@@ -244,7 +244,7 @@ def test_fuse_relu_and_chain_into_conv():
     assert [n.op_type for n in model.graph.node] == ["Conv", "Relu", "Tanh"]
     feeds = feeds_for(g1)
     got = make_session(model, "cpu").run(feeds)["c1"]
-    assert relative_error(got, ReferenceInterpreter(g1).run(feeds)["c1"])[1] <= VERIFY_RTOL
+    assert compare(got, ReferenceInterpreter(g1).run(feeds)["c1"]).ok
 
 
 def test_fuse_leaky_relu_and_relu6_into_inner_product():
@@ -544,7 +544,7 @@ def test_run_passes_default_order_to_fixed_point():
     assert [p.type for p in g1.node("c1").post_ops] == ["ReLU"]
     feeds = feeds_for(g0)
     a, b = ReferenceInterpreter(g0).run(feeds), ReferenceInterpreter(g1).run(feeds)
-    assert relative_error(b["out"], a["out"])[1] <= PASS_RTOL
+    assert compare(b["out"], a["out"], PASS).ok
     assert not any(r.changed for r in run_passes(g1))
     text_out = explain(results)
     for words in ("fold_batchnorm: 1 matched", "changed: folded 'bn1' + 'sc1' into Convolution 'c1'",
@@ -614,7 +614,7 @@ def test_zoo_optimized_matches_unoptimized_in_onnxruntime(net: str):
     feeds = random_inputs(g0, seed=1)
     a, b = _ort(g0, feeds), _ort(g1, feeds)
     for k, ref in a.items():
-        assert relative_error(b[k], ref)[1] <= VERIFY_RTOL, (net, k)
+        assert compare(b[k], ref).ok, (net, k)
     assert not any(r.changed for r in run_passes(g1)), "a second run changes nothing"
 
 

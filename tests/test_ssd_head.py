@@ -97,7 +97,7 @@ def test_ssd_head_verifies_blob_by_blob_with_detections():
     rng = np.random.default_rng(7)
     feeds = {"data": rng.standard_normal((2, 3, 32, 32)).astype(np.float32)}
     result = verify_graph(graph, feeds, provider="cpu")
-    bad = [(b.name, b.rel) for b in result.blobs if not b.ok]
+    bad = [(b.name, b.result.describe()) for b in result.blobs if not b.ok]
     assert result.ok, f"blobs that differ: {bad}"
     assert "detection_out" in {b.name for b in result.blobs}
 

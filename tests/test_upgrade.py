@@ -408,6 +408,6 @@ def test_legacy_sample_compiles_and_verifies(sample):
     c = compile_net(src, optimize=True)
     assert c.loaded.upgrades
     res = verify_compiled(c, random_inputs(c.graph))
-    assert res.ok, f"worst {res.worst.name}: {res.worst.rel:.3g}"
+    assert res.ok, f"worst {res.worst.name}: {res.worst.ratio:.3g}"
     expected = compile_net(src.with_name(f"{sample}.expected.prototxt"), optimize=True)
     assert [n.type for n in c.graph.nodes] == [n.type for n in expected.graph.nodes]

@@ -9,7 +9,7 @@ exported to ONNX and run in onnxruntime sessions with 2 intra-op threads and onn
 own graph optimizations on (so the figures show what the passes add on top of those).
 Repetitions are interleaved (unoptimized, optimized, then the other order, ...) so that
 drift of the machine hits both alike; the median latency is reported. Outputs of the two
-models are checked to agree (VERIFY_RTOL) before timing. The result file gets the machine
+models are checked to agree (tolerances.VERIFY) before timing. The result file gets the machine
 description, the command and one row per (net, batch).
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from protonet.build import BuildOptions  # noqa: E402
 from protonet.export import export  # noqa: E402
 from protonet.passes import run_passes  # noqa: E402
 from protonet.pipeline import compile_net, random_inputs  # noqa: E402
-from protonet.tolerances import VERIFY_RTOL, relative_error  # noqa: E402
+from protonet.tolerances import compare  # noqa: E402
 
 DEFAULT_NETS = ("lenet", "alexnet", "googlenet", "vgg16", "resnet50", "mobilenet_v1", "squeezenet1_1",
                 "densenet121")
@@ -98,9 +98,9 @@ def bench(net: str, batch: int, reps: int, warmup: int) -> dict:
     s0, s1 = cpu_session(m0), cpu_session(m1)
     feeds = random_inputs(g0, seed=0)
     o0, o1 = s0.run(feeds), s1.run(feeds)
-    worst = max(relative_error(o1[k], o0[k])[1] for k in o0)
-    if worst > VERIFY_RTOL:
-        raise SystemExit(f"{net} batch {batch}: optimized and unoptimized outputs differ (rel {worst:.2e})")
+    worst = max(compare(o1[k], o0[k]).ratio for k in o0)
+    if worst > 1:
+        raise SystemExit(f"{net} batch {batch}: optimized and unoptimized outputs differ ({worst:.2e}x the tolerance)")
     one = max(min(time_once(s0, feeds), time_once(s1, feeds)) for _ in range(max(warmup, 1)))
     calls = max(1, int(np.ceil(MIN_REP_S / max(one, 1e-6))))
     t0, t1 = [], []

@@ -48,7 +48,7 @@ def row(net: str) -> str:
         res = verify_compiled(c, random_inputs(c.graph, seed=batch))
         if batch == 1:
             verify_s = time.perf_counter() - t1
-        errors.append(f"{res.worst.rel:.1e}" + ("" if res.ok else " FAIL"))
+        errors.append(f"{res.worst.ratio:.1e}" + ("" if res.ok else " FAIL"))
     approx = "~" if fig.get("approx") else ""
     return (f"| {net} | {s.params:,} | {approx}{fig['params']:,} | {100 * (s.params / fig['params'] - 1):+.1f}% "
             f"| {macs / 1e9:.3f}G | {approx}{fig['macs'] / 1e9:.3f}G | {100 * (macs / fig['macs'] - 1):+.1f}% "
