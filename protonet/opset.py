@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 ONE_AXIS_OPS = ("Softmax", "LogSoftmax", "Hardmax")
 #: the opset from which those ops normalise over one axis
 ONE_AXIS_SINCE = 13
-#: the oldest opset onnx.version_converter is asked for (ONNX's own floor for protonet's ops)
-MIN_OPSET = 7
 
 
 class ConversionMismatch(RuntimeError):
@@ -46,8 +44,6 @@ def convert_opset(model: onnx.ModelProto, opset: int, seed: int = 0) -> onnx.Mod
     converted, checked by onnx.checker, and run against ``model`` (module docstring)."""
     if opset == OPSET:
         return model
-    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
-        raise ProtonetError(f"--opset {opset}: choose an opset from {MIN_OPSET} to {onnx.defs.onnx_opset_version()}")
     from onnx import version_converter
 
     try:
