@@ -19,7 +19,7 @@ from .affine import Affine
 from .base import (CONSTANT_ZERO, Example, Filler, Layer, NoAttrs, Shape, WeightSpec, canonical_axis,
                    enum_name, need_4d, prod, sigmoid)
 from .core import ConvAttrs, PoolAttrs, Pooling, broadcast_param, parse_conv, scale_span
-from .geometry import Window2D, deconv_output_size, pool_output_size
+from .geometry import Window2D, deconv_output_size
 from .registry import register
 
 #: the most negative int64, an ONNX Slice ``end`` that runs past the start of an axis
@@ -1238,10 +1238,8 @@ class SPP(Layer):
                 raise ctx.error(f"pyramid level {level} ({2 ** level} bins) needs pad {win.pad} >= kernel "
                                 f"{win.kernel} for a {s[2]}x{s[3]} input, which Caffe's pooling refuses; "
                                 f"lower pyramid_height or use a larger input")
-            clip = win.pad[0] > 0 or win.pad[1] > 0
-            ho, wo = (pool_output_size(s[2 + i], win.kernel[i], win.stride[i], win.pad[i], clip=clip)
-                      for i in range(2))
-            out.append((PoolAttrs(a.method, win, True), (s[0], s[1], ho, wo)))
+            pa = Pooling().resolve(PoolAttrs(a.method, win, True), [s], ctx)
+            out.append((pa, (s[0], s[1]) + pa.out))
         return replace(a, levels=tuple(out))
 
     def infer(self, a: SPPAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:

@@ -341,18 +341,11 @@ class TanH(_Unary):
 @dataclass(frozen=True)
 class PoolAttrs:
     method: str  # MAX or AVE
-    window: Window2D | None  # None: global pooling
+    window: Window2D | None  # resolved: the effective window (global pooling: the whole input)
     ceil_mode: bool
     mask: bool = False  # MAX with a second top: the argmax of each window as h * W + w
-
-
-def pool_geometry(a: PoolAttrs, s: Shape) -> tuple[Window2D, tuple[int, int]]:
-    """The effective window (global pooling covers the input) and the output size."""
-    win = a.window if a.window is not None else Window2D((s[2], s[3]), (1, 1), (0, 0))
-    clip = win.pad[0] > 0 or win.pad[1] > 0  # Caffe clips both axes when either pads
-    out = tuple(pool_output_size(s[2 + i], win.kernel[i], win.stride[i], win.pad[i], a.ceil_mode, clip)
-                for i in range(2))
-    return win, out  # type: ignore[return-value]
+    global_pooling: bool = False
+    out: tuple[int, int] = (0, 0)  # resolved: the output height and width
 
 
 @register
@@ -413,16 +406,22 @@ class Pooling(Layer):
                 raise ctx.error("global_pooling and a kernel size cannot both be set")
             if p.pad or p.pad_h or p.pad_w or (p.HasField("stride") and p.stride != 1) or p.stride_h > 1 or p.stride_w > 1:
                 raise ctx.error("global_pooling needs pad 0 and stride 1")
-            return PoolAttrs(method, None, ceil_mode, mask)
+            return PoolAttrs(method, None, ceil_mode, mask, global_pooling=True)
         win = pool_window(p, ctx)
         if win.pad[0] >= win.kernel[0] or win.pad[1] >= win.kernel[1]:
             raise ctx.error(f"pad {win.pad} must be smaller than the kernel {win.kernel}")
         return PoolAttrs(method, win, ceil_mode, mask)
 
-    def infer(self, a: PoolAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+    def resolve(self, a: PoolAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> PoolAttrs:
+        """The effective window (global pooling covers the input) and Caffe's output size
+        (rounded up unless ceil_mode is off; both axes clipped when either pads), checked."""
         s = shapes[0]
         need_4d(s, ctx)
-        win, (ho, wo) = pool_geometry(a, s)
+        win = Window2D((s[2], s[3]), (1, 1), (0, 0)) if a.global_pooling else a.window
+        assert win is not None  # parse sets a window unless global_pooling
+        clip = win.pad[0] > 0 or win.pad[1] > 0
+        ho, wo = (pool_output_size(s[2 + i], win.kernel[i], win.stride[i], win.pad[i], a.ceil_mode, clip)
+                  for i in range(2))
         if ho <= 0 or wo <= 0:
             raise ctx.error(f"kernel {win.kernel} is larger than the padded input {s[2:]}")
         full = (pool_nonempty(s[2], ho, win.stride[0], win.pad[0]), pool_nonempty(s[3], wo, win.stride[1], win.pad[1]))
@@ -430,12 +429,16 @@ class Pooling(Layer):
             raise ctx.error(f"the last AVE window(s) of the {ho}x{wo} output hold no input value (stride "
                             f"{win.stride} exceeds kernel {win.kernel} on a {s[2]}x{s[3]} input); Caffe divides "
                             f"0 by 0 there: use round_mode: FLOOR or a stride that covers the input")
-        return [(s[0], s[1], ho, wo)] * (2 if a.mask else 1)
+        return replace(a, window=win, out=(ho, wo))
+
+    def infer(self, a: PoolAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        s = shapes[0]
+        return [(s[0], s[1]) + a.out] * (2 if a.mask else 1)
 
     def kernel(self, a: PoolAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         x = xs[0]
         h, wd = x.shape[2:]
-        win, (ho, wo) = pool_geometry(a, x.shape)
+        win, (ho, wo) = a.window, a.out
         (kh, kw), (sh, sw), (ph, pw) = win.kernel, win.stride, win.pad
         # right padding so that every window lies inside the padded array
         eh = max(0, (ho - 1) * sh + kh - h - ph)
@@ -464,10 +467,10 @@ class Pooling(Layer):
 
     def lower(self, a: PoolAttrs, g: Any) -> None:
         s = g.in_shapes[0]
-        if a.window is None:
+        if a.global_pooling:
             g.op("GlobalMaxPool" if a.method == "MAX" else "GlobalAveragePool", g.inputs, g.outputs)
             return
-        win, (ho, wo) = pool_geometry(a, s)
+        win, (ho, wo) = a.window, a.out
         (kh, kw), (sh, sw), (ph, pw) = win.kernel, win.stride, win.pad
         # explicit end padding reproduces Caffe's output size in ONNX's floor mode
         eh = max(0, (ho - 1) * sh + kh - s[2] - 2 * ph)
