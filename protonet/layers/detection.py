@@ -12,7 +12,7 @@ PSROIPooling           R-FCN (daijifeng001/caffe-rfcn), position-sensitive ROI a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -40,6 +40,9 @@ class ProposalAttrs:
     post_nms_topn: int  # <= 0: no limit
     nms_thresh: float
     with_scores: bool  # a second top receives the scores
+    # resolved against the input shapes: candidates kept before NMS, rows of the output
+    pre: int = 0
+    rows: int = 0
 
     @property
     def num_anchors(self) -> int:
@@ -182,13 +185,9 @@ class Proposal(Layer):
     def num_tops(self, a: ProposalAttrs, layer: Any) -> int | None:
         return 2 if a.with_scores else 1
 
-    def _rows(self, a: ProposalAttrs, height: int, width: int) -> tuple[int, int]:
-        """(candidates kept before NMS, rows of the output: post_nms_topn, as OpenCV gives)."""
-        total = height * width * a.num_anchors
-        pre = min(a.pre_nms_topn, total) if a.pre_nms_topn > 0 else total
-        return pre, (a.post_nms_topn if a.post_nms_topn > 0 else pre)
-
-    def infer(self, a: ProposalAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+    def resolve(self, a: ProposalAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> ProposalAttrs:
+        """Checks the bottoms; ``pre`` = the pre_nms_topn best of the H·W·A candidates (all when
+        0), ``rows`` = post_nms_topn (OpenCV's output size too; ``pre`` when 0)."""
         scores, deltas, info = shapes
         if len(scores) != 4 or len(deltas) != 4:
             raise ctx.error(f"scores and deltas must be 4-D (1, C, H, W), got {tuple(scores)} and {tuple(deltas)}")
@@ -203,13 +202,16 @@ class Proposal(Layer):
             raise ctx.error(f"scores {tuple(scores)} and deltas {tuple(deltas)} differ in height or width")
         if prod(info[1:]) < 3:
             raise ctx.error(f"im_info must hold (height, width, scale), got shape {tuple(info)}")
-        _, rows = self._rows(a, scores[2], scores[3])
-        return [(rows, 5), (rows, 1)] if a.with_scores else [(rows, 5)]
+        total = scores[2] * scores[3] * na
+        pre = min(a.pre_nms_topn, total) if a.pre_nms_topn > 0 else total
+        return replace(a, pre=pre, rows=a.post_nms_topn if a.post_nms_topn > 0 else pre)
+
+    def infer(self, a: ProposalAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        return [(a.rows, 5), (a.rows, 1)] if a.with_scores else [(a.rows, 5)]
 
     def kernel(self, a: ProposalAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         scores, deltas, im_info = xs
-        na, (height, width) = a.num_anchors, scores.shape[2:]
-        pre, rows = self._rows(a, height, width)
+        na, (height, width), pre, rows = a.num_anchors, scores.shape[2:], a.pre, a.rows
         fg = scores[0, na:].astype(F32).transpose(1, 2, 0).reshape(-1)
         d = deltas[0].astype(F32).transpose(1, 2, 0).reshape(-1, 4)
         im_h, im_w, im_scale = im_info.reshape(-1)[:3].astype(F32)
@@ -229,8 +231,7 @@ class Proposal(Layer):
     def lower(self, a: ProposalAttrs, g: Any) -> None:
         (_, _, height, width), info_shape = g.in_shapes[0], g.in_shapes[2]
         scores, deltas, im_info = g.inputs
-        na, total = a.num_anchors, height * width * a.num_anchors
-        pre, rows = self._rows(a, height, width)
+        na, total, pre, rows = a.num_anchors, height * width * a.num_anchors, a.pre, a.rows
         anchors = shifted_anchors(a, height, width)
         aw, ah, acx, acy = (g.const(v[:, None], n) for v, n in zip(anchor_geometry(anchors),
                                                                     ("anchor_w", "anchor_h", "anchor_cx", "anchor_cy")))
@@ -353,7 +354,8 @@ class PSROIPooling(Layer):
             raise ctx.error(f"output_dim and group_size must be positive, got {p.output_dim} and {p.group_size}")
         return PSROIPoolAttrs(float(p.spatial_scale), int(p.output_dim), int(p.group_size))
 
-    def infer(self, a: PSROIPoolAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+    def resolve(self, a: PSROIPoolAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> PSROIPoolAttrs:
+        """Checks the score maps' channel count and the rois' shape."""
         s, r = shapes
         need_4d(s, ctx)
         if s[1] != a.output_dim * a.group_size ** 2:
@@ -361,7 +363,10 @@ class PSROIPooling(Layer):
                             f"{a.group_size ** 2} = {a.output_dim * a.group_size ** 2} expected")
         if len(r) < 2 or prod(r[1:]) != 5:
             raise ctx.error(f"rois bottom must be (R, 5) rows [batch_index, x1, y1, x2, y2], got shape {tuple(r)}")
-        return [(r[0], a.output_dim, a.group_size, a.group_size)]
+        return a
+
+    def infer(self, a: PSROIPoolAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        return [(shapes[1][0], a.output_dim, a.group_size, a.group_size)]
 
     def kernel(self, a: PSROIPoolAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         x, rois = xs
