@@ -16,7 +16,7 @@ ROIPooling             Fast/Faster R-CNN (rbgirshick/caffe-fast-rcnn)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -161,6 +161,8 @@ class InterpAttrs:
     width: int | None
     pad_beg: int
     pad_end: int
+    size_in: tuple[int, int] = (0, 0)  # resolved: H and W after pad_beg/pad_end
+    out: tuple[int, int] = (0, 0)  # resolved: the output H and W
 
 
 @register
@@ -207,9 +209,10 @@ class Interp(Layer):
         w = int(p.width) if has_size else None
         return InterpAttrs(zoom, shrink, h, w, int(p.pad_beg), int(p.pad_end))
 
-    @staticmethod
-    def sizes(a: InterpAttrs, s: Shape) -> tuple[tuple[int, int], tuple[int, int]]:
-        """(effective input H, W), (output H, W)."""
+    def resolve(self, a: InterpAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> InterpAttrs:
+        """The input size after pad_beg/pad_end and the output size, in Caffe's precedence."""
+        s = shapes[0]
+        need_4d(s, ctx)
         hin, win = s[2] + a.pad_beg + a.pad_end, s[3] + a.pad_beg + a.pad_end
 
         def one(n: int) -> int:
@@ -224,17 +227,15 @@ class Interp(Layer):
         ho, wo = one(hin), one(win)
         if ho == -1:
             ho, wo = a.height, a.width  # type: ignore[assignment]
-        return (hin, win), (ho, wo)
-
-    def infer(self, a: InterpAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
-        s = shapes[0]
-        need_4d(s, ctx)
-        (hin, win), (ho, wo) = self.sizes(a, s)
         if hin <= 0 or win <= 0:
             raise ctx.error(f"pad_beg/pad_end crop the {s[2]}x{s[3]} input to nothing")
         if ho <= 0 or wo <= 0:
             raise ctx.error(f"output size {ho}x{wo} must be positive")
-        return [(s[0], s[1], ho, wo)]
+        return replace(a, size_in=(hin, win), out=(ho, wo))
+
+    def infer(self, a: InterpAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        s = shapes[0]
+        return [(s[0], s[1]) + a.out]
 
     @staticmethod
     def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -247,7 +248,7 @@ class Interp(Layer):
 
     def kernel(self, a: InterpAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         x = xs[0]
-        (hin, win), (ho, wo) = self.sizes(a, x.shape)
+        (hin, win), (ho, wo) = a.size_in, a.out
         c0 = -a.pad_beg
         x = x[:, :, c0:c0 + hin, c0:c0 + win]
         if (hin, win) == (ho, wo):
@@ -260,8 +261,7 @@ class Interp(Layer):
         return [top[:, :, :, wl] * (1 - wlam) + top[:, :, :, wh] * wlam]
 
     def lower(self, a: InterpAttrs, g: Any) -> None:
-        s = g.in_shapes[0]
-        (hin, win), _ = self.sizes(a, s)
+        hin, win = a.size_in
         x = g.inputs[0]
         if a.pad_beg or a.pad_end:
             c0 = -a.pad_beg
