@@ -487,3 +487,50 @@ def test_cli_caffe_proto_and_ignore_field(tmp_path):
 def test_repeated_helper_matches_the_descriptor():
     fields = pb.NetParameter.DESCRIPTOR.fields_by_name
     assert is_repeated(fields["layer"]) and not is_repeated(fields["name"])
+
+
+# -- more corners real files show -----------------------------------------------------------------
+
+def test_input_field_without_shape_beside_an_input_layer_is_dropped_as_caffe_does(tmp_path):
+    # cvjena's deploy files: `input: "data"` and an Input layer producing data (Caffe's
+    # UpgradeNetInput strips an input field that has no shape)
+    text = """name: "cvgj"
+input: "data"
+layer { name: "input" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "relu" type: "ReLU" bottom: "data" top: "out" }
+"""
+    c = compile_net(_write(tmp_path, text))
+    assert [(v.name, v.shape) for v in c.graph.inputs] == [("data", (1, 3, 8, 8))]
+    assert any("without a shape dropped" in n for n in c.loaded.notes)
+    with pytest.raises(SchemaError, match="input 'other' has no shape"):
+        compile_net(_write(tmp_path, text.replace('input: "data"', 'input: "data"\ninput: "other"'), "o.prototxt"))
+
+
+@pytest.mark.parametrize("param,shape", [
+    ("new_length: 1 num_segments: 3 modality: RGB", (1, 9, 224, 224)),
+    ("new_length: 5 num_segments: 3 modality: FLOW", (1, 30, 224, 224)),
+    ("new_length: 5 num_segments: 1", (1, 10, 224, 224)),  # FLOW is the default modality
+])
+def test_tsn_video_data_stacks_frames_on_channels(tmp_path, param, shape):
+    text = f"""name: "tsn"
+layer {{ name: "data" type: "VideoData" top: "data" top: "label"
+  video_data_param {{ source: "val.txt" batch_size: 1 {param} }}
+  transform_param {{ crop_size: 224 mirror: false }} }}
+layer {{ name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param {{ num_output: 2 }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }}
+"""
+    loaded = load_net(_write(tmp_path, text))
+    assert tuple(loaded.net.layer[0].input_param.shape[0].dim) == shape
+
+
+def test_hed_image_labelmap_data_is_an_image_data_layer(tmp_path):
+    text = """name: "hed"
+layer { name: "data" type: "ImageLabelmapData" top: "data" top: "label"
+  transform_param { mean_value: 104 mean_value: 117 mean_value: 123 }
+  image_data_param { source: "pairs.lst" batch_size: 1 new_height: 32 new_width: 48 } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 1 kernel_size: 1 } }
+layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "conv" bottom: "label" top: "loss" }
+"""
+    loaded = load_net(_write(tmp_path, text))
+    assert tuple(loaded.net.layer[0].input_param.shape[0].dim) == (1, 3, 32, 48)
+    assert [l.type for l in loaded.net.layer] == ["Input", "Convolution"]

@@ -37,7 +37,8 @@ from .python_layers import describe, is_python_data_layer
 from .schema import pb
 
 # MemoryData is not here: it is an input layer fed by the caller (protonet.layers.bvlc.MemoryData)
-DATA_TYPES = ("Data", "ImageData", "HDF5Data", "WindowData", "AnnotatedData", "DenseImageData")
+DATA_TYPES = ("Data", "ImageData", "HDF5Data", "WindowData", "AnnotatedData", "DenseImageData",
+              "ImageLabelmapData", "ImageSegData", "VideoData")
 LOSS_TYPES = frozenset({"EuclideanLoss", "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss",
                         "SigmoidCrossEntropyLoss", "ContrastiveLoss", "SoftmaxWithLoss"})
 DROPPED_TYPES = frozenset({"Accuracy"})
@@ -46,9 +47,10 @@ METADATA_KEY = "protonet.preprocess"
 #: data layer type -> (name of its *_param field, whether that param has batch_size)
 _PARAM = {"Data": "data_param", "ImageData": "image_data_param", "HDF5Data": "hdf5_data_param",
           "WindowData": "window_data_param", "MemoryData": "memory_data_param",
-          "DenseImageData": "dense_image_data_param"}
+          "DenseImageData": "dense_image_data_param", "ImageLabelmapData": "image_data_param",
+          "ImageSegData": "image_data_param", "VideoData": "video_data_param"}
 #: data layers whose param reads photos (is_color, new_height x new_width)
-_IMAGE_TYPES = ("ImageData", "DenseImageData")
+_IMAGE_TYPES = ("ImageData", "DenseImageData", "ImageLabelmapData", "ImageSegData")
 
 
 @dataclass
@@ -208,6 +210,8 @@ def _data_shape(layer: Any, meta: Preprocess | None, loc: Location) -> tuple[int
     if layer.type == "MemoryData" and p is not None and p.channels and p.height and p.width:
         return (int(p.batch_size or 1), int(p.channels), int(p.height), int(p.width))
     batch = int(p.batch_size) if p is not None and p.HasField("batch_size") and p.batch_size > 0 else 1
+    if layer.type == "VideoData":
+        return _video_shape(layer, batch, ask, loc)
     channels = meta.channels if meta is not None else 3
     crop = meta.crop_size if meta is not None else 0
     if crop:
@@ -222,11 +226,30 @@ def _data_shape(layer: Any, meta: Preprocess | None, loc: Location) -> tuple[int
     raise ProtonetError(f"cannot tell the shape of input '{top}': {why}; {ask}", loc)
 
 
+def _video_shape(layer: Any, batch: int, ask: str, loc: Location) -> tuple[int, ...]:
+    """yjxiong/caffe's (TSN) VideoData: the frames of every segment stacked on the channel axis,
+    (3 colour or 1 grey channels, or 2 for FLOW's x and y) x new_length x num_segments, cropped
+    to crop_size or resized to new_height x new_width."""
+    p = layer.video_data_param
+    per_frame = 2 if p.modality == pb.VideoDataParameter.FLOW else (1 if p.grayscale else 3)
+    channels = per_frame * max(1, p.new_length) * max(1, p.num_segments)
+    crop = layer.transform_param.crop_size
+    if crop:
+        return (batch, channels, int(crop), int(crop))
+    if p.new_height and p.new_width:
+        return (batch, channels, int(p.new_height), int(p.new_width))
+    raise ProtonetError(f"cannot tell the shape of input '{layer.top[0]}': a VideoData layer's frame size lives "
+                        f"in its frames; {ask}", loc)
+
+
 def _preprocess(layer: Any, top: str, loc: Location, base_dir: str | Path | None,
                 notes: DeployNotes) -> Preprocess | None:
     """The layer's test-time transform (transform_param, falling back to the deprecated copies
-    in the data param that Caffe's upgrade moves into it)."""
+    in the data param that Caffe's upgrade moves into it). A VideoData layer's stacked frames
+    are not one photo: no preprocessing metadata."""
     if layer.type in ("HDF5Data", "MemoryData") and not layer.HasField("transform_param"):
+        return None
+    if layer.type == "VideoData":
         return None
     t = layer.transform_param
     p = _param(layer)

@@ -50,11 +50,21 @@ def load_net(path: str | Path, phase: str = "TEST", stages: tuple[str, ...] = ()
 
 
 def _shape_bare_inputs(loaded: LoadedNet, input_shapes: dict[str, tuple[int, ...]]) -> None:
-    """``input:`` fields without input_dim/input_shape in a text definition: take the shapes
-    from ``input_shapes`` (``--input-shape``) or say what is missing."""
+    """``input:`` fields without input_dim/input_shape in a text definition. Caffe's
+    UpgradeNetInput drops such fields (a caffemodel's leftovers), so a name that a layer produces
+    (an ``Input`` layer beside ``input: "data"``) is dropped too; the others take their shapes from
+    ``input_shapes`` (``--input-shape``), or the error says what is missing."""
     net = loaded.net
     if not net.input or net.input_dim or net.input_shape:
         return
+    produced = {t for layer in net.layer for t in layer.top} | {t for layer in net.layers for t in layer.top}
+    dropped = [n for n in net.input if n in produced]
+    if dropped:
+        kept = [n for n in net.input if n not in produced]
+        del net.input[:]
+        net.input.extend(kept)
+        loaded.notes.append(f"input field(s) {', '.join(repr(n) for n in dropped)} without a shape dropped, as "
+                            f"Caffe does: a layer of the net produces them")
     for i, name in enumerate(net.input):
         shape = input_shapes.get(name) or (input_shapes.get("") if i == 0 else None)
         if shape is None:
