@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from . import __version__
 from .errors import ProtonetError
 from .fileio import write_atomic
-from .ir import Graph, Node
+from .ir import FreshNames, Graph, Node
 from .layers import registry
 from .layers.lowering import OPSET, Lowering
 
@@ -85,20 +85,18 @@ class _Exporter:
         self.names: set[str] = set(graph.values)
         self.node_names: set[str] = set()
         self.domains: set[str] = set()
+        self._fresh = FreshNames(self.names)
+        self._fresh_node = FreshNames(self.node_names)
 
     def fresh(self, base: str) -> str:
-        name, i = base, 1
-        while name in self.names:
-            name = f"{base}_{i}"
-            i += 1
+        """A tensor name not used yet (``base``, ``base_1``, ...), now taken."""
+        name = self._fresh(base)
         self.names.add(name)
         return name
 
     def fresh_node(self, base: str) -> str:
-        name, i = base, 1
-        while name in self.node_names:
-            name = f"{base}_{i}"
-            i += 1
+        """A node name not used yet, now taken."""
+        name = self._fresh_node(base)
         self.node_names.add(name)
         return name
 

@@ -7,8 +7,9 @@ Graph's methods; :meth:`Graph.lint` checks the invariants.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Container, Iterable
 
 import numpy as np
 
@@ -63,6 +64,25 @@ class IRError(Exception):
     """An invariant of the IR is broken (a bug, not a user error)."""
 
 
+class FreshNames:
+    """Unique names ``base``, ``base_1``, ``base_2``, ... in amortised constant time: each base
+    remembers the next suffix to try, so naming n things after one base costs O(n), not O(n^2).
+    ``taken`` is the live set of names in use (checked, never copied)."""
+
+    def __init__(self, taken: Container[str]):
+        self.taken = taken
+        self._next: dict[str, int] = {}
+
+    def __call__(self, base: str) -> str:
+        if base not in self.taken:
+            return base
+        i = self._next.get(base, 1)
+        while f"{base}_{i}" in self.taken:
+            i += 1
+        self._next[base] = i + 1
+        return f"{base}_{i}"
+
+
 class Graph:
     def __init__(self, name: str = "net"):
         self.name = name
@@ -72,6 +92,7 @@ class Graph:
         self.values: dict[str, Value] = {}
         #: free-form facts for export metadata (e.g. preprocessing)
         self.metadata: dict[str, str] = {}
+        self._fresh = FreshNames(self.values)
 
     # -- construction -------------------------------------------------------------------------
     def new_value(self, name: str, shape: Shape, blob: str = "") -> Value:
@@ -82,12 +103,8 @@ class Graph:
         return v
 
     def fresh_name(self, base: str) -> str:
-        if base not in self.values:
-            return base
-        i = 1
-        while f"{base}_{i}" in self.values:
-            i += 1
-        return f"{base}_{i}"
+        """``base``, or ``base_k`` with the first free k (amortised O(1), see :class:`FreshNames`)."""
+        return self._fresh(base)
 
     def add_node(self, node: Node, index: int | None = None) -> Node:
         for v in node.inputs:
@@ -179,11 +196,12 @@ class Graph:
         return out
 
     def lint(self) -> None:
-        """Check the invariants: topological order, one producer, use lists in sync, names unique."""
-        seen: set[int] = set()
-        for v in self.inputs:
-            seen.add(id(v))
+        """Check the invariants: topological order, one producer, use lists in sync, names unique.
+        Linear in nodes + uses (it runs after every pass)."""
+        seen: set[int] = {id(v) for v in self.inputs}
         names: set[str] = set()
+        in_graph = {id(n) for n in self.nodes}
+        uses: Counter[tuple[int, int]] = Counter()  # (value, node) -> times the node reads it
         for n in self.nodes:
             if n.name in names:
                 raise IRError(f"duplicate node name {n.name!r}")
@@ -191,24 +209,30 @@ class Graph:
             for v in n.inputs:
                 if id(v) not in seen:
                     raise IRError(f"{n.name!r} uses {v.name!r} before it is produced")
-                if n not in v.users:
-                    raise IRError(f"{v.name!r} does not list user {n.name!r}")
                 if self.values.get(v.name) is not v:
                     raise IRError(f"{v.name!r} is not registered in the graph")
+                uses[id(v), id(n)] += 1
             for v in n.outputs:
                 if v.producer is not n:
                     raise IRError(f"{v.name!r} producer is not {n.name!r}")
                 if self.values.get(v.name) is not v:
                     raise IRError(f"{v.name!r} is not registered in the graph")
                 seen.add(id(v))
+        listed: Counter[tuple[int, int]] = Counter()
         for v in self.values.values():
             for u in v.users:
-                if u not in self.nodes or v not in u.inputs:
+                if id(u) not in in_graph or (id(v), id(u)) not in uses:
                     raise IRError(f"stale user {u.name!r} on {v.name!r}")
-                if v.users.count(u) != u.inputs.count(v):
-                    raise IRError(f"use count of {v.name!r} by {u.name!r} out of sync")
-            if v.producer is not None and v.producer not in self.nodes:
+                listed[id(v), id(u)] += 1
+            if v.producer is not None and id(v.producer) not in in_graph:
                 raise IRError(f"{v.name!r} has a removed producer")
+        if listed != uses:
+            for n in self.nodes:
+                for v in n.inputs:
+                    if not listed[id(v), id(n)]:
+                        raise IRError(f"{v.name!r} does not list user {n.name!r}")
+                    if listed[id(v), id(n)] != uses[id(v), id(n)]:
+                        raise IRError(f"use count of {v.name!r} by {n.name!r} out of sync")
         for v in self.outputs:
             if id(v) not in seen:
                 raise IRError(f"graph output {v.name!r} is never produced")

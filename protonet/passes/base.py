@@ -32,10 +32,14 @@ class PassResult:
     changes: list[str] = field(default_factory=list)
     declines: list[tuple[str, str]] = field(default_factory=list)
     name: str = ""
+    #: what ``matched`` and ``declines`` already hold, so that recording stays O(1)
+    _seen: set = field(default_factory=set, repr=False, compare=False)
 
-    def match(self, node: Node) -> None:
-        if node.name not in self.matched:
-            self.matched.append(node.name)
+    def match(self, node: Node | str) -> None:
+        name = node if isinstance(node, str) else node.name
+        if ("m", name) not in self._seen:
+            self._seen.add(("m", name))
+            self.matched.append(name)
 
     def change(self, text: str) -> None:
         self.changed = True
@@ -43,8 +47,18 @@ class PassResult:
 
     def decline(self, node: Node | str, reason: str) -> None:
         entry = (node if isinstance(node, str) else node.name, reason)
-        if entry not in self.declines:
+        if ("d", entry) not in self._seen:
+            self._seen.add(("d", entry))
             self.declines.append(entry)
+
+    def merge(self, other: "PassResult") -> None:
+        """Add another round's record of the same pass (duplicates dropped, order kept)."""
+        self.changed = self.changed or other.changed
+        for m in other.matched:
+            self.match(m)
+        self.changes.extend(other.changes)
+        for layer, reason in other.declines:
+            self.decline(layer, reason)
 
 
 class PassFailure(Exception):

@@ -66,17 +66,6 @@ def run_pass(graph: Graph, name: str) -> PassResult:
     return result
 
 
-def _merge(into: PassResult, r: PassResult) -> None:
-    into.changed = into.changed or r.changed
-    for m in r.matched:
-        if m not in into.matched:
-            into.matched.append(m)
-    into.changes.extend(r.changes)
-    for d in r.declines:
-        if d not in into.declines:
-            into.declines.append(d)
-
-
 def run_passes(graph: Graph, names: list[str] | None = None, max_rounds: int = MAX_ROUNDS) -> list[PassResult]:
     """Run ``names`` (default: all, in :data:`PASS_NAMES` order) in order, repeating the
     sequence until a round changes nothing (at most ``max_rounds`` rounds). Returns one
@@ -90,7 +79,7 @@ def run_passes(graph: Graph, names: list[str] | None = None, max_rounds: int = M
             if r.changed:
                 log.debug("round %d: %s: %d change(s)", round_no + 1, name, len(r.changes))
             changed = changed or r.changed
-            _merge(merged[name], r)
+            merged[name].merge(r)
         if not changed:
             break
     else:
