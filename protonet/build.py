@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .errors import LayerContext, Location, ProtonetError, UnsupportedError, WeightsError
+from . import limits
 from .fillers import fill, layer_rng, random_init
 from .frontend import LoadedNet
 from .frontend.python_layers import refusal as python_refusal
@@ -113,6 +114,8 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
     versions: dict[str, list[Value]] = {}
     shared: dict[str, np.ndarray] = {}  # Caffe param { name } -> the one blob all its users share
     counter = 0
+    lim = limits.current()
+    total = 0  # values in all blobs so far (limits.max_total_elements)
 
     for index, lp in enumerate(loaded.net.layer):
         loc = loaded.loc(lp, index)
@@ -144,16 +147,20 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
             shapes = layer.infer(attrs, in_shapes, ctx)
         if len(shapes) != len(lp.top):
             raise ctx.error(f"produces {len(shapes)} output(s) but names {len(lp.top)} top(s)")
-        for s in shapes:
+        for j, (top, s) in enumerate(zip(lp.top, shapes)):
             if any(d <= 0 for d in s):
                 if layer.is_source:
                     raise ctx.error(f"shape {tuple(s)} has a non-positive dimension")
                 raise ctx.error(f"output shape {tuple(s)} has a non-positive dimension "
                                 f"(input shapes {', '.join(str(tuple(x)) for x in in_shapes)})")
+            n = limits.check_blob(ctx, f"top '{top}'", s, lim)
+            if not (j < len(lp.bottom) and lp.bottom[j] == top):  # in place: Caffe reuses the memory
+                total += n
+        limits.check_total(ctx, total, lim)
         _check_tops(lp, inputs, shapes, current, ctx)
         specs = layer.weights(attrs, in_shapes)
         node_weights = _weights_for(lp, specs, weights if last_of[lp.name] == index else None, opts, report, ctx,
-                                    shared)
+                                    shared, lim)
         outputs = []
         for top, shape in zip(lp.top, shapes):
             counter += 1
@@ -211,6 +218,8 @@ def _name_versions(g: Graph, versions: dict[str, list[Value]]) -> None:
 
 def _check_tops(lp: Any, inputs: list[Value], shapes: list, current: dict[str, Value], ctx: LayerContext) -> None:
     """Caffe reuses a blob name only in place (top i == bottom i), and then keeps its shape."""
+    if "" in lp.top:
+        raise ctx.error(f"top {list(lp.top).index('')} has an empty name")
     if len(set(lp.top)) != len(lp.top):
         raise ctx.error(f"lists a top twice: {', '.join(lp.top)}")
     for j, top in enumerate(lp.top):
@@ -238,18 +247,12 @@ def _input_shape(top: str, shape: tuple[int, ...], opts: BuildOptions, ctx: Laye
     return tuple(shape)
 
 
-#: the largest blob protonet fills or loads (ONNX stores a tensor in one protobuf of < 2 GB)
-MAX_BLOB_VALUES = 1 << 29
-
-
 def _weights_for(lp: Any, specs: list, wfile: Any, opts: BuildOptions, report: WeightReport,
-                 ctx: LayerContext, shared: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                 ctx: LayerContext, shared: dict[str, np.ndarray], lim: limits.Limits) -> dict[str, np.ndarray]:
     if not specs:
         return {}
     for spec in specs:
-        if prod(spec.shape) > MAX_BLOB_VALUES:
-            raise ctx.error(f"blob '{spec.name}' of shape {tuple(spec.shape)} has {prod(spec.shape):,} values, "
-                            f"more than protonet's limit of {MAX_BLOB_VALUES:,}")
+        limits.check_weight(ctx, f"blob '{spec.name}'", spec.shape, lim)
     out: dict[str, np.ndarray] = {}
     blobs = wfile.layers.get(lp.name) if wfile is not None else None
     if blobs is not None:

@@ -70,6 +70,12 @@ class WeightsError(ProtonetError):
     """A weights file that does not fit the net."""
 
 
+class InternalError(ProtonetError):
+    """protonet broke its own contract (e.g. onnxruntime refuses a model protonet wrote): exit 1."""
+
+    exit_code = EXIT_INTERNAL
+
+
 class VerificationError(ProtonetError):
     """The ONNX run and the reference interpreter disagree beyond tolerance."""
 

@@ -37,8 +37,14 @@ def fill(f: Filler, shape: Shape, rng: np.random.Generator, ctx: LayerContext) -
     if t == "constant":
         out = np.full(shape, f.value, dtype=np.float64)
     elif t == "uniform":
+        if not (np.isfinite(f.min) and np.isfinite(f.max) and f.min <= f.max):
+            raise ctx.error(f"uniform filler needs finite min <= max (Caffe checks it), got min {f.min:g}, "
+                            f"max {f.max:g}")
         out = rng.uniform(f.min, f.max, size=shape)
     elif t == "gaussian":
+        if not (np.isfinite(f.mean) and np.isfinite(f.std) and f.std > 0):
+            raise ctx.error(f"gaussian filler needs a finite mean and a finite std > 0 (Caffe checks it), got "
+                            f"mean {f.mean:g}, std {f.std:g}")
         out = rng.standard_normal(size=shape, dtype=np.float32) * np.float32(f.std) + np.float32(f.mean)
         if f.sparse >= 0:
             # Caffe: each weight is kept with probability sparse / num_outputs (num_outputs = shape[0])

@@ -49,6 +49,9 @@ def compile_net(net: str | Path, weights: str | Path | None = None, options: Bui
     the definition is read through; ``ignore_fields`` names fork fields (``MSG.FIELD``) that
     protonet may run without."""
     opts = options or BuildOptions()
+    if passes is not None and not optimize:
+        raise ProtonetError("--passes names passes to run, but optimization is off (--no-optimize, or no "
+                            "--optimized): drop one of them")
     from .frontend import looks_like_caffemodel, net_from_caffemodel
 
     if looks_like_caffemodel(net):  # a caffemodel alone carries the whole definition
@@ -76,6 +79,9 @@ def compile_net(net: str | Path, weights: str | Path | None = None, options: Bui
 
 def select_outputs(graph: Graph, names: list[str], src: str) -> None:
     values = graph.values
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ProtonetError(f"--output {', '.join(repr(n) for n in twice)} given more than once", Location(src))
     missing = [n for n in names if n not in values]
     if missing:
         raise ProtonetError(f"no blob named {', '.join(repr(m) for m in missing)} to use as --output", Location(src))
@@ -95,11 +101,23 @@ def save_caffemodel(graph: Graph, path: str | Path) -> None:
 
 
 def random_inputs(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
-    """Standard-normal inputs for every graph input (deterministic under ``seed``), except the
-    image-info input of a Proposal layer (its third bottom), which gets (height, width, 1) of the
-    net's first 4-D input: noise there would be a negative image size."""
+    """Random inputs for every graph input (deterministic under ``seed``): standard-normal noise,
+    except where a layer reads the input as indices (ROIPooling's ROIs, Embed's and an unpooling
+    mask's indices): there the layer's ``sample_input`` gives valid values; and the image-info
+    input of a Proposal layer (its third bottom) gets (height, width, 1) of the net's first 4-D
+    input: noise there would be a negative image size."""
+    from .layers import registry
+
     rng = np.random.default_rng(seed)
-    feeds = {v.name: rng.standard_normal(v.shape).astype(np.float32) for v in graph.inputs}
+    feeds = {}
+    for v in graph.inputs:
+        x = None
+        for user in v.users:
+            layer = registry.get(user.type)
+            for i, b in enumerate(user.inputs):
+                if x is None and b is v and layer is not None:
+                    x = layer.sample_input(user.attrs, i, [u.shape for u in user.inputs], rng)
+        feeds[v.name] = rng.standard_normal(v.shape).astype(np.float32) if x is None else x
     image = next((v for v in graph.inputs if len(v.shape) == 4), None)
     for node in graph.nodes:
         info = node.inputs[2] if node.type == "Proposal" else None

@@ -7,6 +7,7 @@ and the proof that the optimizer's passes preserve meaning. By default it comput
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Mapping
 
 import numpy as np
@@ -14,6 +15,10 @@ import numpy as np
 from .errors import ProtonetError
 from .ir import Graph, Node
 from .layers import registry
+
+
+def where(node: Node) -> str:
+    return f"while executing layer '{node.name}' ({node.type})"
 
 
 class ReferenceInterpreter:
@@ -53,14 +58,14 @@ class ReferenceInterpreter:
                 ys = layer.kernel(node.attrs, xs, self._node_weights(node))
                 for post in node.post_ops:
                     ys = registry.get(post.type).kernel(post.attrs, ys, {})
-            except ProtonetError:
-                raise
-            except Exception as e:  # add "while executing" context to kernel failures
-                raise RuntimeError(f"while executing layer '{node.name}' ({node.type}): {e}") from e
+            except ProtonetError as e:  # bad data (an index out of range): located at the layer
+                raise type(e)(f"{where(node)}: {e.message}", replace(node.loc, layer=None, layer_type=None)) from e
+            except Exception as e:  # an internal error, with the "while executing" context
+                raise RuntimeError(f"{where(node)}: {type(e).__name__}: {e}") from e
             for v, y in zip(node.outputs, ys):
                 y = np.asarray(y)
                 if tuple(y.shape) != v.shape:
-                    raise RuntimeError(f"while executing layer '{node.name}' ({node.type}): kernel gave "
+                    raise RuntimeError(f"{where(node)}: kernel gave "
                                        f"shape {tuple(y.shape)} for '{v.name}', shape inference says {v.shape}")
                 env[v.name] = y.astype(self.dtype, copy=False)
             if not keep_all:

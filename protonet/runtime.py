@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import ProtonetError
+from .errors import InternalError, ProtonetError
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,9 @@ def make_session(model: Any, provider: str = "auto", threads: int | None = None,
         log.warning("CUDA execution provider unusable (%s); running on CPU", reason)
     try:
         sess = ort.InferenceSession(src, sess_options=so, providers=[PROVIDERS["cpu"]])
-    except Exception as e:  # a model onnxruntime cannot load (not one protonet wrote, or damaged)
+    except Exception as e:  # a model onnxruntime cannot load: a damaged file, or a bug when protonet made it
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if hasattr(model, "SerializeToString"):  # built in this process by protonet's exporter
+            raise InternalError(f"onnxruntime cannot load the model protonet built: {first}") from e
         raise ProtonetError(f"onnxruntime cannot load the model: {first}") from None
     return Session(sess, "cpu")

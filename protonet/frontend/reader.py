@@ -32,6 +32,7 @@ class LayerSource:
     line: int
     name: str | None
     kind: str  # "layer" or "layers"
+    end: int | None = None  # the line of its closing brace (None: never closed)
 
 
 def scan_layer_blocks(text: str) -> list[LayerSource]:
@@ -60,7 +61,7 @@ def scan_layer_blocks(text: str) -> list[LayerSource]:
         if tok in ("}", ">"):
             depth -= 1
             if depth == 0 and current is not None:
-                out.append(LayerSource(current["line"], current["name"], current["kind"]))
+                out.append(LayerSource(current["line"], current["name"], current["kind"], line))
                 current = None
             prev_ident = None
             continue
@@ -130,9 +131,9 @@ def _syntax_error(path: str, e: text_format.ParseError, blocks: list[LayerSource
         msg = msg.rstrip(".") + (f" (not in {schema.origin} either)" if schema is not None else
                 "; protonet's schema holds BVLC Caffe's and the common forks' fields: if your Caffe fork "
                 "defines it, give that fork's caffe.proto with --caffe-proto FORK.proto")
-    inside = [b for b in blocks if b.line <= (line or 0)]
+    inside = [b for b in blocks if b.line <= (line or 0) and (b.end is None or (line or 0) <= b.end)]
     where = ""
-    if inside and line is not None:
+    if inside and line is not None:  # only a block that holds the line (not the one before it)
         b = inside[-1]
         if b.name:
             where = f"in layer '{b.name}': "

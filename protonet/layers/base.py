@@ -179,6 +179,11 @@ class Layer:
         """Required number of tops, or None when any count the layer's infer handles."""
         return 1
 
+    def sample_input(self, attrs: Any, i: int, in_shapes: Sequence[Shape], rng: np.random.Generator) -> np.ndarray | None:
+        """A random valid value for bottom ``i`` when the layer reads it as indices (verify's
+        generated inputs); None when standard-normal noise is a valid input."""
+        return None
+
 
 def canonical_axis(axis: int, ndim: int, ctx: LayerContext, what: str = "axis") -> int:
     """Caffe's CanonicalAxisIndex: negative axes count from the end; out of range is an error."""

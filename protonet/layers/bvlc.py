@@ -665,6 +665,9 @@ class Embed(Layer):
             y = y + w["bias"]
         return [y]
 
+    def sample_input(self, a: EmbedAttrs, i: int, in_shapes: Sequence[Shape], rng: np.random.Generator) -> np.ndarray:
+        return rng.integers(0, a.input_dim, size=in_shapes[i]).astype(np.float32)
+
     def lower(self, a: EmbedAttrs, g: Any) -> None:
         idx = g.cast(g.inputs[0], np.int64)
         if a.bias_term:

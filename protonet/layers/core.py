@@ -378,6 +378,8 @@ class Pooling(Layer):
                 "ave_ceil_mode_false"),
         Example('layer { name: "p" type: "Pooling" bottom: "in0" top: "out" top: "mask" '
                 'pooling_param { pool: MAX kernel_size: 2 stride: 2 pad: 1 } }', ((2, 3, 5, 6),), "max_mask"),
+        Example('layer { name: "p" type: "Pooling" bottom: "in0" top: "out" top: "mask" '
+                'pooling_param { pool: MAX global_pooling: true } }', ((2, 3, 5, 4),), "global_max_mask"),
     )
 
     def num_tops(self, attrs: PoolAttrs, layer: Any) -> int | None:
@@ -467,7 +469,7 @@ class Pooling(Layer):
 
     def lower(self, a: PoolAttrs, g: Any) -> None:
         s = g.in_shapes[0]
-        if a.global_pooling:
+        if a.global_pooling and not a.mask:  # the mask needs MaxPool's indices: a whole-plane window below
             g.op("GlobalMaxPool" if a.method == "MAX" else "GlobalAveragePool", g.inputs, g.outputs)
             return
         win, (ho, wo) = a.window, a.out

@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import LayerContext, UnsupportedError
+from ..errors import LayerContext, ProtonetError, UnsupportedError
+from ..limits import check_constant
 from .affine import scale_along
 from .base import CONSTANT_ONE, CONSTANT_ZERO, Example, Filler, Layer, Shape, WeightSpec, need_4d, prod
 from .core import Convolution, ConvAttrs, channel_shape, conv2d
@@ -110,7 +111,10 @@ class Upsample(Layer):
         need_4d(s, ctx)
         if a.with_mask and tuple(shapes[1]) != tuple(s):
             raise ctx.error(f"mask bottom shape {tuple(shapes[1])} must equal the data shape {tuple(s)}")
-        return [(s[0], s[1], *self._out_hw(a, s))]
+        out = (s[0], s[1], *self._out_hw(a, s))
+        if a.with_mask:  # the lowering scatters into an output-sized zeros tensor
+            check_constant(ctx, "the unpooled output (scattered into zeros)", out)
+        return [out]
 
     def kernel(self, a: UpsampleAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         x = xs[0]
@@ -122,7 +126,8 @@ class Upsample(Layer):
         planes = n * c
         idx = xs[1].reshape(planes, -1).astype(np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= ho * wo):
-            raise ValueError(f"mask index out of range [0, {ho * wo}): the mask does not fit the output size")
+            raise ProtonetError(f"mask index out of range [0, {ho * wo}): got values from {int(idx.min())} to "
+                                f"{int(idx.max())}; the mask does not fit the output size")
         flat = (np.arange(planes)[:, None] * (ho * wo) + idx).reshape(-1)
         vals = x.reshape(-1)
         # Caffe writes in order, so the last write to an index wins: keep each index's last occurrence
@@ -131,6 +136,13 @@ class Upsample(Layer):
         y = np.zeros(planes * ho * wo, dtype=x.dtype)
         y[flat[keep]] = vals[keep]
         return [y.reshape(n, c, ho, wo)]
+
+    def sample_input(self, a: UpsampleAttrs, i: int, in_shapes: Sequence[Shape],
+                     rng: np.random.Generator) -> np.ndarray | None:
+        if i != 1:
+            return None
+        ho, wo = self._out_hw(a, in_shapes[0])
+        return rng.integers(0, ho * wo, size=in_shapes[1]).astype(np.float32)
 
     def lower(self, a: UpsampleAttrs, g: Any) -> None:
         s = g.in_shapes[0]
@@ -742,6 +754,7 @@ class ROIPooling(Layer):
         need_4d(s, ctx)
         if len(r) < 2 or prod(r[1:]) != 5:
             raise ctx.error(f"rois bottom must be (R, 5) rows [batch_index, x1, y1, x2, y2], got shape {tuple(r)}")
+        check_constant(ctx, "the all-ones map the lowering pools", (s[0], 1, s[2], s[3]))
         return [(r[0], s[1], a.pooled_h, a.pooled_w)]
 
     def _bins(self, start: int, span: int, pooled: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -756,13 +769,18 @@ class ROIPooling(Layer):
         x, rois = xs
         n, c, h, wd = x.shape
         rois = rois.reshape(rois.shape[0], 5).astype(np.float32)
-        corners = _round_half_away(rois[:, 1:] * np.float32(a.spatial_scale)).astype(np.int64)
         out = np.zeros((rois.shape[0], c, a.pooled_h, a.pooled_w), dtype=x.dtype)
         hh, ww = np.arange(h), np.arange(wd)
+        batch = np.trunc(rois[:, 0])  # Caffe's int conversion
+        bad = np.flatnonzero(~((batch >= 0) & (batch < n)))  # NaN included
+        if bad.size:
+            raise ProtonetError(f"ROI {int(bad[0])} has batch index {rois[bad[0], 0]:g}, outside the batch of {n}")
+        scaled = rois[:, 1:] * np.float32(a.spatial_scale)
+        if not (np.abs(scaled) < 2.0 ** 31).all():  # NaN and inf included
+            raise ProtonetError("ROI corners must be finite numbers within the int32 range once scaled")
+        corners = _round_half_away(scaled).astype(np.int64)
         for r in range(rois.shape[0]):  # one ROI at a time; the bins are vectorised
             b = int(rois[r, 0])
-            if not 0 <= b < n:
-                raise ValueError(f"ROI {r} has batch index {b}, outside the batch of {n}")
             x1, y1, x2, y2 = (int(v) for v in corners[r])
             hs, he = self._bins(y1, max(y2 - y1 + 1, 1), a.pooled_h, h)
             ws, we = self._bins(x1, max(x2 - x1 + 1, 1), a.pooled_w, wd)
@@ -774,6 +792,19 @@ class ROIPooling(Layer):
             empty = (he <= hs)[:, None] | (we <= ws)[None, :]
             out[r] = np.where(empty[None], 0, t)
         return [out]
+
+    def sample_input(self, a: ROIPoolAttrs, i: int, in_shapes: Sequence[Shape],
+                     rng: np.random.Generator) -> np.ndarray | None:
+        """ROIs [batch_index, x1, y1, x2, y2] with a batch index of the batch and corners in the image."""
+        if i != 1:
+            return None
+        (n, _, h, w), r = in_shapes[0], in_shapes[1]
+        scale = a.spatial_scale if a.spatial_scale > 0 else 1.0
+        rows = r[0]
+        xs = np.sort(rng.uniform(0, w / scale, size=(rows, 2)), axis=1)
+        ys = np.sort(rng.uniform(0, h / scale, size=(rows, 2)), axis=1)
+        rois = np.stack([rng.integers(0, n, size=rows), xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], axis=1)
+        return np.floor(rois).astype(np.float32).reshape(r)
 
     def lower(self, a: ROIPoolAttrs, g: Any) -> None:
         s, r = g.in_shapes

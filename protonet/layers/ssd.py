@@ -11,8 +11,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import LayerContext, UnsupportedError
+from ..limits import check_constant
 from .base import FLT_MAX, Example, Layer, Shape, enum_name, prod
 from .registry import register
+
+
+def _values(msg: Any, field: str) -> list[float]:
+    """A numeric field's values as a list, repeated or not."""
+    v = getattr(msg, field)
+    return [float(v)] if isinstance(v, (int, float)) else [float(x) for x in v]
 
 
 # -- PriorBox ------------------------------------------------------------------------------------
@@ -95,6 +102,10 @@ class PriorBox(Layer):
 
     def parse(self, layer: Any, ctx: LayerContext) -> PriorBoxAttrs:
         p = layer.prior_box_param
+        for name in ("min_size", "max_size", "aspect_ratio", "variance", "step", "step_h", "step_w", "offset"):
+            bad = [v for v in _values(p, name) if not math.isfinite(v)]
+            if bad:
+                raise ctx.error(f"{name} must be a finite number, got {bad[0]}")
         mins = tuple(float(v) for v in p.min_size)
         if not mins:
             raise ctx.error("min_size missing; give at least one min_size")
@@ -152,7 +163,9 @@ class PriorBox(Layer):
             if len(s) != 4:
                 raise ctx.error(f"bottom {i} must be 4-D (N, C, H, W), got shape {tuple(s)}")
         s = shapes[0]
-        return [(1, 2, s[2] * s[3] * a.num_priors * 4)]
+        out = (1, 2, s[2] * s[3] * a.num_priors * 4)
+        check_constant(ctx, "the prior boxes (a constant)", out)
+        return [out]
 
     def kernel(self, a: PriorBoxAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         return [prior_boxes(a, xs[0].shape[2:], xs[1].shape[2:]).astype(xs[0].dtype)]
@@ -268,6 +281,9 @@ class DetectionOutput(Layer):
         return replace(a, geometry=DetectionGeometry(p, lc, rows))
 
     def infer(self, a: DetectionOutputAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        # the lowering embeds four tables of up to images × classes × priors values
+        check_constant(ctx, "the detection tables (4 × images × classes × priors)",
+                       (4, shapes[0][0], a.num_classes, a.geometry.num_priors))
         return [(1, 1, shapes[0][0] * a.geometry.rows, 7)]
 
     # -- numpy ---------------------------------------------------------------------------------
