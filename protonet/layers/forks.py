@@ -44,7 +44,7 @@ class UpsampleAttrs:
     scale_w: int
     pad_out_h: bool
     pad_out_w: bool
-    out_h: int  # upsample_h (SegNet, mask form only); 0 when unset
+    out_h: int  # upsample_h (SegNet, mask form only); 0 when unset; resolved: the output height
     out_w: int
     with_mask: bool
 
@@ -101,24 +101,26 @@ class Upsample(Layer):
         return UpsampleAttrs(sh, sw, bool(p.pad_out_h), bool(p.pad_out_w),
                              int(p.upsample_h) if has_h else 0, int(p.upsample_w) if has_h else 0, with_mask)
 
-    def _out_hw(self, a: UpsampleAttrs, s: Shape) -> tuple[int, int]:
-        if a.out_h:
-            return a.out_h, a.out_w
-        return s[2] * a.scale_h - int(a.pad_out_h), s[3] * a.scale_w - int(a.pad_out_w)
-
-    def infer(self, a: UpsampleAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+    def resolve(self, a: UpsampleAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> UpsampleAttrs:
+        """The output size: upsample_h/_w when given, else the input's times the scales (less
+        one where pad_out trims)."""
         s = shapes[0]
         need_4d(s, ctx)
         if a.with_mask and tuple(shapes[1]) != tuple(s):
             raise ctx.error(f"mask bottom shape {tuple(shapes[1])} must equal the data shape {tuple(s)}")
-        out = (s[0], s[1], *self._out_hw(a, s))
+        if not a.out_h:
+            a = replace(a, out_h=s[2] * a.scale_h - int(a.pad_out_h), out_w=s[3] * a.scale_w - int(a.pad_out_w))
         if a.with_mask:  # the lowering scatters into an output-sized zeros tensor
-            check_constant(ctx, "the unpooled output (scattered into zeros)", out)
-        return [out]
+            check_constant(ctx, "the unpooled output (scattered into zeros)", (s[0], s[1], a.out_h, a.out_w))
+        return a
+
+    def infer(self, a: UpsampleAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        s = shapes[0]
+        return [(s[0], s[1], a.out_h, a.out_w)]
 
     def kernel(self, a: UpsampleAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         x = xs[0]
-        ho, wo = self._out_hw(a, x.shape)
+        ho, wo = a.out_h, a.out_w
         if not a.with_mask:
             y = np.repeat(np.repeat(x, a.scale_h, axis=2), a.scale_w, axis=3)
             return [y[:, :, :ho, :wo]]
@@ -141,8 +143,7 @@ class Upsample(Layer):
                      rng: np.random.Generator) -> np.ndarray | None:
         if i != 1:
             return None
-        ho, wo = self._out_hw(a, in_shapes[0])
-        return rng.integers(0, ho * wo, size=in_shapes[1]).astype(np.float32)
+        return rng.integers(0, a.out_h * a.out_w, size=in_shapes[1]).astype(np.float32)
 
     def lower(self, a: UpsampleAttrs, g: Any) -> None:
         s = g.in_shapes[0]
@@ -475,22 +476,22 @@ class Permute(Layer):
             raise ctx.error(f"order {list(order)} repeats an axis")
         return PermuteAttrs(order)
 
-    @staticmethod
-    def perm(a: PermuteAttrs, ndim: int) -> list[int]:
-        return list(a.order) + [i for i in range(ndim) if i not in a.order]
+    def resolve(self, a: PermuteAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> PermuteAttrs:
+        """The full permutation: the given axes, then the others in their order."""
+        n = len(shapes[0])
+        bad = [o for o in a.order if o >= n]
+        if bad:
+            raise ctx.error(f"order {list(a.order)} names axis {bad[0]}, but the input has {n} axes")
+        return PermuteAttrs(a.order + tuple(i for i in range(n) if i not in a.order))
 
     def infer(self, a: PermuteAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
-        s = shapes[0]
-        bad = [o for o in a.order if o >= len(s)]
-        if bad:
-            raise ctx.error(f"order {list(a.order)} names axis {bad[0]}, but the input has {len(s)} axes")
-        return [tuple(s[i] for i in self.perm(a, len(s)))]
+        return [tuple(shapes[0][i] for i in a.order)]
 
     def kernel(self, a: PermuteAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
-        return [np.transpose(xs[0], self.perm(a, xs[0].ndim))]
+        return [np.transpose(xs[0], a.order)]
 
     def lower(self, a: PermuteAttrs, g: Any) -> None:
-        g.op("Transpose", g.inputs, g.outputs, perm=self.perm(a, len(g.in_shapes[0])))
+        g.op("Transpose", g.inputs, g.outputs, perm=list(a.order))
 
 
 # -- Normalize -----------------------------------------------------------------------------------
