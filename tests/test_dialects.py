@@ -73,6 +73,9 @@ RENUMBERED = {
     ("LayerParameter", "prior_box_param"): "PSPNet unique_label_param 150 (OpenCV's number; SSD's 203 kept)",
     ("PoolingParameter", "ceil_mode"): "BVLC round_mode 13 (PR 3057's and OpenCV's number)",
     ("DetectionOutputParameter", "normalized_bbox"): "SSD visualize 10 (OpenCV's number)",
+    ("LayerParameter", "reorg_param"): "upsample_param 149 (MobileNet-YOLO's number)",
+    ("LayerParameter", "center_loss_param"): "BVLC swish_param 147 (caffe-face's number; happynear's 211 kept)",
+    ("LayerParameter", "margin_inner_product_param"): "BVLC swish_param 147 (SphereFace's; happynear's 232 kept)",
     ("TransformationParameter", "scale_factors"): "SSD resize_param 8",
     ("TransformationParameter", "crop_width"): "SSD noise_param 9",
     ("TransformationParameter", "crop_height"): "SSD emit_constraint 10",
@@ -119,7 +122,9 @@ def _message(name: str):
 def test_every_fork_field_parses_by_name_and_keeps_its_number_unless_documented():
     rows = _fork_fields()
     assert {r[0] for r in rows} == {"alexgkendall/caffe-segnet", "rbgirshick/caffe-fast-rcnn", "hszhao/PSPNet",
-                                    "weiliu89/caffe", "yjxiong/caffe", "opencv/opencv"}
+                                    "weiliu89/caffe", "yjxiong/caffe", "opencv/opencv", "eric612/MobileNet-YOLO",
+                                    "TimoSaemann/caffe-enet", "ydwen/caffe-face", "wy1iu/sphereface",
+                                    "happynear/caffe-windows"}
     moved = set()
     for repo, _branch, _commit, msg, name, number, kind in rows:
         fd = _message(msg).DESCRIPTOR.fields_by_name.get(name)
@@ -534,3 +539,22 @@ layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "conv" bottom: "lab
     loaded = load_net(_write(tmp_path, text))
     assert tuple(loaded.net.layer[0].input_param.shape[0].dim) == (1, 3, 32, 48)
     assert [l.type for l in loaded.net.layer] == ["Input", "Convolution"]
+
+
+def test_corpus_fork_fields_parse_and_their_layers_are_refused_by_name(tmp_path):
+    head = 'name: "f"\ninput: "data"\ninput_shape { dim: 1 dim: 4 dim: 8 dim: 8 }\n'
+    yolo = head + ('layer { name: "reorg" type: "Reorg" bottom: "data" top: "r" reorg_param { stride: 2 } }\n'
+                   'layer { name: "det" type: "Yolov3DetectionOutput" bottom: "r" top: "det" '
+                   'yolov3_detection_output_param { num_classes: 2 biases: 10 biases: 14 } }\n')
+    with pytest.raises(ProtonetError, match=r"unsupported layer types: Reorg \(layer 'reorg', line 4\), "
+                                            r"Yolov3DetectionOutput \(layer 'det', line 5\)"):
+        compile_net(_write(tmp_path, yolo))
+    norm = head + 'layer { name: "n" type: "Normalize" bottom: "data" top: "n" normalize_param { normalize_type: "L2" } }\n'
+    with pytest.raises(SchemaError, match=r"/n\.prototxt:4: layer 'n' \(Normalize\): LayerParameter\.normalize_param: "
+                                          r".*happynear.*--ignore-field LayerParameter\.normalize_param$"):
+        compile_net(_write(tmp_path, norm, "n.prototxt"))
+    face = head + ('layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 3 } }\n'
+                   'layer { name: "closs" type: "CenterLoss" bottom: "fc" bottom: "fc" top: "closs" '
+                   'center_loss_param { num_output: 3 } loss_weight: 0.01 }\n')
+    c = compile_net(_write(tmp_path, face, "face.prototxt"))
+    assert [n.type for n in c.graph.nodes] == ["Input", "InnerProduct"]  # the center loss goes with deploy

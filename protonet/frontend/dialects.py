@@ -36,6 +36,10 @@ UNIMPLEMENTED: dict[str, str] = {
                                                 "DetectionOutput decodes normalized boxes (SSD's)",
     "BatchNormParameter.scale_bias": "NVIDIA Caffe's BatchNorm then applies its own scale and bias blobs, which "
                                      "protonet's BatchNorm does not",
+    "InnerProductParameter.normalize": "happynear/caffe-windows L2-normalizes each output's weights first, which "
+                                       "protonet's InnerProduct does not",
+    "LayerParameter.normalize_param": "happynear/caffe-windows' Normalize is a plain L2 normalization; protonet's "
+                                      "Normalize is SSD's (norm_param, with a learned scale)",
 }
 
 #: how to name a field on the command line
@@ -178,7 +182,8 @@ def check_fields(net: Any, foreign: Iterable[Foreign], ignore: Iterable[str],
                  where: Callable[[int | None, str | None], Location]) -> None:
     """Refuse the net when a layer it still has sets a field that would change its results and
     that protonet does not implement: a field of the user's schema without a counterpart
-    (``foreign``), or one of :data:`UNIMPLEMENTED`. ``ignore`` holds the ``MSG.FIELD`` names the
+    (``foreign``), or one of :data:`UNIMPLEMENTED` (a scalar set to another value than its
+    default, a message present at all). ``ignore`` holds the ``MSG.FIELD`` names the
     user accepts; ``where(index, layer name)`` locates a layer. One error names the first such
     field and lists the others."""
     skip = set(ignore)
@@ -193,7 +198,8 @@ def check_fields(net: Any, foreign: Iterable[Foreign], ignore: Iterable[str],
                       f"{why}; if it does not change inference, pass {IGNORE_HINT.format(key=f.key)}"))
     for i, layer in enumerate(net.layer):
         for key, msg, value, fd in _set_fields(layer):
-            if key in UNIMPLEMENTED and key not in skip and not is_default(msg, fd, value):
+            if key in UNIMPLEMENTED and key not in skip and (fd.message_type is not None
+                                                              or not is_default(msg, fd, value)):
                 found.append((where(i, layer.name), f"{key}: {_short(value)} is set, and protonet does not implement it",
                               f"{UNIMPLEMENTED[key]}: results would differ from your fork; to run it without that, "
                               f"pass {IGNORE_HINT.format(key=key)}"))
