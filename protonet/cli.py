@@ -246,7 +246,7 @@ def _print_outputs(outs: dict[str, np.ndarray]) -> None:
 # -- commands ----------------------------------------------------------------------------------
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from .export import save_model
+    from .export import write_model
     from .pipeline import build_model
 
     t0 = time.perf_counter()
@@ -260,13 +260,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
         else:
             changed = [r for r in c.passes if r.changed]
             _say("optimized: " + (", ".join(f"{r.name} ({len(r.changes)})" for r in changed) or "nothing to do"))
-    model = build_model(c, args.opset)
+    built = build_model(c, args.opset)
     if args.verify:
         from .pipeline import random_inputs, verify_model
 
-        _print_verify(verify_model(c, model.SerializeToString(), random_inputs(c.graph, args.seed), args.provider),
-                      args.all)
-    files = save_model(model, args.out, inputs=[args.net, args.weights])
+        _print_verify(verify_model(c, built, random_inputs(c.graph, args.seed), args.provider), args.all)
+    files = write_model(built, args.out, inputs=[args.net, args.weights])
+    model = built.structure
     size = sum(f.stat().st_size for f in files)
     _say(f"wrote {args.out}: {len(model.graph.node)} ONNX nodes, opset {model.opset_import[0].version}, "
          f"{size / 1e6:.1f} MB, inputs {', '.join(v.name for v in c.graph.inputs)}, outputs "
@@ -292,7 +292,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _check_input_shapes(feeds, shapes, args.input)
     else:
         feeds = random_inputs(c.graph, args.seed)
-    model = artifact if artifact is not None else build_model(c, args.opset).SerializeToString()
+    model = artifact if artifact is not None else build_model(c, args.opset)
     _print_verify(verify_model(c, model, feeds, args.provider, src=artifact or "model"), args.all)
     return 0
 
@@ -340,11 +340,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
         shapes = {i.name: tuple(d if isinstance(d, int) else -1 for d in i.shape)
                   for i in sess.session.get_inputs()}
     else:
-        from .export import export
+        from .export import build
 
         c = _compile(args, src, optimize=True)
         _report_loaded(c)
-        model = export(c.graph)
+        model = build(c.graph)
         meta = c.graph.metadata.get("protonet.preprocess")
         sess = make_session(model, args.provider)
         shapes = {v.name: v.shape for v in c.graph.inputs}

@@ -8,11 +8,12 @@ Graph inputs and outputs keep their Caffe blob names.
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import os
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -49,8 +50,7 @@ class _NodeLowering(Lowering):
         return self._ex.fresh(f"{self.name}/{hint}")
 
     def weight(self, key: str, array: np.ndarray | None = None) -> str:
-        arr = self.weights[key] if array is None else array
-        return self._ex.initializer(f"{self.node.name}.{key}", np.asarray(arr, dtype=np.float32))
+        return self._ex.weight(f"{self.node.name}.{key}", self.weights[key] if array is None else array)
 
     def const(self, array: Any, hint: str, dtype: Any = np.float32) -> str:
         return self._ex.initializer(f"{self.name}/{hint}", np.asarray(array, dtype=dtype))
@@ -81,7 +81,9 @@ class _Exporter:
     def __init__(self, graph: Graph):
         self.graph = graph
         self.nodes: list[onnx.NodeProto] = []
-        self.inits: dict[str, onnx.TensorProto] = {}
+        self.arrays: dict[str, np.ndarray] = {}  # every initializer, by name, in creation order
+        self.by_source: dict[tuple[Any, ...], str] = {}  # a weight array's memory -> its initializer
+        self.keep: list[np.ndarray] = []  # the source arrays behind by_source's keys stay alive
         self.names: set[str] = set(graph.values)
         self.node_names: set[str] = set()
         self.domains: set[str] = set()
@@ -102,7 +104,19 @@ class _Exporter:
 
     def initializer(self, base: str, arr: np.ndarray) -> str:
         name = self.fresh(base)
-        self.inits[name] = numpy_helper.from_array(np.require(arr, requirements="C"), name)
+        self.arrays[name] = arr
+        return name
+
+    def weight(self, base: str, src: np.ndarray) -> str:
+        """The initializer for a weight array. Arrays that view the same memory the same way (a
+        blob shared through Caffe's ``param { name }``, lowered alike by each user) get one
+        initializer, which every user references."""
+        src = np.asarray(src)
+        key = (src.__array_interface__["data"][0], src.shape, src.strides, src.dtype.str)
+        name = self.by_source.get(key)
+        if name is None:
+            self.keep.append(src)
+            name = self.by_source[key] = self.initializer(base, np.asarray(src, dtype=np.float32))
         return name
 
     def lower_node(self, node: Node) -> None:
@@ -122,13 +136,106 @@ class _Exporter:
             ins = outs
 
 
-def _value_info(name: str, shape: Sequence[int]) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+def _value_info(name: str, shape: Sequence[int], dtype: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, dtype, list(shape))
 
 
-def export(graph: Graph, expose_all: bool = False, check: bool = True) -> onnx.ModelProto:
-    """Lower the IR to an ONNX model. ``expose_all`` also makes every intermediate value a graph
-    output (used by verify to compare blob by blob)."""
+@dataclass
+class Built:
+    """A lowered model, with its weights kept as the IR's arrays until they are written.
+
+    ``structure`` is a ModelProto with everything but the large initializers: nodes, graph inputs
+    and outputs, metadata and the small constants (shapes, axes, scalars) that shape inference
+    and the opset converter read. ``large`` holds the initializers of at least
+    :data:`LARGE_INITIALIZER_BYTES`, by name, as numpy arrays (views of the IR's weights where no
+    conversion was needed). :func:`write_model` streams them straight from the arrays into the
+    file; :meth:`to_model` places them into one ModelProto when a caller wants one."""
+
+    structure: onnx.ModelProto
+    large: dict[str, np.ndarray]
+
+    @property
+    def large_bytes(self) -> int:
+        return sum(a.nbytes for a in self.large.values())
+
+    def check(self) -> None:
+        """The model check, at a cost independent of the weight bytes: onnx.checker with full shape
+        inference on the structure, each large initializer standing in as a graph input of its
+        dtype and shape; then the large initializers' own facts (name, dtype, size) here."""
+        probe = onnx.ModelProto()
+        probe.CopyFrom(self.structure)
+        names = {t.name for t in probe.graph.initializer} | {v.name for v in probe.graph.input}
+        for name, arr in self.large.items():
+            if name in names:
+                raise ProtonetError(f"internal error: initializer {name!r} is defined twice")
+            if arr.dtype not in _STREAMABLE:
+                raise ProtonetError(f"internal error: initializer {name!r} has dtype {arr.dtype}")
+            if arr.size != int(np.prod(arr.shape, dtype=np.int64)):  # pragma: no cover -- numpy's invariant
+                raise ProtonetError(f"internal error: initializer {name!r} has {arr.size} values for {arr.shape}")
+            names.add(name)
+            probe.graph.input.append(_value_info(name, arr.shape, helper.np_dtype_to_tensor_dtype(arr.dtype)))
+        check_model(probe)
+
+    def convert(self, opset: int) -> "Built":
+        """The model at another ONNX opset: the converter sees the structure only (weights as
+        graph inputs, as in :meth:`check`), and the weights stay where they are."""
+        if opset == OPSET:
+            return self
+        probe = onnx.ModelProto()
+        probe.CopyFrom(self.structure)
+        n_inputs = len(probe.graph.input)
+        for name, arr in self.large.items():
+            probe.graph.input.append(_value_info(name, arr.shape, helper.np_dtype_to_tensor_dtype(arr.dtype)))
+        converted = convert_opset(probe, opset)
+        inputs = [v for v in converted.graph.input if v.name not in self.large]
+        del converted.graph.input[:]
+        converted.graph.input.extend(inputs)
+        if len(inputs) != n_inputs:  # pragma: no cover -- the converter keeps graph inputs
+            raise ProtonetError(f"cannot convert the model to opset {opset}: graph inputs changed")
+        return Built(converted, self.large)
+
+    def to_model(self) -> onnx.ModelProto:
+        """One ModelProto holding every initializer (each array's bytes placed once)."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.structure)
+        for name, arr in self.large.items():
+            t = model.graph.initializer.add()
+            t.CopyFrom(_tensor_header(name, arr))
+            t.raw_data = _le(arr).tobytes()
+        return model
+
+    def serialize(self) -> bytes:
+        """The model's protobuf bytes, streamed from the arrays (no ModelProto with the weights)."""
+        buf = io.BytesIO()
+        _write_stream(buf, self, None)
+        return buf.getvalue()
+
+
+#: initializers of at least this many bytes are kept as arrays (:class:`Built`) and, in a model
+#: with external data, go to the data file; smaller ones (shapes, axes, scalars) stay inline
+LARGE_INITIALIZER_BYTES = 1024
+
+#: the initializer dtypes the exporter writes as raw little-endian bytes
+_STREAMABLE = tuple(np.dtype(t) for t in (np.float32, np.float16, np.float64, np.int64, np.int32, np.int8,
+                                           np.uint8, np.bool_))
+
+
+def _le(arr: np.ndarray) -> np.ndarray:
+    """C-contiguous and little-endian (a no-copy view when it already is)."""
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+
+
+def _tensor_header(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    t = onnx.TensorProto()
+    t.name = name
+    t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
+    t.dims.extend(int(d) for d in arr.shape)
+    return t
+
+
+def build(graph: Graph, expose_all: bool = False) -> Built:
+    """Lower the IR to ONNX, keeping the large initializers as arrays. ``expose_all`` also makes
+    every intermediate value a graph output (used by verify to compare blob by blob)."""
     ex = _Exporter(graph)
     for node in graph.nodes:
         layer = registry.get(node.type)
@@ -144,16 +251,30 @@ def export(graph: Graph, expose_all: bool = False, check: bool = True) -> onnx.M
                 out_values.append(v)
                 seen.add(v.name)
     outputs = [_value_info(v.name, v.shape) for v in out_values]
-    g = helper.make_graph(ex.nodes, graph.name or "net", inputs, outputs, initializer=list(ex.inits.values()))
+    large = {k: a for k, a in ex.arrays.items() if a.nbytes >= LARGE_INITIALIZER_BYTES and a.dtype in _STREAMABLE}
+    small = [numpy_helper.from_array(np.require(a, requirements="C"), k) for k, a in ex.arrays.items()
+             if k not in large]
+    g = helper.make_graph(ex.nodes, graph.name or "net", inputs, outputs, initializer=small)
     opsets = [helper.make_opsetid("", OPSET)] + [helper.make_opsetid(d, 1) for d in sorted(ex.domains)]
     model = helper.make_model(g, opset_imports=opsets, producer_name="protonet", producer_version=__version__)
     model.ir_version = min(model.ir_version, 10)
     for k, v in sorted(graph.metadata.items()):
         entry = model.metadata_props.add()
         entry.key, entry.value = k, v
-    if check and not ex.domains and model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
-        check_model(model)
-    return model
+    return Built(model, large)
+
+
+def export(graph: Graph, expose_all: bool = False, check: bool = True) -> onnx.ModelProto:
+    """Lower the IR to one ONNX ModelProto (see :func:`build`; ``check`` runs :meth:`Built.check`
+    when the model uses the standard domain only)."""
+    built = build(graph, expose_all)
+    if check and not _custom_domains(built.structure):
+        built.check()
+    return built.to_model()
+
+
+def _custom_domains(model: onnx.ModelProto) -> bool:
+    return any(o.domain not in ("", "ai.onnx") for o in model.opset_import)
 
 
 def check_model(model: onnx.ModelProto) -> None:
@@ -165,28 +286,140 @@ def initializer_bytes(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) or t.ByteSize() for t in model.graph.initializer)
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike[str],
-               inputs: Iterable[str | os.PathLike[str] | None] = ()) -> list[Path]:
-    """Write the model (binary protobuf, whatever the extension) atomically. Models whose
-    initializers exceed about 1.8 GB go to ONNX external data in ``<name>.data`` beside the model
-    (the data file lands first, the model that points at it last). Returns the files written."""
+# -- writing ---------------------------------------------------------------------------------------
+# A protobuf message is a sequence of (tag, value) fields in any order, and repeated fields
+# concatenate; so a ModelProto can be written as its small fields (serialised by protobuf) followed
+# by one ``graph`` field whose body is the graph's small fields and then one ``initializer`` field
+# per large array, each written from the array's own memory. Readers see an ordinary model.
+
+_LEN = 2  # protobuf wire type of length-delimited fields
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9  # field numbers in onnx.proto
+
+
+def varint(v: int) -> bytes:
+    """Protobuf's base-128 varint."""
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        out.append(b | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
+
+
+def len_field(num: int, length: int) -> bytes:
+    """The head (tag and length) of length-delimited field ``num`` holding ``length`` bytes."""
+    return varint((num << 3) | _LEN) + varint(length)
+
+
+#: external data offsets are aligned to this many bytes, so that a runtime can map the file
+EXTERNAL_ALIGN = 4096
+
+
+def _external_layout(built: Built) -> dict[str, int]:
+    """Each large initializer's offset in the external data file, in order, aligned."""
+    offsets, at = {}, 0
+    for name, arr in built.large.items():
+        at = -(-at // EXTERNAL_ALIGN) * EXTERNAL_ALIGN
+        offsets[name] = at
+        at += arr.nbytes
+    return offsets
+
+
+def _write_data(f: BinaryIO, built: Built, offsets: dict[str, int]) -> None:
+    at = 0
+    for name, arr in built.large.items():
+        f.write(b"\0" * (offsets[name] - at))
+        f.write(memoryview(_le(arr)).cast("B"))
+        at = offsets[name] + arr.nbytes
+
+
+def _write_stream(f: BinaryIO, built: Built, external: tuple[str, dict[str, int]] | None) -> None:
+    """Write ``built`` as protobuf bytes to ``f``. With ``external`` = (data file name, offsets),
+    the large initializers point into that file (ONNX external data) instead of holding bytes."""
+    head = onnx.ModelProto()
+    head.CopyFrom(built.structure)
+    head.ClearField("graph")
+    graph = built.structure.graph.SerializeToString()
+    pieces: list[tuple[bytes, np.ndarray | None]] = []
+    for name, arr in built.large.items():
+        t = _tensor_header(name, arr)
+        if external is None:
+            h = t.SerializeToString()
+            raw = len_field(_TENSOR_RAW_DATA, arr.nbytes)
+            pieces.append((len_field(_GRAPH_INITIALIZER, len(h) + len(raw) + arr.nbytes) + h + raw, arr))
+            continue
+        t.data_location = onnx.TensorProto.EXTERNAL
+        for k, v in (("location", external[0]), ("offset", str(external[1][name])), ("length", str(arr.nbytes))):
+            e = t.external_data.add()
+            e.key, e.value = k, v
+        h = t.SerializeToString()
+        pieces.append((len_field(_GRAPH_INITIALIZER, len(h)) + h, None))
+    graph_len = len(graph) + sum(len(p) + (0 if a is None else a.nbytes) for p, a in pieces)
+    f.write(head.SerializeToString())
+    f.write(len_field(_MODEL_GRAPH, graph_len))
+    f.write(graph)
+    for prefix, arr in pieces:
+        f.write(prefix)
+        if arr is not None:
+            f.write(memoryview(_le(arr)).cast("B"))
+
+
+def _writer(fill: Callable[[BinaryIO], None]) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            fill(f)
+    return write
+
+
+def write_model(built: Built, path: str | os.PathLike[str],
+                inputs: Iterable[str | os.PathLike[str] | None] = ()) -> list[Path]:
+    """Write the model (binary protobuf, whatever the extension) atomically, streaming the weights
+    from their arrays: no serialised copy of the model is ever held. Models whose large
+    initializers exceed :data:`EXTERNAL_DATA_THRESHOLD` put them in ONNX external data,
+    ``<name>.data`` beside the model (the data file lands first, the model that points at it
+    last; both get the same umask-respecting permissions). Returns the files written."""
     path = Path(path)
-    if initializer_bytes(model) <= EXTERNAL_DATA_THRESHOLD:
-        write_atomic(path, lambda tmp: onnx.save_model(model, str(tmp), format="protobuf"), inputs)
+    if built.large_bytes <= EXTERNAL_DATA_THRESHOLD:
+        write_atomic(path, _writer(lambda f: _write_stream(f, built, None)), inputs)
         return [path]
     data = path.with_name(path.name + ".data")
-    written = [path]
+    offsets = _external_layout(built)
+    write_atomic(data, _writer(lambda f: _write_data(f, built, offsets)), inputs)
+    write_atomic(path, _writer(lambda f: _write_stream(f, built, (data.name, offsets))), inputs)
+    return [path, data]
 
-    def write(tmp: Path) -> None:
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as d:
-            staged = Path(d) / path.name
-            onnx.save_model(model, str(staged), format="protobuf", save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
-            onnx.checker.check_model(str(staged), full_check=True)
-            if (Path(d) / data.name).exists():
-                os.replace(Path(d) / data.name, data)
-                written.append(data)
-            os.replace(staged, tmp)
 
-    write_atomic(path, write, inputs)
-    return written
+def _without(msg: Any, field: str) -> Any:
+    """A copy of the protobuf message ``msg`` without ``field`` (the rest copied field by field)."""
+    out = type(msg)()
+    for fd, value in msg.ListFields():
+        if fd.name == field:
+            continue
+        target = getattr(out, fd.name)
+        if fd.is_repeated:
+            target.extend(value)
+        elif fd.message_type is not None:
+            target.CopyFrom(value)
+        else:
+            setattr(out, fd.name, value)
+    return out
+
+
+def split_model(model: onnx.ModelProto) -> Built:
+    """A :class:`Built` from a whole ModelProto (its large in-memory initializers become arrays)."""
+    structure = _without(model, "graph")
+    structure.graph.CopyFrom(_without(model.graph, "initializer"))
+    large = {}
+    for t in model.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) >= LARGE_INITIALIZER_BYTES:
+            large[t.name] = numpy_helper.to_array(t)
+        else:
+            structure.graph.initializer.append(t)
+    return Built(structure, large)
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike[str],
+               inputs: Iterable[str | os.PathLike[str] | None] = ()) -> list[Path]:
+    """:func:`write_model` for a whole ModelProto (the model is not changed)."""
+    return write_model(split_model(model), path, inputs)

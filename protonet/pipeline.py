@@ -11,7 +11,7 @@ import numpy as np
 
 from .build import BuildOptions, WeightReport, build_graph
 from .errors import Location, ProtonetError
-from .export import export
+from .export import Built, build, split_model
 from .frontend import LoadedNet, deploy_step, dialect_step, load_net
 from .ir import Graph
 from .reference import ReferenceInterpreter
@@ -168,20 +168,22 @@ class VerifyResult:
         return max(self.blobs, key=lambda b: b.ratio)
 
 
-def build_model(c: Compiled, opset: int | None = None) -> Any:
-    """The ONNX model that ``compile`` writes: the checked export at the default opset, or, with
-    ``opset``, that model converted and proven against it (``protonet.opset.convert_opset``)."""
-    model = export(c.graph)
+def build_model(c: Compiled, opset: int | None = None) -> Built:
+    """The ONNX model that ``compile`` writes: the checked export at the default opset (its
+    weights still the graph's arrays, see :class:`protonet.export.Built`), or, with ``opset``,
+    that model converted and proven against it (``protonet.opset.convert_opset``)."""
+    built = build(c.graph)
+    built.check()
     if opset is not None:
         from .opset import convert_opset
 
-        model = convert_opset(model, opset)
-    return model
+        built = split_model(convert_opset(built.to_model(), opset))
+    return built
 
 
 def verify_model(c: Compiled, model: Any, feeds: Mapping[str, np.ndarray], provider: str = "auto",
                  src: str = "model") -> VerifyResult:
-    """Verify an artifact: ``model`` (a ModelProto, its bytes, or a path: what compile writes)
+    """Verify an artifact: ``model`` (a Built, a ModelProto, its bytes, or a path: what compile writes)
     runs in onnxruntime and its network outputs are compared with the float64 reference; the
     intermediate blobs come from a debug export of the same graph (every blob an output). When
     passes ran, the outputs are also compared with the reference run of the unoptimized graph."""
@@ -205,7 +207,7 @@ def verify_model(c: Compiled, model: Any, feeds: Mapping[str, np.ndarray], provi
 def verify_compiled(c: Compiled, feeds: Mapping[str, np.ndarray], provider: str = "auto",
                     opset: int | None = None) -> VerifyResult:
     """Build the model that compile writes (:func:`build_model`) and verify it (:func:`verify_model`)."""
-    return verify_model(c, build_model(c, opset).SerializeToString(), feeds, provider)
+    return verify_model(c, build_model(c, opset), feeds, provider)
 
 
 def _check_interface(graph: Graph, sess: Any, src: str) -> None:
@@ -232,7 +234,7 @@ def verify_graph(graph: Graph, feeds: Mapping[str, np.ndarray], provider: str = 
     :func:`verify_model` checks the network outputs on that one."""
     if ref is None:
         ref = ReferenceInterpreter(graph).run(feeds, keep_all=True)
-    model = export(graph, expose_all=True, check=False)  # compile checks; this copy only adds outputs
+    model = build(graph, expose_all=True)  # compile checks; this copy only adds outputs
     sess = make_session(model, provider)
     got = sess.run(feeds)
     checks = [BlobCheck(v.name, compare(got[v.name], ref[v.name]), "debug") for v in graph.iter_values()

@@ -5,9 +5,12 @@ CUDA libraries are missing, so the session's own provider list is what counts).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 from dataclasses import dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -71,7 +74,7 @@ def cuda_available() -> bool:
 
 def make_session(model: Any, provider: str = "auto", threads: int | None = None,
                  optimize: bool = True) -> Session:
-    """A session for an ONNX model (ModelProto, bytes or path). ``provider``: auto, cuda or cpu."""
+    """A session for an ONNX model (ModelProto, Built, bytes or path). ``provider``: auto, cuda or cpu."""
     import onnxruntime as ort
 
     if provider not in ("auto", "cuda", "cpu"):
@@ -83,8 +86,33 @@ def make_session(model: Any, provider: str = "auto", threads: int | None = None,
         so.inter_op_num_threads = 1
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    src = model.SerializeToString() if hasattr(model, "SerializeToString") else (
-        str(model) if not isinstance(model, (bytes, bytearray)) else bytes(model))
+    with _model_source(model) as src:
+        return _session(src, provider, so)
+
+
+@contextlib.contextmanager
+def _model_source(model: Any) -> Iterator[Any]:
+    """What onnxruntime loads: the bytes of a ModelProto or of a :class:`protonet.export.Built`
+    (serialised once, straight from its arrays), or a path. A Built too large for one protobuf
+    message is written with external data to a temporary folder, removed after loading."""
+    from .export import EXTERNAL_DATA_THRESHOLD, Built, write_model
+
+    if isinstance(model, Built) and model.large_bytes > EXTERNAL_DATA_THRESHOLD:
+        with tempfile.TemporaryDirectory(prefix="protonet-") as d:
+            write_model(model, Path(d) / "model.onnx")
+            yield str(Path(d) / "model.onnx")
+        return
+    if isinstance(model, Built):
+        yield model.serialize()
+    elif hasattr(model, "SerializeToString"):
+        yield model.SerializeToString()
+    else:
+        yield str(model) if not isinstance(model, (bytes, bytearray)) else bytes(model)
+
+
+def _session(src: Any, provider: str, so: Any) -> Session:
+    import onnxruntime as ort
+
     want_cuda = provider in ("auto", "cuda") and cuda_available()
     if provider == "cuda" and not want_cuda:
         raise ProtonetError("the CUDA execution provider is not available in this onnxruntime "

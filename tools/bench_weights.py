@@ -30,6 +30,9 @@ import numpy as np
 
 from machine import describe  # tools/machine.py
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from protonet.export import varint as _varint, len_field as _len_field  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # (name, type, blob shapes) of VGG-16 (ILSVRC-2014 "D"), in Caffe's blob order
@@ -43,20 +46,6 @@ for _n, _ci, _co in _cfg:
 VGG16 += [("fc6", "InnerProduct", [(4096, 25088), (4096,)]),
           ("fc7", "InnerProduct", [(4096, 4096), (4096,)]),
           ("fc8", "InnerProduct", [(1000, 4096), (1000,)])]
-
-
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        out.append(b | (0x80 if v else 0))
-        if not v:
-            return bytes(out)
-
-
-def _len_field(num: int, payload_len: int) -> bytes:
-    return _varint((num << 3) | 2) + _varint(payload_len)
 
 
 def _str_field(num: int, s: str) -> bytes:
