@@ -247,6 +247,27 @@ def _input_shape(top: str, shape: tuple[int, ...], opts: BuildOptions, ctx: Laye
     return tuple(shape)
 
 
+def _shared_from_file(lp: Any, i: int, data: np.ndarray, shared: dict[str, np.ndarray]) -> np.ndarray:
+    """Blob ``i`` of layer ``lp`` as read from a caffemodel, joined to the blob it shares through
+    ``param { name }``: every user holds one array. Caffe's loader writes each layer's copy into
+    the one shared memory, so where the copies differ the later layer's values hold for all users
+    (the shared array is overwritten in place)."""
+    pname = lp.param[i].name if i < len(lp.param) else ""
+    if not pname:
+        return data
+    first = shared.get(pname)
+    if first is None or first.size != data.size:  # a size mismatch is reported by the caller's shape check
+        if data.flags.writeable:
+            shared[pname] = data
+        return data
+    if not np.array_equal(first.reshape(-1), data.reshape(-1)):
+        if not first.flags.writeable:
+            shared[pname] = data
+            return data
+        np.copyto(first, data.reshape(first.shape))
+    return first.reshape(data.shape)
+
+
 def _weights_for(lp: Any, specs: list, wfile: Any, opts: BuildOptions, report: WeightReport,
                  ctx: LayerContext, shared: dict[str, np.ndarray], lim: limits.Limits) -> dict[str, np.ndarray]:
     if not specs:
@@ -263,7 +284,7 @@ def _weights_for(lp: Any, specs: list, wfile: Any, opts: BuildOptions, report: W
             if not blob.matches(spec.shape):
                 raise WeightsError(f"layer '{lp.name}': blob {i} ({spec.name}) shape {tuple(blob.shape)} does not "
                                    f"match net {tuple(spec.shape)}", Location(wfile.path))
-            out[spec.name] = blob.data.reshape(spec.shape)
+            out[spec.name] = _shared_from_file(lp, i, blob.data.reshape(spec.shape), shared)
         report.matched.append(lp.name)
         return out
     if wfile is not None:

@@ -2,6 +2,8 @@
 through the numpy kernel AND through onnxruntime, plus their located parameter errors."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -250,6 +252,53 @@ def test_roi_pooling_scale_and_bins():
     # cols 2..3 -> maxima -(4·1 + 2 + 1) = -7 and -(4·2 + 2 + 1) = -11
     rois = [[0, 3, 1, 6, 5]]
     check(layer, [NEG, rois], np.array([-7.0, -11.0]).reshape(1, 1, 2, 1))
+
+
+def _caffe_roi_pool(x: np.ndarray, rois: np.ndarray, ph: int, pw: int, scale: float) -> np.ndarray:
+    """A transcription of Caffe's ROIPoolingLayer::Forward_cpu, one output element at a time
+    (float32 bin arithmetic, C's round, -FLT_MAX start, 0 for an empty bin)."""
+    f32 = np.float32
+
+    def c_round(v: np.float32) -> int:
+        return int(math.copysign(math.floor(abs(float(v)) + 0.5), float(v)))
+
+    _, c, h, w = x.shape
+    out = np.zeros((len(rois), c, ph, pw), np.float32)
+    for r, roi in enumerate(np.asarray(rois, np.float32)):
+        b = int(roi[0])
+        sw, sh, ew, eh = (c_round(v * f32(scale)) for v in roi[1:])
+        bin_h = f32(max(eh - sh + 1, 1)) / f32(ph)
+        bin_w = f32(max(ew - sw + 1, 1)) / f32(pw)
+        for ch in range(c):
+            for i in range(ph):
+                for j in range(pw):
+                    hs = min(max(int(math.floor(f32(i) * bin_h)) + sh, 0), h)
+                    he = min(max(int(math.ceil(f32(i + 1) * bin_h)) + sh, 0), h)
+                    ws = min(max(int(math.floor(f32(j) * bin_w)) + sw, 0), w)
+                    we = min(max(int(math.ceil(f32(j + 1) * bin_w)) + sw, 0), w)
+                    best = 0.0 if he <= hs or we <= ws else -np.finfo(np.float32).max
+                    for yy in range(hs, he):
+                        for xx in range(ws, we):
+                            best = max(best, x[b, ch, yy, xx])
+                    out[r, ch, i, j] = best
+    return out
+
+
+def test_roi_pooling_matches_caffes_loop_on_random_rois():
+    """The per-bin vectorised kernel and the ONNX lowering against Caffe's element loop: ROIs
+    inside, across and outside the map, tiny and large, negative maps, two images."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 9, 11)).astype(np.float32) - 1.0
+    n_rois = 24
+    corners = rng.uniform(-6, 30, size=(n_rois, 4)).astype(np.float32)
+    rois = np.concatenate([rng.integers(0, 2, (n_rois, 1)).astype(np.float32),
+                           np.minimum(corners[:, :2], corners[:, 2:]), np.maximum(corners[:, :2], corners[:, 2:])],
+                          axis=1)
+    rois[0] = [1, 2.5, 1.5, 2.5, 1.5]  # a one-cell ROI, halves rounding away from zero
+    rois[1] = [0, 40, 40, 50, 50]  # outside the map: all bins empty
+    layer = ('layer { name: "r" type: "ROIPooling" bottom: "in0" bottom: "in1" top: "out" '
+             'roi_pooling_param { pooled_h: 3 pooled_w: 4 spatial_scale: 0.5 } }')
+    check(layer, [x, rois], _caffe_roi_pool(x, rois, 3, 4, 0.5))
 
 
 def test_roi_pooling_errors():

@@ -159,7 +159,8 @@ class Upsample(Layer):
             return
         data = g.op("Reshape", [g.inputs[0], g.int64s([0, 0, -1], "flat")])
         idx = g.cast(g.op("Reshape", [g.inputs[1], g.int64s([0, 0, -1], "flat")]), np.int64)
-        base = g.const(np.zeros((s[0], s[1], out[2] * out[3]), dtype=np.float32), "zeros")
+        base = g.op("ConstantOfShape", [g.int64s([s[0], s[1], out[2] * out[3]], "zeros_shape")],
+                    value=np.zeros(1, dtype=np.float32))
         y = g.op("ScatterElements", [base, idx, data], axis=2)
         g.op("Reshape", [y, g.int64s([0, 0, out[2], out[3]], "shape")], g.outputs)
 
@@ -771,7 +772,6 @@ class ROIPooling(Layer):
         n, c, h, wd = x.shape
         rois = rois.reshape(rois.shape[0], 5).astype(np.float32)
         out = np.zeros((rois.shape[0], c, a.pooled_h, a.pooled_w), dtype=x.dtype)
-        hh, ww = np.arange(h), np.arange(wd)
         batch = np.trunc(rois[:, 0])  # Caffe's int conversion
         bad = np.flatnonzero(~((batch >= 0) & (batch < n)))  # NaN included
         if bad.size:
@@ -780,18 +780,20 @@ class ROIPooling(Layer):
         if not (np.abs(scaled) < 2.0 ** 31).all():  # NaN and inf included
             raise ProtonetError("ROI corners must be finite numbers within the int32 range once scaled")
         corners = _round_half_away(scaled).astype(np.int64)
-        for r in range(rois.shape[0]):  # one ROI at a time; the bins are vectorised
+        for r in range(rois.shape[0]):  # per ROI, per bin row, per bin column: each a slice's max
             b = int(rois[r, 0])
             x1, y1, x2, y2 = (int(v) for v in corners[r])
             hs, he = self._bins(y1, max(y2 - y1 + 1, 1), a.pooled_h, h)
             ws, we = self._bins(x1, max(x2 - x1 + 1, 1), a.pooled_w, wd)
-            in_w = (ww[None, :] >= ws[:, None]) & (ww[None, :] < we[:, None])  # (pw, W)
-            in_h = (hh[None, :] >= hs[:, None]) & (hh[None, :] < he[:, None])  # (ph, H)
-            # max over each bin's columns, then over its rows; -inf marks "nothing"
-            t = np.where(in_w[None, None], x[b][:, :, None, :], -np.inf).max(axis=-1)  # (C, H, pw)
-            t = np.where(in_h[None, :, None, :], np.moveaxis(t, 1, 2)[:, None], -np.inf).max(axis=-1)
-            empty = (he <= hs)[:, None] | (we <= ws)[None, :]
-            out[r] = np.where(empty[None], 0, t)
+            if not ((he > hs).any() and (we > ws).any()):
+                continue  # every bin empty: all 0
+            w0, w1 = int(ws.min()), int(we.max())
+            rows = np.zeros((a.pooled_h, c, w1 - w0), dtype=x.dtype)  # each bin row's max over its rows
+            for i in np.flatnonzero(he > hs):
+                rows[i] = x[b, :, hs[i]:he[i], w0:w1].max(axis=1)
+            for j in np.flatnonzero(we > ws):
+                out[r, :, :, j] = rows[:, :, ws[j] - w0:we[j] - w0].max(axis=2).T
+            out[r, :, he <= hs, :] = 0  # an empty bin is 0
         return [out]
 
     def sample_input(self, a: ROIPoolAttrs, i: int, in_shapes: Sequence[Shape],
@@ -815,6 +817,7 @@ class ROIPooling(Layer):
         attrs = dict(pooled_shape=[a.pooled_h, a.pooled_w], spatial_scale=a.spatial_scale)
         low = g.op("Sub", [g.op("ReduceMin", [x], keepdims=1), g.const(1.0, "one")])
         pooled = g.op("MaxRoiPool", [g.op("Sub", [x, low]), rois], **attrs)
-        ones = g.const(np.ones((s[0], 1, s[2], s[3]), dtype=np.float32), "ones")
+        ones = g.op("ConstantOfShape", [g.int64s([s[0], 1, s[2], s[3]], "ones_shape")],
+                    value=np.ones(1, dtype=np.float32))
         nonempty = g.op("MaxRoiPool", [ones, rois], **attrs)
         g.op("Mul", [g.op("Add", [pooled, low]), nonempty], g.outputs)

@@ -77,6 +77,13 @@ def prior_boxes(a: PriorBoxAttrs, layer_hw: tuple[int, int], image_hw: tuple[int
     return np.stack([boxes, var])[None]
 
 
+def _arange(g: Any, n: int, dtype: Any, hint: str) -> str:
+    """0, 1, ..., n - 1 as a Range node (a table built at run time, not stored in the model)."""
+    return g.op("Range", [g.const(np.array(0, dtype=dtype), f"{hint}_start", dtype),
+                          g.const(np.array(n, dtype=dtype), f"{hint}_limit", dtype),
+                          g.const(np.array(1, dtype=dtype), f"{hint}_delta", dtype)])
+
+
 @register
 class PriorBox(Layer):
     """SSD prior (anchor) boxes for one feature map (bottom 0) of an image (bottom 1); only their
@@ -407,9 +414,9 @@ class DetectionOutput(Layer):
         neg_inf = g.const(-np.inf, "neg_inf")
         # the background class never scores
         if 0 <= a.background_label_id < c:
-            bg = np.zeros((1, c, 1), dtype=bool)
-            bg[0, a.background_label_id, 0] = True
-            scores = g.op("Where", [g.const(bg, "background", np.bool_), neg_inf, scores])
+            labels = g.op("Reshape", [_arange(g, c, np.int64, "labels"), g.int64s([1, c, 1], "labels_shape")])
+            bg = g.op("Equal", [labels, g.int64s([a.background_label_id], "background")])
+            scores = g.op("Where", [bg, neg_inf, scores])
         # Caffe's top_k picks each class's top_k candidates before NMS (ties: lower index first)
         if 0 <= a.top_k < p:
             _, top_idx = g.op("TopK", [scores, g.int64s([a.top_k], "top_k")], n_out=2, axis=-1, largest=1, sorted=1)
@@ -440,14 +447,15 @@ class DetectionOutput(Layer):
             sel = g.op("Concat", [g.op("Div", [b, cc]), g.op("Mod", [b, cc]), box], axis=1)
         # dense (N, C·P) score table of the survivors, -inf elsewhere; the best k per image
         sel_scores = g.op("GatherND", [scores, sel])
-        table = g.op("ScatterND", [g.const(np.full((n, c, p), -np.inf, dtype=np.float32), "empty"), sel, sel_scores])
+        empty = g.op("ConstantOfShape", [g.int64s([n, c, p], "table_shape")], value=np.full(1, -np.inf, np.float32))
+        table = g.op("ScatterND", [empty, sel, sel_scores])
         table = g.op("Reshape", [table, g.int64s([n, c * p], "table")])
         best, flat = g.op("TopK", [table, g.int64s([k], "keep")], n_out=2, axis=1, largest=1, sorted=1)
         valid = g.op("Greater", [best, neg_inf])
         pp = g.int64s([p], "num_priors")
         label, box_idx = g.op("Div", [flat, pp]), g.op("Mod", [flat, pp])
         # Caffe's row order: by label, then by score; unused rows last
-        rank = g.const(np.arange(k, dtype=np.float32)[None], "rank")
+        rank = g.op("Unsqueeze", [_arange(g, k, np.float32, "rank"), g.int64s([0], "axis0")])
         key_valid = g.op("Add", [g.op("Mul", [g.cast(label, np.float32), g.const(float(k), "k")]), rank])
         key = g.op("Where", [valid, key_valid, g.op("Add", [rank, g.const(float(c * k), "tail")])])
         _, order = g.op("TopK", [key, g.int64s([k], "keep")], n_out=2, axis=1, largest=0, sorted=1)
@@ -456,7 +464,8 @@ class DetectionOutput(Layer):
         best = g.op("GatherElements", [best, order], axis=1)
         valid = g.op("GatherElements", [valid, order], axis=1)
         # gather the decoded boxes
-        image = g.const(np.repeat(np.arange(n, dtype=i64)[:, None], k, axis=1)[..., None], "image", i64)
+        image = g.op("Expand", [g.op("Reshape", [_arange(g, n, i64, "image"), g.int64s([n, 1, 1], "image_shape")]),
+                                g.int64s([n, k, 1], "rows_shape")])  # (N, k, 1): each row's image index
         if a.share_location:
             where = g.op("Concat", [image, g.op("Unsqueeze", [box_idx, g.int64s([-1], "last")])], axis=-1)
             det_boxes = g.op("GatherND", [g.op("Reshape", [boxes, g.int64s([n, p, 4], "boxes")]), where])
@@ -466,8 +475,7 @@ class DetectionOutput(Layer):
             per_class = g.op("Transpose", [boxes], perm=[0, 2, 1, 3])
             det_boxes = g.op("GatherND", [per_class, where])  # (N, k, 4)
         unsq = g.int64s([-1], "last")
-        rows = g.op("Concat", [g.const(np.repeat(np.arange(n, dtype=np.float32)[:, None], k, axis=1)[..., None],
-                                       "image_id"),
+        rows = g.op("Concat", [g.cast(image, np.float32),
                                g.op("Unsqueeze", [g.cast(label, np.float32), unsq]),
                                g.op("Unsqueeze", [best, unsq]), det_boxes], axis=-1)
         rows = g.op("Where", [g.op("Unsqueeze", [valid, unsq]), rows, g.const(-1.0, "minus_one")])
