@@ -477,12 +477,43 @@ def test_fold_power_chain_into_one_power():
 
 def test_fold_mixed_chain_over_the_union_of_axes():
     text = inp((2, 3, 4)) + layer("s1", "Scale", "data", "a", "scale_param { num_axes: 0 bias_term: true }") \
-        + layer("b1", "Bias", "a", "b", "bias_param { axis: 1 num_axes: 2 }") \
+        + layer("b1", "Scale", "a", "b", "scale_param { axis: 1 num_axes: 2 bias_term: true }") \
         + layer("p1", "Power", "b", "c", "power_param { scale: 3 shift: -1 }") \
         + layer("s2", "Scale", "c", "out", "scale_param { axis: 1 num_axes: 1 }")
-    _, g1, _ = check_pass(text, "fold_constants")
+    _, g1, res = check_pass(text, "fold_constants")
     s = g1.nodes_of("Scale")[0]
     assert len(g1.nodes) == 2 and (s.attrs.axis, s.attrs.num_axes) == (1, 2) and s.weights["scale"].shape == (3, 4)
+    assert s.attrs.bias_term and s.weights["bias"].shape == (3, 4)  # 2 + 24 + 0 + 3 = 29 values became 24
+
+
+def test_fold_constants_declines_a_fold_that_grows_the_parameters():
+    """A per-channel Scale (64 scales + 64 biases) then a spatial Bias (32·32) would fold into one
+    64·32·32 Scale with bias: 131,072 values for 1,152. Declined, with the counts."""
+    text = inp((1, 64, 32, 32)) + layer("s1", "Scale", "data", "a", "scale_param { bias_term: true }") \
+        + layer("b1", "Bias", "a", "out", "bias_param { axis: 2 num_axes: 2 }")
+    g0, g1, res = check_pass(text, "fold_constants")
+    assert declined(res, "b1", "would grow the parameters from 1,152 to 131,072")
+    assert not res.changed and g1.count_types() == g0.count_types()
+    assert "declined 'b1': folding it into 's1' would grow the parameters from 1,152 to 131,072" in explain([res])
+
+
+def test_fold_power_into_scale_without_a_shift_keeps_no_bias():
+    text = inp((2, 3, 4)) + layer("p1", "Power", "data", "a", "power_param { scale: 2 }") \
+        + layer("s1", "Scale", "a", "out", "scale_param { axis: 1 num_axes: 1 }")
+    _, g1, res = check_pass(text, "fold_constants")
+    (s,) = g1.nodes_of("Scale")
+    assert res.changed and not s.attrs.bias_term and list(s.weights) == ["scale"]
+
+
+def test_dead_code_runs_before_the_folds():
+    """A dead reader of a chain's inner value would block the fold; dead_code goes first."""
+    assert PASS_NAMES[0] == "dead_code" and PASS_NAMES.index("dead_code") < PASS_NAMES.index("fold_constants")
+    text = inp((2, 3)) + layer("p1", "Power", "data", "a", "power_param { scale: 3 }") \
+        + layer("p2", "Power", "a", "out", "power_param { scale: 2 }") + layer("r", "ReLU", "a", "dead")
+    g = build_text(text)
+    g.outputs = [g.values["out"]]
+    results = {r.name: r for r in run_passes(g, ["dead_code", "fold_constants"], max_rounds=1)}
+    assert results["fold_constants"].changed and g.count_types() == {"Input": 1, "Power": 1}
 
 
 def test_fold_constants_declines_non_affine_power():
@@ -560,7 +591,7 @@ def test_explain_lists_declines():
 
 def test_unknown_pass_names_list_the_valid_ones():
     g = build_text(inp((2, 3)) + layer("r", "ReLU", "data", "out"))
-    with pytest.raises(ProtonetError, match="unknown pass 'fold_everything'; valid passes: eliminate_dropout, "):
+    with pytest.raises(ProtonetError, match="unknown pass 'fold_everything'; valid passes: dead_code, eliminate_dropout, "):
         run_passes(g, ["fold_batchnorm", "fold_everything"])
 
 

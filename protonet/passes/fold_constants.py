@@ -1,6 +1,8 @@
 """fold_constants: a chain of element-wise affine layers with constant parameters becomes one."""
 from __future__ import annotations
 
+import numpy as np
+
 from ..ir import Graph, Node
 from ..layers.affine import Affine, compose
 from ..layers.base import CONSTANT_ONE, CONSTANT_ZERO
@@ -19,6 +21,18 @@ def _candidate(node: Node) -> bool:
     return affine_of(node) is not None
 
 
+def _params(node: Node) -> int:
+    return sum(int(w.size) for w in node.weights.values())
+
+
+def _folded_params(aff: Affine) -> int:
+    """Learned values of the folded layer: none for a Power (a scalar map), else the scale and
+    (when not all zero) the bias of one Scale."""
+    if aff.scale.ndim == 0:
+        return 0
+    return int(aff.scale.size) + (int(aff.shift.size) if np.any(aff.shift) else 0)
+
+
 def fold_constants(graph: Graph) -> PassResult:
     """Rule: a chain ``L1 -> L2 -> ... -> Lk`` (k >= 2, each output read only by the next
     link and not a graph output) of layers whose ``affine`` trait gives a constant map --
@@ -30,8 +44,10 @@ def fold_constants(graph: Graph) -> PassResult:
 
     Declines a link (ending the chain before it) whose layer is of an affine kind but not
     constant here (the reason comes from the layer: a Power with power != 1, a Scale/Bias
-    whose factor is a second bottom, a BatchNorm with batch statistics), and a chain whose
-    inner output has other users or is a graph output."""
+    whose factor is a second bottom, a BatchNorm with batch statistics) or that would give the
+    folded layer more learned values than the links hold together (a per-channel Scale then a
+    spatial Bias would become one C·H·W Scale), and a chain whose inner output has other users
+    or is a graph output. A folded Scale has a bias only when some shift is non-zero."""
     res = PassResult(name="fold_constants")
     for head in [n for n in graph.nodes if _candidate(n)]:
         if head not in graph.nodes:
@@ -62,7 +78,13 @@ def fold_constants(graph: Graph) -> PassResult:
                 if isinstance(nxt_aff, str):
                     res.decline(nxt, nxt_aff)
                     break
-                aff = compose(aff, nxt_aff, head.inputs[0].shape)
+                composed = compose(aff, nxt_aff, head.inputs[0].shape)
+                before, after = sum(_params(n) for n in chain) + _params(nxt), _folded_params(composed)
+                if after > before:
+                    res.decline(nxt, f"folding it into '{chain[-1].name}' would grow the parameters from "
+                                     f"{before:,} to {after:,}")
+                    break
+                aff = composed
                 chain.append(nxt)
             if len(chain) < 2:
                 continue
@@ -77,9 +99,12 @@ def fold_constants(graph: Graph) -> PassResult:
                 continue
             ndim = len(head.inputs[0].shape)
             num_axes = aff.scale.ndim
-            attrs = ScaleAttrs(aff.start if num_axes else 0, num_axes, True, CONSTANT_ONE, CONSTANT_ZERO, False)
+            with_bias = bool(np.any(aff.shift))
+            attrs = ScaleAttrs(aff.start if num_axes else 0, num_axes, with_bias, CONSTANT_ONE, CONSTANT_ZERO, False)
             dtype = next((w.dtype for n in chain for w in n.weights.values()), None)
-            weights = {"scale": aff.scale.astype(dtype or "float32"), "bias": aff.shift.astype(dtype or "float32")}
+            weights = {"scale": aff.scale.astype(dtype or "float32")}
+            if with_bias:
+                weights["bias"] = aff.shift.astype(dtype or "float32")
             node = replace_chain(graph, chain, "Scale", chain[-1].name, attrs, weights)
             res.change(f"{names} became one Scale '{node.name}' over axes [{aff.start}, {aff.start + num_axes}) "
                        f"of the {ndim}-D input")

@@ -19,15 +19,16 @@ from .fuse_activation import fuse_activation
 log = logging.getLogger(__name__)
 
 #: every pass by name, in the default order (cheap removals first, so that the folds see
-#: direct dataflow; fusion after folding, since a fused producer takes no further folds)
+#: direct dataflow and no dead reader keeps a fold from happening nor a dead chain is folded;
+#: fusion after folding, since a fused producer takes no further folds)
 PASSES: dict[str, Callable[[Graph], PassResult]] = {
+    "dead_code": dead_code,
     "eliminate_dropout": eliminate_dropout,
     "eliminate_split": eliminate_split,
     "eliminate_identity": eliminate_identity,
     "fold_batchnorm": fold_batchnorm,
     "fold_constants": fold_constants,
     "fuse_activation": fuse_activation,
-    "dead_code": dead_code,
 }
 PASS_NAMES: tuple[str, ...] = tuple(PASSES)
 #: the sequence is repeated until a round changes nothing, at most this many rounds
