@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from . import __version__
 from .errors import ProtonetError
 from .fileio import write_atomic
+from .frontend.wire import encode_varint
 from .ir import FreshNames, Graph, Node
 from .layers import registry
 from .layers.lowering import OPSET, Lowering
@@ -296,20 +297,9 @@ _LEN = 2  # protobuf wire type of length-delimited fields
 _MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9  # field numbers in onnx.proto
 
 
-def varint(v: int) -> bytes:
-    """Protobuf's base-128 varint."""
-    out = bytearray()
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        out.append(b | (0x80 if v else 0))
-        if not v:
-            return bytes(out)
-
-
 def len_field(num: int, length: int) -> bytes:
     """The head (tag and length) of length-delimited field ``num`` holding ``length`` bytes."""
-    return varint((num << 3) | _LEN) + varint(length)
+    return encode_varint((num << 3) | _LEN) + encode_varint(length)
 
 
 #: external data offsets are aligned to this many bytes, so that a runtime can map the file

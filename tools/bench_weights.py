@@ -31,7 +31,8 @@ import numpy as np
 from machine import describe  # tools/machine.py
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from protonet.export import varint as _varint, len_field as _len_field  # noqa: E402
+from protonet.export import len_field as _len_field  # noqa: E402
+from protonet.frontend.wire import encode_varint as _varint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
