@@ -211,3 +211,44 @@ def test_shared_blobs_from_a_caffemodel_are_one_array(tmp_path: Path, c1, c2, wa
     model = export(g)
     assert len(model.graph.initializer) == 2
     assert make_session(model, "cpu").run(feeds)["y"].item() == want
+
+
+@pytest.mark.slow
+def test_a_model_over_2_gb_compiles_verifies_and_runs(tmp_path: Path):
+    """Nine 8192×8192 InnerProducts (2.4 GB of weights, over protobuf's 2 GB limit): compile
+    writes ONNX external data, verify passes, infer runs the written files."""
+    import subprocess
+    import sys
+
+    from protonet.frontend.wire import encode_weights_net
+
+    net, weights, model = tmp_path / "big.prototxt", tmp_path / "big.caffemodel", tmp_path / "big.onnx"
+    lines = ['layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 8192 } } }']
+    rng = np.random.default_rng(0)
+    with open(weights, "wb") as f:  # NetParameter fields concatenate: one layer at a time
+        prev = "data"
+        for i in range(1, 10):
+            lines.append(f'layer {{ name: "fc{i}" type: "InnerProduct" bottom: "{prev}" top: "fc{i}" '
+                         f'inner_product_param {{ num_output: 8192 }} }}')
+            w = rng.standard_normal((8192, 8192), np.float32) * np.float32(1 / 90.5)
+            f.write(encode_weights_net({f"fc{i}": [w, rng.standard_normal(8192, np.float32)]}))
+            prev = f"fc{i}"
+    net.write_text("\n".join(lines) + "\n")
+    assert weights.stat().st_size > 2 ** 31
+
+    def cli(*args: str) -> str:
+        p = subprocess.run([sys.executable, "-m", "protonet", *args], capture_output=True, text=True,
+                           cwd=Path(__file__).parent.parent, timeout=600)
+        assert p.returncode == 0, p.stderr
+        return p.stdout + p.stderr
+
+    cli("compile", str(net), "-w", str(weights), "-o", str(model))
+    data = tmp_path / "big.onnx.data"
+    assert model.stat().st_size < 1 << 20 and data.stat().st_size > 2 ** 31
+    assert model.stat().st_mode & 0o777 == data.stat().st_mode & 0o777
+    lazy = onnx.load(model, load_external_data=False)
+    assert {t.name for t in lazy.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL} == \
+        {f"fc{i}.{k}" for i in range(1, 10) for k in ("weight", "bias")}
+    assert "verify: OK" in cli("verify", str(net), "-w", str(weights))
+    out = cli("infer", str(model), "--input", "random")
+    assert "output 'fc9': shape (1, 8192)" in out

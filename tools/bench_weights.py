@@ -55,14 +55,20 @@ def _str_field(num: int, s: str) -> bytes:
 
 
 def write_vgg16(path: Path, v1: bool = False, seed: int = 0) -> int:
-    """Write the model in the wire format, streaming the values in chunks; return the value count."""
+    """Write the VGG-16 model in the wire format; return the value count."""
+    return write_caffemodel(path, VGG16, "VGG_ILSVRC_16_layers", v1, seed)
+
+
+def write_caffemodel(path: Path, layers: list, net_name: str, v1: bool = False, seed: int = 0) -> int:
+    """Write a chain of ``layers`` ((name, type, blob shapes); Convolution or InnerProduct) with
+    random values in the wire format, streaming the values in chunks; return the value count."""
     rng = np.random.default_rng(seed)
     layer_field, blobs_field, name_field = (2, 6, 4) if v1 else (100, 7, 1)
     total = 0
     with open(path, "wb") as f:
-        f.write(_str_field(1, "VGG_ILSVRC_16_layers"))
+        f.write(_str_field(1, net_name))
         prev = "data"
-        for name, ltype, shapes in VGG16:
+        for name, ltype, shapes in layers:
             blob_heads = []
             for shape in shapes:
                 n = int(np.prod(shape))
