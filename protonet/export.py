@@ -147,7 +147,7 @@ class Built:
 
     ``structure`` is a ModelProto with everything but the large initializers: nodes, graph inputs
     and outputs, metadata and the small constants (shapes, axes, scalars) that shape inference
-    and the opset converter read. ``large`` holds the initializers of at least
+    read. ``large`` holds the initializers of at least
     :data:`LARGE_INITIALIZER_BYTES`, by name, as numpy arrays (views of the IR's weights where no
     conversion was needed). :func:`write_model` streams them straight from the arrays into the
     file; :meth:`to_model` places them into one ModelProto when a caller wants one."""
@@ -178,24 +178,6 @@ class Built:
             names.add(name)
             probe.graph.input.append(_value_info(name, arr.shape, helper.np_dtype_to_tensor_dtype(arr.dtype)))
         check_model(probe)
-
-    def convert(self, opset: int) -> "Built":
-        """The model at another ONNX opset: the converter sees the structure only (weights as
-        graph inputs, as in :meth:`check`), and the weights stay where they are."""
-        if opset == OPSET:
-            return self
-        probe = onnx.ModelProto()
-        probe.CopyFrom(self.structure)
-        n_inputs = len(probe.graph.input)
-        for name, arr in self.large.items():
-            probe.graph.input.append(_value_info(name, arr.shape, helper.np_dtype_to_tensor_dtype(arr.dtype)))
-        converted = convert_opset(probe, opset)
-        inputs = [v for v in converted.graph.input if v.name not in self.large]
-        del converted.graph.input[:]
-        converted.graph.input.extend(inputs)
-        if len(inputs) != n_inputs:
-            raise ProtonetError(f"cannot convert the model to opset {opset}: graph inputs changed")
-        return Built(converted, self.large)
 
     def to_model(self) -> onnx.ModelProto:
         """One ModelProto holding every initializer (each array's bytes placed once)."""
@@ -283,10 +265,6 @@ def _custom_domains(model: onnx.ModelProto) -> bool:
 def check_model(model: onnx.ModelProto) -> None:
     """onnx.checker with full shape inference; a failure is an internal error of the exporter."""
     onnx.checker.check_model(model, full_check=True)
-
-
-def initializer_bytes(model: onnx.ModelProto) -> int:
-    return sum(len(t.raw_data) or t.ByteSize() for t in model.graph.initializer)
 
 
 # -- writing ---------------------------------------------------------------------------------------

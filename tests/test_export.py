@@ -137,19 +137,6 @@ def test_model_check_still_finds_structural_errors():
         bad.check()
 
 
-def test_opset_conversion_keeps_the_weights_where_they_are(tmp_path: Path):
-    graph = build_text(_weights_net())
-    built = build(graph)
-    old = built.convert(14)
-    assert old.large is built.large and old.structure.opset_import[0].version == 14
-    assert [v.name for v in old.structure.graph.input] == ["x"]
-    write_model(old, tmp_path / "m14.onnx")
-    back = onnx.load(tmp_path / "m14.onnx")
-    assert back.opset_import[0].version == 14
-    _ort_vs_reference(graph, str(tmp_path / "m14.onnx"),
-                      {"x": np.random.default_rng(2).standard_normal((1, 8, 16, 16), np.float32)})
-
-
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_model_and_external_data_files_get_the_same_permissions(tmp_path: Path, monkeypatch, umask):
     monkeypatch.setattr(ex, "EXTERNAL_DATA_THRESHOLD", 1000)  # stand-in for 1.8 GB
