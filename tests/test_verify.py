@@ -50,13 +50,13 @@ def test_verify_runs_the_bytes_compile_writes(tmp_path: Path):
     r = run("compile", LENET, "-o", str(out), "--seed", "3")
     assert r.returncode == 0, r.stderr
     c = compile_net(LENET, options=BuildOptions(seed=3), optimize=True)
-    assert build_model(c).SerializeToString() == out.read_bytes()
+    assert build_model(c).serialize() == out.read_bytes()
 
 
 def test_outputs_are_checked_on_the_artifact_not_the_debug_export():
     c = compile_net(LENET, optimize=True)
     feeds = random_inputs(c.graph)
-    good = build_model(c)
+    good = build_model(c).to_model()
     res = verify_model(c, good.SerializeToString(), feeds, "cpu")
     assert res.ok
     rows = [(b.name, b.source) for b in res.blobs]
