@@ -154,8 +154,9 @@ class Proposal(Layer):
     (a divergence, documented): Caffe's row count is data dependent; protonet gives R =
     post_nms_topn rows (all pre-NMS candidates when it is 0), the proposals first in
     py-faster-rcnn's order, then all-zero rows, as OpenCV's Proposal layer does; downstream ROI
-    layers read a zero row as a one-pixel box at the origin. A proposal has x2 − x1 + 1 >= min_size · im_info[2], so with a
-    positive minimum a zero row is never a proposal. Batch size 1, as py-faster-rcnn asserts."""
+    layers read a zero row as a one-pixel box at the origin. A proposal has x2 − x1 + 1 >=
+    min_size · im_info[2], so with a positive minimum a zero row is never a proposal. Batch
+    size 1, as py-faster-rcnn asserts."""
 
     type_name = "Proposal"
     num_bottoms = (3, 3)
