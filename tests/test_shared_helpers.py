@@ -5,13 +5,14 @@ wrong in both and verify cannot see it. Each shared piece is therefore pinned he
 the layer run through the reference *and* onnxruntime against a hand-computed literal (Caffe's
 rule worked by hand), and against OpenCV 4.10's ``cv2.dnn`` Caffe importer where OpenCV
 implements the layer as Caffe does. Found by listing, per layer class, the module functions and
-methods reachable from both ``kernel`` and ``lower`` (and the resolved attrs both read):
+methods reachable from both ``kernel`` and ``lower``, and the attrs that ``resolve`` computes once
+from the input shapes (both facets read them):
 
 | shared                                   | layer                | pinned by                              |
 |------------------------------------------|----------------------|----------------------------------------|
 | ``ssd.prior_boxes`` (the ONNX constant)  | PriorBox             | test_priorbox (hand, OpenCV)           |
-| ``core.pool_geometry``/``pool_output_size`` | Pooling, SPP      | test_pooling_* (hand, OpenCV), test_spp_pyramid (hand) |
-| ``Interp.sizes``                         | Interp               | test_interp (hand, OpenCV)             |
+| Pooling's resolved window and output size (``geometry.pool_output_size``) | Pooling, SPP | test_pooling_* (hand, OpenCV), test_spp_pyramid (hand) |
+| Interp's resolved sizes                  | Interp               | test_interp (hand, OpenCV)             |
 | Crop's resolved offsets (the crop plan)  | Crop                 | test_crop (hand, OpenCV)               |
 | DetectionOutput's resolved geometry      | DetectionOutput      | test_detection_output (hand, OpenCV)   |
 | ``BatchNorm.stats`` (scale factor)       | BatchNorm            | test_batchnorm_stats (hand, OpenCV)    |
@@ -24,9 +25,14 @@ methods reachable from both ``kernel`` and ``lower`` (and the resolved attrs bot
 | ``Normalize._axes``                      | Normalize            | test_normalize (hand, OpenCV)          |
 | ``core.prod`` (InnerProduct's K)         | InnerProduct         | test_inner_product_axis (hand, OpenCV) |
 | ``Permute.perm``                         | Permute              | test_permute (hand, OpenCV)            |
-| ``Recurrent.split_inputs``               | LSTM, RNN            | test_recurrent_bottom_order (hand)     |
+| recurrent bottoms (``split_inputs``, when present) | LSTM, RNN  | test_recurrent_bottom_order (hand)     |
 | ``shifted_anchors``/``generate_anchors``/``anchor_geometry`` | Proposal | tests/test_detection.py: test_anchors_are_the_published_nine, test_proposal_by_hand, test_proposal_agrees_with_opencv |
-| PSROIPooling's fused bin edges           | PSROIPooling         | tests/test_detection.py: test_psroi_pooling_by_hand, test_psroi_bin_edges_use_a_fused_multiply_add |
+| PSROIPooling's fused bin edges, resolved bins | PSROIPooling    | tests/test_detection.py: test_psroi_pooling_by_hand, test_psroi_bin_edges_use_a_fused_multiply_add |
+| resolved axis                            | Softmax, Concat, Flatten | test_softmax_axis, test_concat_axis, test_flatten_axis (hand, OpenCV) |
+| resolved axis, top_k / slice points / reduced axes | ArgMax, Slice, Reduction | tests/test_layers_bvlc.py: test_argmax_*, test_slice_*, test_reduction_* (hand, both implementations) |
+| resolved shape                           | Reshape              | tests/test_caffe_semantics.py::test_reshape_zero_copies_and_minus_one_infers |
+| resolved output size                     | Upsample             | tests/test_layers_forks.py: test_upsample_* (hand, both implementations) |
+| resolved dims                            | LSTM, RNN            | test_recurrent_bottom_order; tests/test_recurrent.py literal cases |
 
 OpenCV is not followed where it departs from Caffe (it ignores LRN's ``k`` and swaps Axpy's
 inputs, neither of them shared code here; it writes 0 for a MAX window past the input, ignores
@@ -337,3 +343,81 @@ def test_recurrent_bottom_order(tmp_path):
              "h0": np.full((1, 1, 1), 0.25, np.float32)}
     h = math.tanh(0.5 + 2 * 0.25)
     check(run3(tmp_path, layers, feeds, weights=weights, opencv=False), [[[math.tanh(h)]]])
+
+
+# -- resolved axes: Softmax, Concat, Flatten ------------------------------------------------------
+
+def test_softmax_axis(tmp_path):
+    """Over the channels at each position: (0, 0) -> (1/2, 1/2); (ln 3, 0) -> (3/4, 1/4)."""
+    x = np.array([[[[0, math.log(3)]], [[0, 0]]]], np.float32)
+    layers = 'layer { name: "s" type: "Softmax" bottom: "x" top: "out" }\n'
+    check(run3(tmp_path, layers, {"x": x}), [[[[0.5, 0.75]], [[0.5, 0.25]]]])
+
+
+def test_concat_axis(tmp_path):
+    layers = 'layer { name: "c" type: "Concat" bottom: "a" bottom: "b" top: "out" concat_param { axis: 2 } }\n'
+    feeds = {"a": ramp(1, 1, 1, 2), "b": ramp(1, 1, 2, 2) + 10}
+    check(run3(tmp_path, layers, feeds), [[[[0, 1], [10, 11], [12, 13]]]])
+
+
+def test_flatten_axis(tmp_path):
+    """axis 2 to the end: (1, 2, 2, 3) -> (1, 2, 6), the values in memory order."""
+    layers = 'layer { name: "f" type: "Flatten" bottom: "x" top: "out" flatten_param { axis: 2 } }\n'
+    check(run3(tmp_path, layers, {"x": ramp(1, 2, 2, 3)}), [[list(range(6)), list(range(6, 12))]])
+
+
+# -- the list above is complete ------------------------------------------------------------------
+
+def _shared_code() -> dict[str, set[str]]:
+    """Per layer class: the module functions and own methods that both ``kernel`` and ``lower``
+    reach (transitively), plus ``resolve`` when the class computes attrs from the shapes."""
+    import ast
+    import builtins
+
+    import protonet.layers as pkg
+
+    trees = [ast.parse(f.read_text()) for f in sorted(Path(pkg.__file__).parent.glob("*.py"))]
+    funcs = {n.name: n for t in trees for n in t.body if isinstance(n, ast.FunctionDef)}
+
+    def calls(fn: ast.AST) -> set[str]:
+        out = set()
+        for n in ast.walk(fn):
+            if isinstance(n, ast.Call):
+                f = n.func
+                if isinstance(f, ast.Name) and not hasattr(builtins, f.id):
+                    out.add(f.id)
+                elif isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self":
+                    out.add(f.attr)
+        return out
+
+    found: dict[str, set[str]] = {}
+    for t in trees:
+        for cls in (n for n in t.body if isinstance(n, ast.ClassDef)):
+            meths = {m.name: m for m in cls.body if isinstance(m, ast.FunctionDef)}
+            if "kernel" not in meths or "lower" not in meths or cls.name == "Layer":  # the base class
+                continue
+
+            def reach(name: str) -> set[str]:
+                seen, todo = set(), [name]
+                while todo:
+                    c = todo.pop()
+                    if c not in seen:
+                        seen.add(c)
+                        node = meths.get(c) or funcs.get(c)
+                        if node is not None:
+                            todo += calls(node)
+                return seen
+            both = {c for c in reach("kernel") & reach("lower") - {"kernel", "lower"}
+                    if c in meths or c in funcs or c == "Pooling"}
+            if "resolve" in meths:
+                both.add("resolve")
+            if both:
+                found[cls.name] = both
+    return found
+
+
+def test_every_shared_helper_is_listed():
+    doc = __doc__
+    missing = [f"{cls}: {name}" for cls, names in _shared_code().items() for name in sorted(names)
+               if cls not in doc or (name not in doc and name not in ("resolve", "Pooling"))]
+    assert not missing, f"shared by kernel and lower but not listed (and pinned) here: {missing}"
