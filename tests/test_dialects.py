@@ -558,3 +558,24 @@ def test_corpus_fork_fields_parse_and_their_layers_are_refused_by_name(tmp_path)
                    'center_loss_param { num_output: 3 } loss_weight: 0.01 }\n')
     c = compile_net(_write(tmp_path, face, "face.prototxt"))
     assert [n.type for n in c.graph.nodes] == ["Input", "InnerProduct"]  # the center loss goes with deploy
+
+
+def test_deeplab_v1_dialect_image_seg_data_hole_and_interp(tmp_path):
+    # DeepLab's Caffe never left V1: its own enum values, "hole" (atrous) convolution, strict_dim
+    text = """name: "deeplab"
+layers { name: "data" type: IMAGE_SEG_DATA top: "data" top: "label"
+  image_data_param { source: "val.txt" batch_size: 1 has_label: false }
+  transform_param { mean_value: 104 mean_value: 117 mean_value: 123 crop_size: 9 } include: { phase: TEST } }
+layers { name: "fc6" type: CONVOLUTION bottom: "data" top: "fc6" strict_dim: false
+  blobs_lr: 1 blobs_lr: 2
+  convolution_param { num_output: 1 kernel_size: 3 hole: 2 bias_term: false weight_filler { type: "constant" value: 1 } } }
+layers { name: "up" type: INTERP bottom: "fc6" top: "up" interp_param { zoom_factor: 2 } }
+layers { name: "acc" type: SEG_ACCURACY bottom: "up" bottom: "label" top: "acc" }
+"""
+    c = compile_net(_write(tmp_path, text))
+    assert [(n.name, n.type) for n in c.graph.nodes] == [("data", "Input"), ("fc6", "Convolution"), ("up", "Interp")]
+    assert c.graph.inputs[0].shape == (1, 3, 9, 9)
+    assert c.graph.node("fc6").outputs[0].shape == (1, 1, 5, 5)  # 9 - 2 * (3 - 1)
+    x = np.arange(243, dtype=np.float32).reshape(1, 3, 9, 9)
+    y = ReferenceInterpreter(c.graph).run({"data": x}, keep_all=True)["fc6"]
+    assert float(y[0, 0, 0, 0]) == sum(float(x[0, ch, i, j]) for ch in range(3) for i in (0, 2, 4) for j in (0, 2, 4))

@@ -153,19 +153,27 @@ def translate(net: Any, path: str) -> tuple[Any, list[Foreign]]:
 
 def normalize(net: Any, where: Callable[[int | None, str | None], Location]) -> list[str]:
     """Fork spellings of what protonet implements, rewritten in place (on the frontend's own copy)
-    into BVLC's: yjxiong/caffe's ``dilation_h``/``dilation_w`` become ``dilation: [h, w]``.
-    Returns notes."""
+    into BVLC's: yjxiong/caffe's ``dilation_h``/``dilation_w`` and DeepLab's atrous ``hole``
+    (``hole_h``/``hole_w`` override it per axis) become ``dilation: [h, w]``. Returns notes."""
     notes: list[str] = []
     for i, layer in enumerate(net.layer):
+        if not layer.HasField("convolution_param"):
+            continue
         c = layer.convolution_param
-        if layer.HasField("convolution_param") and (c.HasField("dilation_h") or c.HasField("dilation_w")):
+        for h_name, w_name, both, fork in (("dilation_h", "dilation_w", None, "yjxiong/caffe"),
+                                           ("hole_h", "hole_w", "hole", "DeepLab")):
+            names = [n for n in (both, h_name, w_name) if n]
+            if not any(c.HasField(n) for n in names):
+                continue
             if len(c.dilation):
-                raise SchemaError("dilation and dilation_h/dilation_w cannot both be set", where(i, layer.name))
-            h, w = c.dilation_h or 1, c.dilation_w or 1
-            c.dilation.extend([h, w])
-            c.ClearField("dilation_h")
-            c.ClearField("dilation_w")
-            notes.append(f"layer '{layer.name}': dilation_h/dilation_w (yjxiong/caffe) read as dilation [{h}, {w}]")
+                raise SchemaError(f"dilation and {'/'.join(names)} cannot both be set", where(i, layer.name))
+            base = getattr(c, both) if both else 1
+            h = getattr(c, h_name) if c.HasField(h_name) else base
+            w = getattr(c, w_name) if c.HasField(w_name) else base
+            c.dilation.extend([h or 1, w or 1])
+            for n in names:
+                c.ClearField(n)
+            notes.append(f"layer '{layer.name}': {'/'.join(names)} ({fork}) read as dilation [{h or 1}, {w or 1}]")
     return notes
 
 

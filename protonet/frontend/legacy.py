@@ -348,6 +348,25 @@ V1_LAYER_TYPES: dict[str, str] = {
     "TANH": "TanH",
     "WINDOW_DATA": "WindowData",
     "THRESHOLD": "Threshold",
+    # DeepLab's V1-only Caffe
+    "IMAGE_SEG_DATA": "ImageSegData",
+    "SEG_ACCURACY": "SegAccuracy",
+    "INTERP": "Interp",
+    "PADDING": "Padding",
+    "MAT_WRITE": "MatWrite",
+    "MAT_READ": "MatRead",
+    "DENSE_CRF": "DenseCRF",
+    "DOMINANT_CHANNEL": "DominantChannel",
+    "BIAS_CHANNEL": "BiasChannel",
+    "UNIQUE_LABEL": "UniqueLabel",
+    "CENSOR_LABEL": "CensorLabel",
+    "ADAPTIVE_BIAS_CHANNEL": "AdaptiveBiasChannel",
+    "CHANNEL_AGGREGATOR": "ChannelAggregator",
+    "IGNORE_OVERLAY": "IgnoreOverlay",
+    "HISTOGRAM": "Histogram",
+    "RELATIVE_ERROR": "RelativeError",
+    "GAIN_CHANNEL": "GainChannel",
+    "ONEHOT": "OneHot",
 }
 
 #: Every ``*_param`` message of a V1 layer; each is copied as-is into the same-named V2 field.
