@@ -11,11 +11,12 @@ F = FLT_MAX
 
 
 def test_sentinel_does_not_set_the_scale():
-    # the old rule: max diff 10 over max|r| = FLT_MAX -> 3e-38, a pass
-    res = compare([-F, 2, -5], [-F, 1, 5])
+    # the old rule: max diff 10 over max|r| = FLT_MAX -> 3e-38, a pass; in either order
+    res = compare([-F, 1, 5], [-F, 2, -5])
     assert not res.ok
-    assert res.index == (2,) and res.actual == -5 and res.reference == 5
+    assert res.index == (2,) and res.actual == 5 and res.reference == -5
     assert res.max_abs == 10
+    assert not compare([-F, 2, -5], [-F, 1, 5]).ok
 
 
 def test_sentinels_and_an_exact_match_pass():

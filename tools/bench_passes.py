@@ -133,10 +133,11 @@ def render(rows: list[dict], args: argparse.Namespace, elapsed: float) -> str:
         f"{args.reps} interleaved repetitions after {args.warmup} warm-up runs each (a repetition of a "
         f"fast net averages back-to-back calls filling at least {MIN_REP_S * 1e3:.0f} ms); ratio = opt / unopt "
         "(below 1 is faster). ONNX nodes are counted in the exported models (before onnxruntime's own "
-        f"graph optimizations, {ORT_LEVELS[ORT_OPT]} in both sessions). max rel = largest relative "
-        "difference of the outputs of the two models.",
+        f"graph optimizations, {ORT_LEVELS[ORT_OPT]} in both sessions). err/tol = the largest difference "
+        "between the two models' outputs as a fraction of verify's element-wise tolerance "
+        "(protonet/tolerances.py).",
         "",
-        "| net | batch | IR layers unopt → opt | ONNX nodes unopt → opt | unopt ms | opt ms | ratio | max rel |",
+        "| net | batch | IR layers unopt → opt | ONNX nodes unopt → opt | unopt ms | opt ms | ratio | err/tol |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
