@@ -134,6 +134,13 @@ def test_every_fork_field_parses_by_name_and_keeps_its_number_unless_documented(
             assert (msg, name) in RENUMBERED, f"{repo}: {msg}.{name} = {number} there, {fd.number} here, undocumented"
             moved.add((msg, name))
     assert moved == set(RENUMBERED)  # no stale entry
+    # where the fork's number is free in BVLC's schema, its binaries still read by number
+    for alias, name, number in (("bn_param_pspnet", "bn_param", 152), ("scale_param_tsn", "scale_param", 160),
+                                ("bias_param_tsn", "bias_param", 161), ("permute_param_happynear", "permute_param", 224),
+                                ("proposal_param_happynear", "proposal_param", 219),
+                                ("psroi_pooling_param_happynear", "psroi_pooling_param", 220)):
+        fields = pb.LayerParameter.DESCRIPTOR.fields_by_name
+        assert fields[alias].number == number and fields[alias].message_type is fields[name].message_type
     readme = (ROOT / "README.md").read_text()
     for msg, name in RENUMBERED:
         assert f"{msg}.{name}" in readme, f"README's fork-dialect table lacks {msg}.{name}"
@@ -579,3 +586,19 @@ layers { name: "acc" type: SEG_ACCURACY bottom: "up" bottom: "label" top: "acc" 
     x = np.arange(243, dtype=np.float32).reshape(1, 3, 9, 9)
     y = ReferenceInterpreter(c.graph).run({"data": x}, keep_all=True)["fc6"]
     assert float(y[0, 0, 0, 0]) == sum(float(x[0, ch, i, j]) for ch in range(3) for i in (0, 2, 4) for j in (0, 2, 4))
+
+
+def test_a_forks_binary_at_its_own_free_number_reads_as_the_named_field(tmp_path):
+    # PSPNet writes bn_param at 152 (free in BVLC's schema): field 152 on the wire is its BN layer's param
+    net = pb.NetParameter(name="psp", input=["data"])
+    net.input_shape.add().dim.extend([1, 2, 3, 3])
+    bn = net.layer.add(name="bn", type="BN", bottom=["data"], top=["bn"])
+    bn.bn_param_pspnet.eps = 0.25
+    data = net.SerializeToString()
+    assert bytes([(152 << 3 | 2) & 0x7F | 0x80, (152 << 3 | 2) >> 7]) in data  # tag of field 152, length-delimited
+    path = tmp_path / "psp.caffemodel"
+    path.write_bytes(data)
+    loaded = load_net(path, deploy=False)
+    layer = loaded.net.layer[-1]
+    assert layer.HasField("bn_param") and not layer.HasField("bn_param_pspnet")
+    assert layer.bn_param.eps == pytest.approx(0.25)

@@ -151,11 +151,28 @@ def translate(net: Any, path: str) -> tuple[Any, list[Foreign]]:
     return out, foreign
 
 
+#: LayerParameter fields at a fork's own number (binaries of that fork) -> the field they are
+WIRE_ALIASES: dict[str, str] = {
+    "bn_param_pspnet": "bn_param", "scale_param_tsn": "scale_param", "bias_param_tsn": "bias_param",
+    "proposal_param_happynear": "proposal_param", "psroi_pooling_param_happynear": "psroi_pooling_param",
+    "permute_param_happynear": "permute_param",
+}
+
+
 def normalize(net: Any, where: Callable[[int | None, str | None], Location]) -> list[str]:
     """Fork spellings of what protonet implements, rewritten in place (on the frontend's own copy)
-    into BVLC's: yjxiong/caffe's ``dilation_h``/``dilation_w`` and DeepLab's atrous ``hole``
-    (``hole_h``/``hole_w`` override it per axis) become ``dilation: [h, w]``. Returns notes."""
+    into BVLC's: a layer param read at a fork's own field number (:data:`WIRE_ALIASES`) moves to
+    the field of that name; yjxiong/caffe's ``dilation_h``/``dilation_w`` and DeepLab's atrous
+    ``hole`` (``hole_h``/``hole_w`` override it per axis) become ``dilation: [h, w]``. Returns notes."""
     notes: list[str] = []
+    for i, layer in enumerate(net.layer):
+        for alias, name in WIRE_ALIASES.items():
+            if layer.HasField(alias):
+                if layer.HasField(name):
+                    raise SchemaError(f"both {name} and {alias} (another fork's number for it) are set",
+                                      where(i, layer.name))
+                getattr(layer, name).CopyFrom(getattr(layer, alias))
+                layer.ClearField(alias)
     for i, layer in enumerate(net.layer):
         if not layer.HasField("convolution_param"):
             continue

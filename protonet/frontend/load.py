@@ -189,8 +189,9 @@ def upgrade_file(src: str | Path, dst: str | Path, schema: SchemaSpec = None) ->
     """Read ``src`` (text or binary; through ``schema``, a user's own caffe.proto, when given),
     upgrade it to the current format and write ``dst`` in protonet's schema, as text
     (``.prototxt``/``.pbtxt``/``.txt``) or binary (``.caffemodel``/``.binaryproto``/``.pb``) by its
-    extension. Fields protonet's schema lacks are left out, with a warning. Returns the names of
-    the steps that ran (empty for a current file)."""
+    extension, with the forks' spellings of what protonet implements in BVLC's (dilation, layer
+    params at a fork's own field number). Fields protonet's schema lacks are left out, with a
+    warning. Returns the names of the steps that ran (empty for a current file)."""
     out = Path(dst)
     suffix = out.suffix.lower()
     if suffix not in TEXT_SUFFIXES + BINARY_SUFFIXES:
@@ -203,6 +204,8 @@ def upgrade_file(src: str | Path, dst: str | Path, schema: SchemaSpec = None) ->
     for f in loaded.foreign:
         log.warning("%s: %s (%s) left out: protonet's schema has no such field", src, f.key, f.value)
     net, ran = upgrade_net(loaded.net, loaded.loc())
+    notes = normalize(net, lambda i, name: loaded.loc(net.layer[i], i) if i is not None else loaded.loc())
+    ran = ran + notes
     write_bytes_atomic(out, serialize_net(net, suffix in BINARY_SUFFIXES))  # in place is safe: atomic
     log.info("%s -> %s: %s", src, dst, ", ".join(ran) if ran else "already current")
     return ran
