@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from . import __version__
 from .errors import ProtonetError
 from .fileio import write_atomic
+from .frontend.schema import is_repeated
 from .frontend.wire import encode_varint
 from .ir import FreshNames, Graph, Node
 from .layers import registry
@@ -367,7 +368,7 @@ def _without(msg: Any, field: str) -> Any:
         if fd.name == field:
             continue
         target = getattr(out, fd.name)
-        if fd.is_repeated:
+        if is_repeated(fd):
             target.extend(value)
         elif fd.message_type is not None:
             target.CopyFrom(value)

@@ -23,8 +23,7 @@ from protonet.errors import ProtonetError, SchemaError
 from protonet.export import export
 from protonet.frontend import load_net, upgrade_file
 from protonet.frontend import schema as schema_mod
-from protonet.frontend.dialects import is_repeated
-from protonet.frontend.schema import load_schema, pb
+from protonet.frontend.schema import is_repeated, load_schema, pb
 from protonet.pipeline import compile_net, verify_compiled
 from protonet.reference import ReferenceInterpreter
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 from google.protobuf.descriptor import FieldDescriptor
 
 from ..errors import Location, SchemaError
-from .schema import pb
+from .schema import is_repeated, pb
 
 #: fields of protonet's schema that a fork reads at test time and protonet does not implement:
 #: ``MSG.FIELD`` -> what the fork does with it
@@ -54,12 +54,6 @@ class Foreign:
     value: str  # the value as text, shortened
     layer: str | None  # the layer it belongs to (None: a net-level field)
     layer_type: str | None
-
-
-def is_repeated(fd: FieldDescriptor) -> bool:
-    """Whether a field is repeated (``label`` is gone from protobuf 7's descriptors)."""
-    flag = getattr(fd, "is_repeated", None)
-    return bool(flag) if flag is not None else fd.label == FieldDescriptor.LABEL_REPEATED
 
 
 def is_default(msg: Any, fd: FieldDescriptor, value: Any) -> bool:
@@ -234,4 +228,4 @@ def check_fields(net: Any, foreign: Iterable[Foreign], ignore: Iterable[str],
         raise SchemaError(f"{what}: {why}{more}", loc)
 
 
-__all__ = ["Foreign", "UNIMPLEMENTED", "check_fields", "is_default", "normalize", "translate"]
+__all__ = ["Foreign", "UNIMPLEMENTED", "WIRE_ALIASES", "check_fields", "is_default", "normalize", "translate"]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.internal import enum_type_wrapper
 
 from ..errors import Location, SchemaError
@@ -31,6 +32,13 @@ DESCRIPTOR_FILE = Path(__file__).with_name("caffe.desc")
 SOURCE_PROTO = Path(__file__).resolve().parent.parent.parent / "proto" / "caffe.proto"
 #: the message every Caffe schema must define: the file that holds it is the schema's main file
 ROOT_MESSAGE = "NetParameter"
+
+
+def is_repeated(fd: FieldDescriptor) -> bool:
+    """Whether a field is repeated, on every supported protobuf runtime (4.25's descriptors have
+    ``label`` only; protobuf 7's have ``is_repeated`` only)."""
+    flag = getattr(fd, "is_repeated", None)
+    return bool(flag) if flag is not None else fd.label == FieldDescriptor.LABEL_REPEATED
 
 
 class Schema:
@@ -134,4 +142,4 @@ def _builtin() -> Schema:
 #: protonet's own schema: BVLC Caffe and the fork dialects built in
 pb = _builtin()
 
-__all__ = ["Schema", "compile_proto", "load_schema", "pb"]
+__all__ = ["Schema", "compile_proto", "is_repeated", "load_schema", "pb"]
