@@ -601,3 +601,10 @@ def test_a_forks_binary_at_its_own_free_number_reads_as_the_named_field(tmp_path
     layer = loaded.net.layer[-1]
     assert layer.HasField("bn_param") and not layer.HasField("bn_param_pspnet")
     assert layer.bn_param.eps == pytest.approx(0.25)
+
+
+def test_a_solver_file_given_as_the_net_says_so(tmp_path):
+    path = _write(tmp_path, 'net: "train_val.prototxt"\nbase_lr: 0.01\nsolver_mode: GPU\n', "solver.prototxt")
+    with pytest.raises(SchemaError, match=r"solver\.prototxt:1:1: this is a solver definition \('net' is a "
+                                          r"SolverParameter field\), not a net: give the net file that it names$"):
+        compile_net(path)

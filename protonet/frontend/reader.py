@@ -127,6 +127,10 @@ def _syntax_error(path: str, e: text_format.ParseError, blocks: list[LayerSource
     msg = str(e)
     # strip the "line:col : " prefix protobuf puts on the message
     msg = re.sub(r"^\d+:\d+ : ", "", msg)
+    solver = re.search(r'"caffe\.NetParameter" has no field named "(\w+)"', msg)
+    if schema is None and solver and solver.group(1) in pb.SolverParameter.DESCRIPTOR.fields_by_name:
+        return SchemaError(f"this is a solver definition ('{solver.group(1)}' is a SolverParameter field), not a "
+                           f"net: give the net file that it names", Location(path, line, col))
     if re.search(r'has no field named|has no value named', msg):
         msg = msg.rstrip(".") + (f" (not in {schema.origin} either)" if schema is not None else
                 "; protonet's schema holds BVLC Caffe's and the common forks' fields: if your Caffe fork "
