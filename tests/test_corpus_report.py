@@ -50,13 +50,13 @@ def _write(tmp_path: Path, name: str, text: str) -> str:
 
 def test_a_net_both_run_is_verified_and_agrees_with_opencv(tmp_path):
     res = cr.check_file(_write(tmp_path, "small.prototxt", SMALL), tmp_path)
-    assert res["status"] == "verified" and res["verify_rel"] <= 1e-4
+    assert res["status"] == "verified" and res["verify_rel"] <= 1
     assert res["inputs"] == {"data": [1, 3, 12, 12]}  # batch 1, whatever the file says
     assert res["opencv"] == "runs"
     assert set(res["opencv_rel"]) == {"prob"}
-    assert res["opencv_max_rel"] <= cr.AGREE_RTOL
+    assert res["opencv_max_rel"] <= cr.AGREE
     # every layer is compared too (fusion off in OpenCV): conv1, bn1, sc1, relu1, pool1, fc, prob
-    assert res["opencv_layers"] == 7 and res["opencv_layer_max_rel"] <= cr.AGREE_RTOL
+    assert res["opencv_layers"] == 7 and res["opencv_layer_max_rel"] <= cr.AGREE
     # the caffemodel OpenCV read holds protonet's random weights, not zeros: the output varies
     net = cv2.dnn.readNetFromCaffe(str(tmp_path / "small.prototxt"), str(tmp_path / "random.caffemodel"))
     net.setInput(np.random.default_rng(0).standard_normal((1, 3, 12, 12)).astype(np.float32))
@@ -76,16 +76,16 @@ def test_the_opencv_comparison_notices_a_wrong_output(tmp_path):
     feeds = random_inputs(c.graph, seed=3)
     blobs = make_session(export(c.graph, expose_all=True, check=False), "cpu").run(feeds)
     good = cr._opencv_run(path, str(tmp_path / "w.caffemodel"), c.graph, feeds, blobs)
-    assert cr.cv_worst(good) <= cr.AGREE_RTOL
+    assert cr.cv_worst(good) <= cr.AGREE
     wrong = {**blobs, "prob": blobs["prob"][:, ::-1].copy()}  # the classes in the wrong order
     bad = cr._opencv_run(path, str(tmp_path / "w.caffemodel"), c.graph, feeds, wrong)
-    assert bad["opencv_max_rel"] > 1e-2 and bad["opencv_layer_worst"] == "prob"
+    assert bad["opencv_max_rel"] > 100 and bad["opencv_layer_worst"] == "prob"
     # a wrong hidden layer is seen even where the output agrees
     fc = c.graph.node("pool1").outputs[0].name
     hidden = {**blobs, fc: blobs[fc] * 1.01}
     res = cr._opencv_run(path, str(tmp_path / "w.caffemodel"), c.graph, feeds, hidden)
-    assert res["opencv_max_rel"] <= cr.AGREE_RTOL and res["opencv_layer_worst"] == "pool1"
-    assert cr.cv_worst(res) > 1e-3
+    assert res["opencv_max_rel"] <= cr.AGREE and res["opencv_layer_worst"] == "pool1"
+    assert cr.cv_worst(res) > 10  # 1% off: about 100 times the tolerance
 
 
 def test_a_python_layer_is_a_located_refusal_and_right_to_refuse(tmp_path):

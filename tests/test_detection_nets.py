@@ -40,7 +40,7 @@ def _verify(key: str, rows: int, outputs: dict[str, tuple[int, ...]], optimize: 
     feeds = {"data": rng.standard_normal((1, 3, SIZE, SIZE)).astype(np.float32),
              "im_info": np.array([[SIZE, SIZE, 1.0]], np.float32)}
     res = verify_compiled(c, feeds, provider="cpu")
-    bad = [(b.name, f"{b.rel:.3g}") for b in res.blobs if not b.ok]
+    bad = [(b.name, b.result.describe()) for b in res.blobs if not b.ok]
     assert res.ok, f"blobs that differ: {bad}"
     assert {"rois", "cls_prob"} <= {b.name for b in res.blobs}
     # the proposals: inside the image, at least min_size (16) wide and high, then zero padding

@@ -314,7 +314,7 @@ def test_fuse_plugin_with_the_post_op_trait(plugin):
     ref = ReferenceInterpreter(g1).run(feeds)["y"]
     before = ReferenceInterpreter(g0).run(feeds, keep_all=True)["c1"]  # the conv alone, unfused
     assert np.allclose(ref, _hard_swish(before), rtol=1e-12, atol=1e-12)
-    assert relative_error(make_session(model, "cpu").run(feeds)["y"], ref)[1] <= VERIFY_RTOL
+    assert compare(make_session(model, "cpu").run(feeds)["y"], ref).ok
 
 
 class _Doubler(Layer):
