@@ -21,7 +21,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from protonet.build import BuildOptions, build_graph
 from protonet.errors import ProtonetError, SchemaError
 from protonet.export import export
-from protonet.frontend import load_net, upgrade_file
+from protonet.frontend import load_net, read_net, upgrade_file
 from protonet.frontend import schema as schema_mod
 from protonet.frontend.schema import is_repeated, load_schema, pb
 from protonet.pipeline import compile_net, verify_compiled
@@ -428,9 +428,13 @@ def test_caffe_proto_reads_binaries_by_the_forks_numbers(tmp_path):
     c = compile_net(path, schema=FORK_PROTO)
     assert c.graph.node("pool").attrs.ceil_mode is False
     assert c.graph.outputs[0].shape == (1, 1, 3, 3)
-    # without it, field 13 is BVLC's round_mode, where 0 means CEIL: the collision the README documents
-    plain = load_net(path, deploy=False)
-    assert plain.net.layer[1].pooling_param.round_mode == pb.PoolingParameter.CEIL
+    # without it, field 13 is BVLC's round_mode, where 0 means CEIL (the collision the README
+    # documents), and the Interp's 143 is BVLC's input_param, whose field 3 no schema knows: refused
+    plain = read_net(path)
+    assert plain.net.layer[0].pooling_param.round_mode == pb.PoolingParameter.CEIL
+    with pytest.raises(SchemaError, match=r"layer 'up' \(Interp\): field number 3 of InputParameter is set in "
+                                          r"this binary file.*--caffe-proto FORK\.proto"):
+        load_net(path, deploy=False)
     # upgrade writes the file in protonet's schema (BVLC's numbers)
     out = tmp_path / "up.prototxt"
     upgrade_file(path, out, FORK_PROTO)
@@ -608,3 +612,19 @@ def test_a_solver_file_given_as_the_net_says_so(tmp_path):
     with pytest.raises(SchemaError, match=r"solver\.prototxt:1:1: this is a solver definition \('net' is a "
                                           r"SolverParameter field\), not a net: give the net file that it names$"):
         compile_net(path)
+
+
+def test_a_binary_field_no_schema_knows_is_a_located_error_suggesting_caffe_proto(tmp_path):
+    net = pb.NetParameter(name="bin", input=["data"])
+    net.input_shape.add().dim.extend([1, 1, 4, 4])
+    relu = net.layer.add(name="relu", type="ReLU", bottom=["data"], top=["out"])
+    # a fork's ReLUParameter field 90 (varint 3): tag 90 << 3 = 720 = varint d0 05
+    relu.relu_param.MergeFromString(bytes([0xD0, 0x05, 3]))
+    path = tmp_path / "fork.caffemodel"
+    path.write_bytes(net.SerializeToString())
+    with pytest.raises(SchemaError, match=r"fork\.caffemodel: layer 'relu' \(ReLU\): field number 90 of ReLUParameter "
+                                          r"is set in this binary file and is in no schema protonet knows: .*"
+                                          r"--caffe-proto FORK\.proto, or pass --ignore-field ReLUParameter\.90"):
+        compile_net(path)
+    c = compile_net(path, ignore_fields=("ReLUParameter.90",))
+    assert [n.type for n in c.graph.nodes] == ["Input", "ReLU"]

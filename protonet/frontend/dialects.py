@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
+from google.protobuf import unknown_fields
 from google.protobuf.descriptor import FieldDescriptor
 
 from ..errors import Location, SchemaError
@@ -197,12 +198,24 @@ def _set_fields(msg: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any, Fie
                 yield from _set_fields(item)
 
 
+def _unknown(msg: Any) -> Iterator[str]:
+    """``MSG.N`` for every field number below ``msg`` that the schema does not define (a binary
+    file written through a fork's schema)."""
+    for f in unknown_fields.UnknownFieldSet(msg):
+        yield f"{msg.DESCRIPTOR.name}.{f.field_number}"
+    for fd, value in msg.ListFields():
+        if fd.message_type is not None:
+            for item in value if is_repeated(fd) else [value]:
+                yield from _unknown(item)
+
+
 def check_fields(net: Any, foreign: Iterable[Foreign], ignore: Iterable[str],
                  where: Callable[[int | None, str | None], Location]) -> None:
     """Refuse the net when a layer it still has sets a field that would change its results and
     that protonet does not implement: a field of the user's schema without a counterpart
-    (``foreign``), or one of :data:`UNIMPLEMENTED` (a scalar set to another value than its
-    default, a message present at all). ``ignore`` holds the ``MSG.FIELD`` names the
+    (``foreign``), one of :data:`UNIMPLEMENTED` (a scalar set to another value than its default, a
+    message present at all), or a field number of a binary file that no schema protonet knows
+    defines (``MSG.N``). ``ignore`` holds the ``MSG.FIELD`` names the
     user accepts; ``where(index, layer name)`` locates a layer. One error names the first such
     field and lists the others."""
     skip = set(ignore)
@@ -216,6 +229,13 @@ def check_fields(net: Any, foreign: Iterable[Foreign], ignore: Iterable[str],
                       f"{f.key} is set ({f.value}) in your schema, and protonet's schema has no such field",
                       f"{why}; if it does not change inference, pass {IGNORE_HINT.format(key=f.key)}"))
     for i, layer in enumerate(net.layer):
+        for key in dict.fromkeys(_unknown(layer)):
+            if key not in skip:
+                found.append((where(i, layer.name), f"field number {key.rsplit('.', 1)[1]} of {key.rsplit('.', 1)[0]} "
+                              f"is set in this binary file and is in no schema protonet knows",
+                              f"a Caffe fork wrote it and results may differ from that fork's: give the fork's "
+                              f"caffe.proto with --caffe-proto FORK.proto, or pass {IGNORE_HINT.format(key=key)} "
+                              f"if it does not change inference"))
         for key, msg, value, fd in _set_fields(layer):
             if key in UNIMPLEMENTED and key not in skip and (fd.message_type is not None
                                                               or not is_default(msg, fd, value)):
