@@ -293,6 +293,9 @@ def check_file(path: str, work: Path, given: dict[str, tuple[int, ...]] | None =
         res.update(status="refused", message=str(e).splitlines()[0], **_cli_refusal(path, work, given))
         res.update(_opencv_import(path, work))
         reason = classify(str(e), res["opencv"] == "imports")
+        if reason.key == "input-shape" and "resize_param" in Path(path).read_text(errors="replace"):
+            reason = Reason("input-shape", True, "the file sizes its images (transform_param.resize_param, the SSD "
+                            "fork's AnnotatedData): the shape is in the file, not only in the database")
         res.update(reason=reason.key, gap=reason.gap, why=reason.why)
         return res
     except Exception as e:  # noqa: BLE001 - an internal error is a finding, recorded as such
