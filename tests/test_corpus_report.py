@@ -88,6 +88,39 @@ def test_the_opencv_comparison_notices_a_wrong_output(tmp_path):
     assert cr.cv_worst(res) > 10  # 1% off: about 100 times the tolerance
 
 
+AXPY = """name: "se"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 3 dim: 3 } } }
+layer { name: "gap" type: "Pooling" bottom: "data" top: "gap" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "gate" type: "Sigmoid" bottom: "gap" top: "gate" }
+layer { name: "branch" type: "Convolution" bottom: "data" top: "branch"
+        convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "sum" type: "Axpy" bottom: "gate" bottom: "branch" bottom: "data" top: "sum" }
+"""
+
+
+def test_an_opencv_departure_from_the_fork_source_is_named(tmp_path):
+    """SENet's axpy_layer.cpp: top = a * bottom[1] + bottom[2] (the gate scales the residual
+    branch); OpenCV 4.10 scales bottom[2] instead. The report finds the layer the difference
+    starts at and names OpenCV's departure; protonet's output is the hand formula."""
+    from protonet.build import BuildOptions
+    from protonet.pipeline import compile_net, random_inputs
+
+    path = _write(tmp_path, "se.prototxt", AXPY)
+    res = cr.check_file(path, tmp_path)
+    assert res["status"] == "verified" and res["opencv"] == "runs"
+    assert (res["opencv_first_diff"], res["opencv_first_diff_type"]) == ("sum", "Axpy")
+    assert res["opencv_diverges"] == cr.OPENCV_DIVERGES["Axpy"] and res["opencv_max_rel"] > 100
+    # protonet's Axpy against the formula, on the same weights the report wrote
+    c = compile_net(path, tmp_path / "random.caffemodel", options=BuildOptions(batch=1))
+    x = random_inputs(c.graph, seed=1)["data"].astype(np.float64)
+    branch = np.einsum("oc,nchw->nohw", c.graph.node("branch").weights["weight"][:, :, 0, 0], x) \
+        + c.graph.node("branch").weights["bias"].reshape(1, 2, 1, 1)
+    gate = 1 / (1 + np.exp(-x.mean(axis=(2, 3), keepdims=True)))
+    from protonet.reference import ReferenceInterpreter
+    got = ReferenceInterpreter(c.graph).run({"data": x.astype(np.float32)})["sum"]
+    np.testing.assert_allclose(got, gate * branch + x, rtol=1e-5, atol=1e-6)
+
+
 def test_a_python_layer_is_a_located_refusal_and_right_to_refuse(tmp_path):
     path = _write(tmp_path, "py.prototxt", PYTHON_LAYER)
     res = cr.check_file(path, tmp_path)
