@@ -321,6 +321,7 @@ def check_file(path: str, work: Path, given: dict[str, tuple[int, ...]] | None =
     except Exception as e:  # noqa: BLE001
         res.update(status="verify-crash", message=f"{type(e).__name__}: {e}"[:300])
         return res
+    res["metric"] = "ratio"  # figures are fractions of verify's element-wise tolerance
     res["verify_rel"] = v.worst.ratio
     res["verify_blob"] = v.worst.name
     # the optimized model's outputs against the unoptimized one's (which matched the reference)
@@ -395,14 +396,28 @@ def run_one(entry: Entry, corpus: Path, timeout: int, mem_gb: float) -> dict[str
         return res
 
 
+#: results kept from before verify's element-wise comparison carry relative errors
+#: (max |a - b| / max |b|, tolerance 1e-4) instead of fractions of the tolerance
+LEGACY_RTOL = 1e-4
+
+
+def agrees(r: dict[str, Any]) -> bool:
+    """OpenCV agrees on the outputs and every compared layer, in the metric the result was kept in."""
+    worst = cv_worst(r)
+    return worst is not None and worst <= (AGREE if r.get("metric") == "ratio" else LEGACY_RTOL)
+
+
 def cv_worst(r: dict[str, Any]) -> float | None:
     """The largest difference from OpenCV (fraction of the tolerance) over the outputs and every compared layer."""
     vals = [r[k] for k in ("opencv_max_rel", "opencv_layer_max_rel") if r.get(k) is not None]
     return max(vals) if vals else None
 
 
-def _fmt(x: float | None) -> str:
-    return "" if x is None else f"{x:.1e}"
+def _fmt(x: float | None, r: dict[str, Any] | None = None) -> str:
+    """A figure; marked † when it is a kept legacy relative error rather than a fraction of the tolerance."""
+    if x is None:
+        return ""
+    return f"{x:.1e}" + ("†" if r is not None and r.get("metric") != "ratio" else "")
 
 
 def _cell(s: str) -> str:
@@ -419,12 +434,13 @@ def render(entries: list[Entry], results: dict[str, dict[str, Any]], machine: li
     refused = [(e, r) for e, r in rows if r["status"] == "refused"]
     cv_ran = [(e, r) for e, r in rows if r.get("opencv") == "runs"]
     cv_cmp = [(e, r) for e, r in cv_ran if r.get("opencv_max_rel") is not None]
-    agree = [(e, r) for e, r in cv_cmp if cv_worst(r) <= AGREE]
-    opencv_wrong = [(e, r) for e, r in cv_cmp if cv_worst(r) > AGREE and r.get("opencv_diverges")]
+    agree = [(e, r) for e, r in cv_cmp if agrees(r)]
+    opencv_wrong = [(e, r) for e, r in cv_cmp if not agrees(r) and r.get("opencv_diverges")]
     cv_runs = len(cv_ran)
     cv_imports = sum(r.get("opencv") == "imports" for _, r in rows)  # where protonet refused
     repos = len({e.repo for e, _ in rows})
     kept = sorted({r["protonet"] for _, r in rows if r.get("protonet")})
+    legacy = sum(1 for _, r in rows if r.get("verify_rel") is not None and r.get("metric") != "ratio")
     revs = ", ".join(kept) if kept else rev
     if len(kept) > 1:
         revs += " (files that did not verify were rerun at the last)"
@@ -440,6 +456,9 @@ def render(entries: list[Entry], results: dict[str, dict[str, Any]], machine: li
         "compared element by element (|opencv - protonet| <= 1e-4 * rms + 1e-4 * |protonet|; figures are the "
         "worst element's error as a fraction of that, agree means <= 1). Inputs over 256x256 are halved "
         "where the net compiles that way. Each file runs in its own process (nice 19, timeout, memory cap).",
+        *(["", f"Figures marked † ({legacy} files) were kept from a run made before verify's element-wise "
+           "comparison landed: they are relative errors max |a - b| / max |b|, and agree means <= 1e-4."]
+          if legacy else []),
         "",
         "Machine:",
         "",
@@ -507,13 +526,13 @@ def render(entries: list[Entry], results: dict[str, dict[str, Any]], machine: li
         elif r.get("opencv_first_diff"):
             cv += f"; differs from {r['opencv_first_diff']} ({r['opencv_first_diff_type']})"
             cv += " on: OpenCV departs from the Caffe source" if r.get("opencv_diverges") else ""
-        layers_cell = _fmt(r.get("opencv_layer_max_rel"))
+        layers_cell = _fmt(r.get("opencv_layer_max_rel"), r)
         if r.get("opencv_layers"):
             layers_cell += f" ({r['opencv_layers']})"
         if r.get("opencv_notes"):
             notes.append(f"{i}. `{e.local}` (OpenCV): {'; '.join(r['opencv_notes'])}")
         lines.append(f"| {i} | {e.repo} | {_cell(e.path)} | {e.kind} | {e.family} | {_cell(inp)} | {_cell(st)} | "
-                     f"{_fmt(r.get('verify_rel'))} | {_cell(cv)} | {_fmt(r.get('opencv_max_rel'))} | "
+                     f"{_fmt(r.get('verify_rel'), r)} | {_cell(cv)} | {_fmt(r.get('opencv_max_rel'), r)} | "
                      f"{layers_cell} | {r.get('seconds', '')} |")
     if notes:
         lines += ["", "## Messages", "", *[_cell(x) for x in notes]]
@@ -546,7 +565,7 @@ def render_findings(entries: list[Entry], results: dict[str, dict[str, Any]], co
             key = _cause(r)
         elif r["status"] in ("crash", "timeout", "verify-crash", "mismatch"):
             key = f"protonet {r['status']}"
-        elif cv_worst(r) is not None and cv_worst(r) > AGREE and not r.get("opencv_diverges"):
+        elif cv_worst(r) is not None and not agrees(r) and not r.get("opencv_diverges"):
             key = "disagrees with OpenCV"
             repro = (f"{repro}   # vs OpenCV: outputs {_fmt(r.get('opencv_max_rel'))}, from layer "
                      f"{r.get('opencv_first_diff')} ({r.get('opencv_first_diff_type')}) on")
