@@ -177,7 +177,7 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
 
     if weights is not None:
         names = {lp.name for lp in loaded.net.layer}
-        report.ignored = [n for n in weights.layers if n not in names]
+        report.ignored = [n for n in weights.layers if n not in names] + weights.skipped
     unused = [n for n in opts.input_shapes if n and n not in versions]
     if unused:
         raise ProtonetError(f"--input-shape names {', '.join(repr(n) for n in unused)}, which is not an input "

@@ -6,6 +6,8 @@ anything else is an internal error (exit 1; ``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -19,7 +21,8 @@ import numpy as np
 
 from . import __version__
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, ProtonetError, VerificationError
-from .fileio import save_npz
+from . import limits
+from .fileio import Terminated, is_regular_file, note_input, protect_inputs, save_npz, unwind_on_signals, writes_stdout
 
 log = logging.getLogger("protonet")
 
@@ -42,6 +45,19 @@ def _positive(text: str) -> int:
     if not 0 < n < MAX_DIM:
         raise argparse.ArgumentTypeError(f"{n} must be a positive integer below 2^31")
     return n
+
+
+def _int_in(lo: int, hi: int) -> Any:
+    """An argparse type: an integer in [lo, hi]."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"{n} is not in [{lo}, {hi}]")
+        return n
+    return parse
 
 
 def _parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -69,7 +85,8 @@ def _add_net_options(p: argparse.ArgumentParser, weights: bool = True) -> None:
     if weights:
         p.add_argument("-w", "--weights", metavar="W.caffemodel", help="trained weights (default: fillers)")
     p.add_argument("--batch", type=_positive, metavar="N", help="override the batch dimension of every input")
-    p.add_argument("--seed", type=int, default=0, help="seed for filler-generated weights (default 0)")
+    p.add_argument("--seed", type=_int_in(0, 2 ** 63 - 1), default=0,
+                   help="seed for filler-generated weights (default 0)")
     p.add_argument("--input-shape", type=_parse_shape, action="append", default=[], metavar="[NAME=]N,C,H,W",
                    help="shape of an input (data layers of train_val files, or a missing input shape)")
     p.add_argument("--strict", action="store_true", help="a layer missing from the weights file is an error")
@@ -101,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_net_options(p)
     _add_opt_options(p, default_on=True)
     p.add_argument("--explain", action="store_true", help="print what every pass matched, changed and declined")
-    p.add_argument("--opset", type=int, help="target another ONNX opset (through onnx.version_converter, "
+    p.add_argument("--opset", type=_int_in(1, 999), help="target another ONNX opset (through onnx.version_converter, "
                                              "then run against the opset-17 model; default 17)")
     p.add_argument("--verify", action="store_true",
                    help="verify the model before writing it (as 'protonet verify'; a mismatch exits 3 and "
@@ -175,10 +192,11 @@ def _report_loaded(c: Any) -> None:
     _say(c.report.summary())
 
 
-def _load_inputs(spec: str, names: list[str], shapes: dict[str, tuple[int, ...]], meta: str | None = None,
+def _load_inputs(spec: str, names: list[str], shapes: dict[str, tuple[int, ...]], meta: Any = None,
                  seed: int = 0) -> dict[str, np.ndarray]:
     """The input arrays named by ``spec``: an .npy (single input), an .npz (one array per input
-    name), an image file (single input; the model's preprocessing applied), or 'random'."""
+    name), an image file (single input; ``meta``, the model's Preprocess, applied), or 'random'.
+    An array's header (dtype, shape) is checked against the model before its data is read."""
     if spec == "random":
         rng = np.random.default_rng(seed)
         dynamic = [n for n in names if any(d <= 0 for d in shapes[n])]
@@ -186,37 +204,41 @@ def _load_inputs(spec: str, names: list[str], shapes: dict[str, tuple[int, ...]]
             raise ProtonetError(f"input '{dynamic[0]}' has a dynamic shape {shapes[dynamic[0]]}: give an input file")
         return {n: rng.standard_normal(shapes[n]).astype(np.float32) for n in names}
     path = Path(spec)
-    if not path.is_file():
-        raise ProtonetError(f"{spec}: no such input file")
+    if not is_regular_file(path):
+        raise ProtonetError(f"{spec}: no such input file" if not path.exists() else f"{spec}: not a regular file")
+    note_input(path)
     suffix = path.suffix.lower()
     if suffix in (".jpg", ".jpeg", ".png", ".bmp"):
-        from .frontend.preprocess import Preprocess
         from .images import load_image
 
         if len(names) != 1:
             raise ProtonetError(f"{spec}: an image can feed a single-input net only")
-        pre = Preprocess.from_json(meta) if meta else None
-        return {names[0]: load_image(path, pre, shapes[names[0]])}
+        return {names[0]: load_image(path, meta, shapes[names[0]])}
     if suffix not in (".npy", ".npz"):
         raise ProtonetError(f"{spec}: unknown input format (use .npy, .npz, an image or 'random')")
     try:
         if suffix == ".npy":
             if len(names) != 1:
                 raise ProtonetError(f"{spec}: the net has {len(names)} inputs ({', '.join(names)}); give an .npz")
-            arrays = {names[0]: np.load(path, allow_pickle=False)}
+            with open(path, "rb") as f:
+                arrays = {names[0]: _read_npy(f, path.stat().st_size, spec, names[0], shapes[names[0]])}
         else:
-            with np.load(path, allow_pickle=False) as z:
-                missing = [n for n in names if n not in z.files]
+            with zipfile.ZipFile(path) as z:
+                members = {m.filename: m for m in z.infolist()}
+                missing = [n for n in names if f"{n}.npy" not in members]
                 if missing:
-                    raise ProtonetError(f"{spec}: no array for input(s) {', '.join(missing)} "
-                                        f"(has {', '.join(z.files) or 'none'})")
-                arrays = {n: z[n] for n in names}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+                    other = [n for n in missing if n in members]
+                    raise ProtonetError(f"{spec}: no array for input(s) {', '.join(missing)} (has "
+                                        f"{', '.join(m.removesuffix('.npy') for m in members) or 'none'})"
+                                        + (f"; member {other[0]!r} is not a .npy array" if other else ""))
+                arrays = {}
+                for n in names:
+                    with z.open(members[f"{n}.npy"]) as f:
+                        arrays[n] = _read_npy(f, members[f"{n}.npy"].file_size, spec, n, shapes[n])
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError) as e:
         raise ProtonetError(f"{spec}: not a readable numpy {suffix} file of plain arrays: "
                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     for n, x in arrays.items():
-        if x.dtype.kind not in "biuf":
-            raise ProtonetError(f"{spec}: array '{n}' has dtype {x.dtype}; give a real numeric array")
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise ProtonetError(f"{spec}: array '{n}' holds NaN or infinite values")
         if x.dtype.kind == "f" and np.abs(x).max(initial=0) > np.finfo(np.float32).max:
@@ -224,13 +246,43 @@ def _load_inputs(spec: str, names: list[str], shapes: dict[str, tuple[int, ...]]
     return arrays
 
 
-def _check_input_shapes(feeds: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], src: str) -> None:
-    """Every fed array has the model's shape (a dimension <= 0 in the model is dynamic)."""
+def _read_npy(f: Any, size: int, spec: str, name: str, want: tuple[int, ...]) -> np.ndarray:
+    """One .npy stream of ``size`` bytes: its header is checked (a real numeric dtype, the
+    model's shape, ``max_array_bytes`` (:mod:`protonet.limits`), the bytes really there) before the data is read."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f"unsupported .npy format version {version}")
+    read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, fortran, dtype = read_header(f)
+    if dtype.kind not in "biuf" or dtype.hasobject or dtype.fields:
+        raise ProtonetError(f"{spec}: array '{name}' has dtype {dtype}; give a real numeric array")
+    _check_input_shapes({name: shape}, {name: want}, spec)
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    most = limits.current().max_array_bytes
+    if nbytes > most:
+        raise ProtonetError(f"{spec}: array '{name}' of shape {shape} declares {nbytes:,} bytes, over protonet's "
+                            f"limit of {most:,} (raise it with PROTONET_MAX_ARRAY_BYTES)")
+    if size - f.tell() < nbytes:
+        raise ProtonetError(f"{spec}: array '{name}' of shape {shape} needs {nbytes:,} bytes; the file holds "
+                            f"{size - f.tell():,}")
+    buf = bytearray(nbytes)
+    view, got = memoryview(buf), 0
+    while got < nbytes:
+        n = f.readinto(view[got:])
+        if not n:
+            raise ProtonetError(f"{spec}: array '{name}' is truncated ({got:,} of {nbytes:,} bytes)")
+        got += n
+    return np.frombuffer(buf, dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _check_input_shapes(feeds: dict[str, Any], shapes: dict[str, tuple[int, ...]], src: str) -> None:
+    """Every fed array (or shape) has the model's shape (a dimension <= 0 in the model is dynamic)."""
     for n, x in feeds.items():
-        want = shapes[n]
-        if len(x.shape) != len(want) or any(w > 0 and d != w for d, w in zip(x.shape, want)):
-            raise ProtonetError(f"{src}: input '{n}' has shape {tuple(x.shape)}, the model expects {tuple(want)}"
-                                + (" (recompile with --batch)" if tuple(x.shape[1:]) == tuple(want[1:]) else ""))
+        want, got = shapes[n], tuple(getattr(x, "shape", x))
+        if len(got) != len(want) or any(w > 0 and d != w for d, w in zip(got, want)):
+            raise ProtonetError(f"{src}: input '{n}' has shape {got}, the model expects {tuple(want)}"
+                                + (" (recompile with --batch)" if got[1:] == tuple(want[1:]) else ""))
 
 
 def _print_outputs(outs: dict[str, np.ndarray]) -> None:
@@ -267,7 +319,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         _print_verify(verify_model(c, built, random_inputs(c.graph, args.seed), args.provider), args.all)
     files = write_model(built, args.out, inputs=[args.net, args.weights])
     model = built.structure
-    size = sum(f.stat().st_size for f in files)
+    size = sum(f.stat().st_size for f in files if is_regular_file(f)) or model.ByteSize() + built.large_bytes
     _say(f"wrote {args.out}: {len(model.graph.node)} ONNX nodes, opset {model.opset_import[0].version}, "
          f"{size / 1e6:.1f} MB, inputs {', '.join(v.name for v in c.graph.inputs)}, outputs "
          f"{', '.join(v.name for v in c.graph.outputs)} ({time.perf_counter() - t0:.1f}s)")
@@ -324,13 +376,16 @@ def _print_verify(res: Any, show_all: bool) -> None:
 def cmd_infer(args: argparse.Namespace) -> int:
     from .runtime import make_session
 
+    from .frontend.preprocess import Preprocess
+
     src = args.model
     meta = None
     if src.endswith(".onnx"):
         import onnx
 
-        if not Path(src).is_file():
-            raise ProtonetError(f"{src}: no such file")
+        if not is_regular_file(src):
+            raise ProtonetError(f"{src}: no such file" if not Path(src).exists() else f"{src}: not a regular file")
+        note_input(src)
         try:
             model = onnx.load(src, format="protobuf", load_external_data=False)
         except Exception as e:
@@ -348,7 +403,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
         meta = c.graph.metadata.get("protonet.preprocess")
         sess = make_session(model, args.provider)
         shapes = {v.name: v.shape for v in c.graph.inputs}
-    feeds = _load_inputs(args.input, sess.input_names, shapes, meta, args.seed)
+    pre = Preprocess.from_json(meta, src) if meta else None
+    feeds = _load_inputs(args.input, sess.input_names, shapes, pre, args.seed)
     _check_input_shapes(feeds, shapes, args.input)
     t0 = time.perf_counter()
     outs = sess.run(feeds)
@@ -383,9 +439,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_upgrade(args: argparse.Namespace) -> int:
     from .frontend import upgrade_file
 
+    same = Path(args.out).exists() and os.path.samefile(args.old, args.out)
     ran = upgrade_file(args.old, args.out, args.caffe_proto)
     _say(f"upgraded: {'; '.join(ran)}" if ran else "already in the current format: nothing to upgrade")
-    _say(f"wrote {args.out}")
+    _say(f"{args.out} left unchanged" if same and not ran else f"wrote {args.out}")
     return 0
 
 
@@ -431,12 +488,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="protonet: %(message)s")
+    # an output written to standard output: the messages go to standard error
+    to_stderr = contextlib.redirect_stdout(sys.stderr) if writes_stdout(getattr(args, "out", None)) \
+        else contextlib.nullcontext()
     try:
-        if args.plugin:
-            from .plugins import load_plugins
+        with unwind_on_signals(), protect_inputs(), to_stderr:
+            if args.plugin:
+                from .plugins import load_plugins
 
-            load_plugins(args.plugin)
-        return COMMANDS[args.command](args)
+                load_plugins(args.plugin)
+            return COMMANDS[args.command](args)
     except ProtonetError as e:
         if args.debug:
             raise
@@ -451,15 +512,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("protonet: interrupted", file=sys.stderr)
         return 130
+    except Terminated as e:
+        print(f"protonet: terminated ({e})", file=sys.stderr)
+        return 128 + e.signum
     except BrokenPipeError:  # output piped into a command that stopped reading (e.g. head)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_stdout()
         return 0
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG) or args.debug:
+            raise
+        _drop_stdout()  # standard output is full: say so once, without a traceback at exit
+        print(f"protonet: cannot write to standard output: {e.strerror}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except Exception as e:  # an internal error: say so, briefly
         if args.debug:
             raise
         print(f"protonet: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
               file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _drop_stdout() -> None:
+    """Point standard output at /dev/null, so that the buffered rest is not flushed at exit."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,33 @@ EXIT_MISMATCH = 3
 EXIT_INTERNAL = 1
 
 
+#: the longest message printed whole; longer ones keep their start and end
+MAX_MESSAGE_CHARS = 2000
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable (newlines, terminal escape codes,
+    other control characters) written as its Python escape, so that a name taken from a file
+    can neither forge a line of output nor drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def quote(name: object) -> str:
+    """A name (layer, blob) as messages show it: quoted, escaped like a Python literal."""
+    return repr(name if isinstance(name, (str, bytes)) else str(name))
+
+
+def shorten(text: str, most: int = MAX_MESSAGE_CHARS) -> str:
+    """One message line of at most about ``most`` characters (a 20 MB token quoted in a parser
+    message stays readable)."""
+    if len(text) <= most:
+        return text
+    half = most // 2
+    return f"{text[:half]} [... {len(text) - 2 * half:,} characters ...] {text[-half:]}"
+
+
 @dataclass(frozen=True)
 class Location:
     """Where something came from: a file, optionally a line/column and a layer."""
@@ -31,15 +58,15 @@ class Location:
     def prefix(self) -> str:
         parts = []
         if self.file is not None:
-            where = self.file
+            where = printable(self.file)
             if self.line is not None:
                 where += f":{self.line}"
                 if self.col is not None:
                     where += f":{self.col}"
             parts.append(where)
         if self.layer is not None:
-            kind = f" ({self.layer_type})" if self.layer_type else ""
-            parts.append(f"layer '{self.layer}'{kind}")
+            kind = f" ({printable(self.layer_type)})" if self.layer_type else ""
+            parts.append(f"layer {quote(self.layer)}{kind}")
         return ": ".join(parts)
 
 
@@ -55,7 +82,7 @@ class ProtonetError(Exception):
 
     def __str__(self) -> str:
         prefix = self.loc.prefix()
-        return f"{prefix}: {self.message}" if prefix else self.message
+        return shorten(f"{prefix}: {printable(self.message)}" if prefix else printable(self.message))
 
 
 class SchemaError(ProtonetError):

@@ -20,8 +20,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from . import __version__
-from .errors import ProtonetError
-from .fileio import write_atomic
+from .errors import Location, ProtonetError
+from .fileio import is_stream_target, write_atomic
 from .frontend.schema import is_repeated
 from .frontend.wire import encode_varint
 from .ir import FreshNames, Graph, Node
@@ -354,6 +354,9 @@ def write_model(built: Built, path: str | os.PathLike[str],
     if built.large_bytes <= EXTERNAL_DATA_THRESHOLD:
         write_atomic(path, _writer(lambda f: _write_stream(f, built, None)), inputs)
         return [path]
+    if is_stream_target(path):
+        raise ProtonetError(f"the model holds {built.large_bytes / 1e9:.1f} GB of weights and needs an external "
+                            f"data file beside it: give a regular file", Location(str(path)))
     data = path.with_name(path.name + ".data")
     offsets = _external_layout(built)
     write_atomic(data, _writer(lambda f: _write_data(f, built, offsets)), inputs)

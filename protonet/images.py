@@ -18,12 +18,18 @@ image differ slightly from a Caffe pipeline built on OpenCV.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from . import limits
 from .errors import Location, ProtonetError
+from .fileio import note_input
 from .frontend.preprocess import Preprocess
+
+#: the image formats protonet decodes (Pillow's names); every other format is refused
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP")
 
 
 def _target_size(meta: Preprocess, img_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[int, int]:
@@ -44,14 +50,25 @@ def _target_size(meta: Preprocess, img_hw: tuple[int, int], out_hw: tuple[int, i
     return out_hw
 
 
+def _check_pixels(h: int, w: int, what: str, loc: Location) -> None:
+    most = limits.current().max_image_pixels
+    if h * w > most:
+        raise ProtonetError(f"{what} of {h}x{w} pixels is over protonet's limit of {most:,} "
+                            f"pixels (raise it with PROTONET_MAX_IMAGE_PIXELS)", loc)
+
+
 def load_image(path: str | Path, meta: Preprocess | None, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """Read a JPEG/PNG file and apply the test-time transform: a float32 (N, C, H, W) array
-    (the one image repeated over the batch N) ready to feed the input ``meta`` describes.
+    """Read a JPEG, PNG or BMP file and apply the test-time transform: a float32 (N, C, H, W)
+    array (the one image repeated over the batch N) ready to feed the input ``meta`` describes.
+
+    The format is decided by the file's content, among :data:`IMAGE_FORMATS` only (Pillow never
+    hands another file, such as EPS, to an external program); the image's pixels, as its header
+    gives them, and the size it is resized to are limited by ``max_image_pixels`` (:mod:`protonet.limits`).
 
     ``shape`` is the input's (N, C, H, W) (default ``meta.shape``); ``meta=None`` means no
     mean, scale 1, BGR (or gray for C = 1), resized to H x W.
     """
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     loc = Location(str(path))
     if shape is None:
@@ -72,12 +89,22 @@ def load_image(path: str | Path, meta: Preprocess | None, shape: tuple[int, ...]
     if meta is None:
         meta = Preprocess(input="", shape=tuple(shape), channels=c)
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB" if c == 3 else "L")
-            th, tw = _target_size(meta, (im.height, im.width), (h, w))
-            if (im.height, im.width) != (th, tw):
-                im = im.resize((tw, th), Image.BILINEAR)
-            pixels = np.asarray(im, dtype=np.float32)
+        with warnings.catch_warnings():  # protonet's own pixel limit applies, not Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=IMAGE_FORMATS) as im:
+                _check_pixels(im.height, im.width, "image", loc)
+                note_input(path)
+                th, tw = _target_size(meta, (im.height, im.width), (h, w))
+                _check_pixels(th, tw, "image after resizing", loc)
+                im = im.convert("RGB" if c == 3 else "L")
+                if (im.height, im.width) != (th, tw):
+                    im = im.resize((tw, th), Image.BILINEAR)
+                pixels = np.asarray(im, dtype=np.float32)
+    except UnidentifiedImageError:
+        raise ProtonetError(f"cannot read image: not a {', '.join(IMAGE_FORMATS[:-1])} or {IMAGE_FORMATS[-1]} image "
+                            f"(the formats protonet reads)", loc) from None
+    except Image.DecompressionBombError as e:
+        raise ProtonetError(f"cannot read image: {e}", loc) from None
     except (OSError, ValueError) as e:
         raise ProtonetError(f"cannot read image: {e}", loc) from None
     if pixels.ndim == 2:

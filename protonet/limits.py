@@ -15,6 +15,31 @@ limit                      default     what it bounds
                                        tables: 512 MiB in float32)
 =========================  ==========  ========================================================
 
+The files protonet reads are untrusted too: each reader checks the size a file declares (its
+length, a header's shape) against these before it reads or allocates (:mod:`protonet.fileio`):
+
+=========================  ==========  ========================================================
+limit                      default     what it bounds
+=========================  ==========  ========================================================
+``max_net_text_bytes``     64 MiB      a net definition (protobuf's text parser needs ~20 bytes
+                                       of memory per byte of text; real prototxts are < 5 MB)
+``max_blank_run``          64 KiB      one run of blanks in a line of prototxt (protobuf's
+                                       tokenizer costs ~150 bytes per blank of a run: 20 MB of
+                                       spaces took 2.9 GB)
+``max_weights_bytes``      8 GiB       a caffemodel read whole: from a pipe (which cannot be
+                                       memory-mapped) or by ``upgrade``; a regular file is
+                                       mapped and only the layers the net uses are read
+``max_blob_pieces``        2^16        separate runs of values in one caffemodel blob (writers
+                                       emit one)
+``max_mean_file_bytes``    64 MiB      a ``mean_file`` (ImageNet's 3×256×256 mean is 786 KB)
+``max_array_bytes``        4 GiB       one ``.npy``/``.npz`` input array, as its header declares
+                                       it (checked before anything is decompressed)
+``max_image_pixels``       2^26        a photo's pixels as its header gives them, and after the
+                                       resize (8192²: below Pillow's own bomb warning)
+``max_image_side``         65536       a side the preprocessing metadata asks to resize to
+``fifo_wait_seconds``      10          how long a named pipe given as input may stay silent
+=========================  ==========  ========================================================
+
 Each can be changed for a run through the environment variable ``PROTONET_`` + its name in
 capitals (e.g. ``PROTONET_MAX_BLOB_ELEMENTS=1e10``); :func:`current` reads them at each build.
 """
@@ -33,6 +58,15 @@ class Limits:
     max_total_elements: int = 1 << 34
     max_weight_elements: int = 1 << 29
     max_constant_elements: int = 1 << 27
+    max_net_text_bytes: int = 64 << 20
+    max_blank_run: int = 64 << 10
+    max_weights_bytes: int = 8 << 30
+    max_blob_pieces: int = 1 << 16
+    max_mean_file_bytes: int = 64 << 20
+    max_array_bytes: int = 4 << 30
+    max_image_pixels: int = 1 << 26
+    max_image_side: int = 1 << 16
+    fifo_wait_seconds: int = 10
 
 
 def env_name(limit: str) -> str:
@@ -51,7 +85,7 @@ def current() -> Limits:
         except ValueError:
             value = -1.0
         if not 1 <= value < 2.0 ** 62:
-            raise ProtonetError(f"{env_name(f.name)}={text!r}: give a positive number of elements below 2^62")
+            raise ProtonetError(f"{env_name(f.name)}={text!r}: give a positive number below 2^62")
         values[f.name] = int(value)
     return Limits(**values)
 

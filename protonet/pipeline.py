@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import numpy as np
 
@@ -30,12 +30,13 @@ class Compiled:
     unoptimized: Graph | None = None  # the graph before the passes, when optimized
 
 
-def load_weights(path: str | Path | None) -> Any:
+def load_weights(path: str | Path | None, only: Collection[str] | None = None, data: bytes | None = None) -> Any:
+    """The weights file (None: fillers); ``only``: the layers whose values are read."""
     if path is None:
         return None
     from .frontend import load_caffemodel
 
-    return load_caffemodel(path)
+    return load_caffemodel(path, only=only, data=data)
 
 
 def compile_net(net: str | Path, weights: str | Path | None = None, options: BuildOptions | None = None,
@@ -52,17 +53,21 @@ def compile_net(net: str | Path, weights: str | Path | None = None, options: Bui
     if passes is not None and not optimize:
         raise ProtonetError("--passes names passes to run, but optimization is off (--no-optimize, or no "
                             "--optimized): drop one of them")
-    from .frontend import looks_like_caffemodel, net_from_caffemodel
+    from .fileio import is_regular_file
+    from .frontend import looks_like_caffemodel, net_from_caffemodel, read_net_bytes
 
-    if looks_like_caffemodel(net):  # a caffemodel alone carries the whole definition
-        loaded = deploy_step(net_from_caffemodel(net, input_shapes=opts.input_shapes, schema=schema),
+    data = None if is_regular_file(net) else read_net_bytes(net)  # a pipe is read once, then sniffed
+    wdata = None
+    if looks_like_caffemodel(net, data):  # a caffemodel alone carries the whole definition
+        loaded = deploy_step(net_from_caffemodel(net, input_shapes=opts.input_shapes, schema=schema, data=data),
                              opts.input_shapes)
         dialect_step(loaded, ignore_fields)
         if weights is None:
-            weights = net
+            weights, wdata = net, data
     else:
-        loaded = load_net(net, input_shapes=opts.input_shapes, schema=schema, ignore_fields=ignore_fields)
-    wfile = load_weights(weights)
+        loaded = load_net(net, input_shapes=opts.input_shapes, schema=schema, ignore_fields=ignore_fields,
+                          data=data)
+    wfile = load_weights(weights, {lp.name for lp in loaded.net.layer}, wdata)
     graph, report = build_graph(loaded, wfile, opts)
     graph.metadata.update(loaded.preprocess)
     if outputs:

@@ -41,6 +41,7 @@ from typing import Any, Callable, overload
 import numpy as np
 
 from .errors import ProtonetError
+from .fileio import note_input
 from .layers import registry
 from .layers.base import Layer
 
@@ -142,6 +143,7 @@ def _import_plugin(name: str) -> ModuleType:
         if name.endswith(".py"):
             if not path.is_file():
                 raise PluginError(f"plugin file {name} does not exist")
+            note_input(path)  # a command never writes over its plugin
             mod_name = f"protonet_plugin_{path.stem}"
             if mod_name in sys.modules:
                 return sys.modules[mod_name]

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from .load import deploy_step, dialect_step, load_net, net_from_caffemodel, prepare, upgrade_file
 from .phase import filter_phase
-from .reader import LoadedNet, is_binary, read_net, read_text
+from .reader import LoadedNet, is_binary, read_net, read_net_bytes, read_text
 from .upgrade import upgrade_net
 from .weights import WeightsFile, caffemodel_bytes, load_caffemodel, looks_like_caffemodel
 
 __all__ = ["LoadedNet", "WeightsFile", "caffemodel_bytes", "deploy_step", "dialect_step", "filter_phase", "is_binary",
-           "load_caffemodel", "load_net", "looks_like_caffemodel", "net_from_caffemodel", "prepare", "read_net",
+           "load_caffemodel", "load_net", "looks_like_caffemodel", "net_from_caffemodel", "prepare", "read_net", "read_net_bytes",
            "read_text", "upgrade_file",
            "upgrade_net"]

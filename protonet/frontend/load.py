@@ -6,6 +6,7 @@ uses a trained model as its own definition; :func:`upgrade_file` writes an upgra
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from .python_layers import native_python_layers
 from .reader import LoadedNet, in_schema, parse_binary, read_net, read_text
 from .schema import Schema, load_schema, pb
 from .upgrade import upgrade_net
-from .weights import close_map, open_scan
+from .weights import open_scan
 
 #: a user's own caffe.proto: its path, or the compiled schema
 SchemaSpec = Schema | str | Path | None
@@ -38,14 +39,16 @@ log = logging.getLogger(__name__)
 
 def load_net(path: str | Path, phase: str = "TEST", stages: tuple[str, ...] = (), level: int = 0,
              text: str | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None,
-             deploy: bool = True, schema: SchemaSpec = None, ignore_fields: tuple[str, ...] = ()) -> LoadedNet:
+             deploy: bool = True, schema: SchemaSpec = None, ignore_fields: tuple[str, ...] = (),
+             data: bytes | None = None) -> LoadedNet:
     """Read, upgrade to the current format, filter by phase and convert a training definition to
     its deploy form: what Caffe's Net::Init sees in the TEST phase. With ``text``, that prototxt
-    text is parsed instead of reading ``path``. ``schema`` is a user's own caffe.proto (the file
-    is read through it); ``ignore_fields`` (``MSG.FIELD``) are fork fields the user accepts
-    protonet running without (see :func:`.dialects.check_fields`)."""
+    text is parsed instead of reading ``path``; with ``data``, those bytes (a pipe read once).
+    ``schema`` is a user's own caffe.proto (the file is read through it); ``ignore_fields``
+    (``MSG.FIELD``) are fork fields the user accepts protonet running without (see
+    :func:`.dialects.check_fields`)."""
     s = user_schema(schema)
-    loaded = read_net(path, s) if text is None else read_text(text, str(path), s)
+    loaded = read_net(path, s, data) if text is None else read_text(text, str(path), s)
     return prepare(loaded, phase, stages, level, input_shapes, deploy, ignore_fields)
 
 
@@ -138,7 +141,7 @@ def _file_phase(net: Any) -> str | None:
 
 def net_from_caffemodel(path: str | Path, phase: str | None = None, stages: tuple[str, ...] = (),
                         level: int = 0, input_shapes: dict[str, tuple[int, ...]] | None = None,
-                        schema: SchemaSpec = None) -> Any:
+                        schema: SchemaSpec = None, data: bytes | None = None) -> Any:
     """A ``.caffemodel`` used as the net definition: its layers without blobs, upgraded and
     phase-filtered, as a :class:`frontend.LoadedNet` (no blob values are read).
 
@@ -146,18 +149,17 @@ def net_from_caffemodel(path: str | Path, phase: str | None = None, stages: tupl
     layer records it); with ``phase=None`` the file's own phase is used, so that the data layers
     of a model saved during training survive (TEST when the file does not say). Legacy ``input``
     fields without dimensions (Caffe's ``Net::ToProto`` writes the names only) take their shapes
-    from ``input_shapes`` (``--input-shape``).
+    from ``input_shapes`` (``--input-shape``). ``data``: the file's bytes, already read (a pipe).
     """
     p = str(path)
-    f, _, mm, rec, net = open_scan(p)
+    src, rec, net = open_scan(p, data)
     foreign: list[Any] = []
     try:
         s = user_schema(schema)
         if s is not None:  # the blob-free net again, through the user's schema
             net, foreign = in_schema(parse_binary(wire.stripped_net_bytes(rec), p, s), p, s)
     finally:
-        f.close()
-        close_map(mm)
+        src.close()
     loc = Location(p)
     if len(net.input) and not len(net.input_dim) and not len(net.input_shape):
         shapes = input_shapes or {}
@@ -191,7 +193,9 @@ def upgrade_file(src: str | Path, dst: str | Path, schema: SchemaSpec = None) ->
     (``.prototxt``/``.pbtxt``/``.txt``) or binary (``.caffemodel``/``.binaryproto``/``.pb``) by its
     extension, with the forks' spellings of what protonet implements in BVLC's (dilation, layer
     params at a fork's own field number). Fields protonet's schema lacks are left out, with a
-    warning. Returns the names of the steps that ran (empty for a current file)."""
+    warning. Returns the names of the steps that ran (empty for a current file). A current file
+    upgraded onto itself is left alone (not rewritten: its comments stay); a legacy one is
+    replaced in place (atomically)."""
     out = Path(dst)
     suffix = out.suffix.lower()
     if suffix not in TEXT_SUFFIXES + BINARY_SUFFIXES:
@@ -206,6 +210,10 @@ def upgrade_file(src: str | Path, dst: str | Path, schema: SchemaSpec = None) ->
     net, ran = upgrade_net(loaded.net, loaded.loc())
     notes = normalize(net, lambda i, name: loaded.loc(net.layer[i], i) if i is not None else loaded.loc())
     ran = ran + notes
-    write_bytes_atomic(out, serialize_net(net, suffix in BINARY_SUFFIXES))  # in place is safe: atomic
+    in_place = out.exists() and os.path.samefile(src, out)
+    if in_place and not ran and (suffix in BINARY_SUFFIXES) == loaded.binary:
+        log.info("%s: already current; left unchanged", src)
+        return ran
+    write_bytes_atomic(out, serialize_net(net, suffix in BINARY_SUFFIXES), may_replace=src if in_place else None)
     log.info("%s -> %s: %s", src, dst, ", ".join(ran) if ran else "already current")
     return ran

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ from typing import Any
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
-from ..errors import Location, SchemaError, ProtonetError
+from .. import limits
+from ..errors import Location, SchemaError
+from ..fileio import read_input
 from .dialects import Foreign, translate
 from .schema import Schema, pb
 
@@ -35,20 +38,33 @@ class LayerSource:
     end: int | None = None  # the line of its closing brace (None: never closed)
 
 
-def scan_layer_blocks(text: str) -> list[LayerSource]:
+def scan_layer_blocks(text: str, path: str | None = None) -> list[LayerSource]:
     """Find top-level ``layer``/``layers`` blocks with their start line and ``name`` field.
 
     For V0 files (``layers { layer { name: ... } }``) the name of the inner block is used.
+    A run of blanks longer than ``max_blank_run`` (:mod:`protonet.limits`; the gap between two tokens of a line)
+    is refused here, before protobuf's tokenizer would spend ~150 bytes of memory per blank on it.
     """
     out: list[LayerSource] = []
     depth, line = 0, 1
     current: dict[str, Any] | None = None
     prev_ident: str | None = None
     expect_name = False
-    for m in _TOKEN.finditer(text):
+    line_start = prev_end = 0
+    max_run = limits.current().max_blank_run
+    for m in chain(_TOKEN.finditer(text), (None,)):
+        start = len(text) if m is None else m.start()
+        if start - prev_end > max_run:
+            raise SchemaError(f"a run of {start - prev_end:,} blanks, over protonet's limit of "
+                              f"{max_run:,} (PROTONET_MAX_BLANK_RUN)",
+                              Location(path, line, prev_end - line_start + 1))
+        if m is None:
+            break
+        prev_end = m.end()
         tok = m.group(0)
         if tok == "\n":
             line += 1
+            line_start = prev_end
             continue
         if tok.startswith("#"):
             continue
@@ -147,7 +163,7 @@ def _syntax_error(path: str, e: text_format.ParseError, blocks: list[LayerSource
 def parse_text(text: str, path: str, schema: Schema | None = None) -> tuple[Any, list[LayerSource]]:
     """Prototxt text as a NetParameter of ``schema`` (protonet's own by default)."""
     net = (schema or pb).NetParameter()
-    blocks = scan_layer_blocks(text)
+    blocks = scan_layer_blocks(text, path)
     try:
         text_format.Parse(text, net)
     except text_format.ParseError as e:
@@ -180,6 +196,7 @@ def parse_binary(data: bytes | memoryview, path: str, schema: Schema | None = No
     except (DecodeError, RuntimeError, ValueError) as e:
         raise SchemaError(f"not a valid binary NetParameter / caffemodel (truncated or corrupt): {e}",
                           Location(path)) from None
+    check_utf8(net, path)
     return net
 
 
@@ -190,14 +207,53 @@ def in_schema(net: Any, path: str, schema: Schema | None) -> tuple[Any, list[For
     return translate(net, path)
 
 
-def read_net(path: str | Path, schema: Schema | None = None) -> LoadedNet:
+def _bad_string(msg: Any, prefix: str = "") -> tuple[str, bytes] | None:
+    """The first string field (dotted path, raw bytes) of ``msg`` that is not valid UTF-8:
+    protobuf hands such a proto2 string back as ``bytes``."""
+    for fd, value in msg.ListFields():
+        if fd.type not in (fd.TYPE_STRING, fd.TYPE_MESSAGE):
+            continue
+        for v in (value if fd.is_repeated else [value]):
+            if isinstance(v, bytes):
+                return prefix + fd.name, v
+            if fd.type == fd.TYPE_MESSAGE:
+                found = _bad_string(v, f"{prefix}{fd.name}.")
+                if found:
+                    return found
+    return None
+
+
+def check_utf8(net: Any, path: str) -> None:
+    """Every string of a binary NetParameter is UTF-8 text (Caffe's names are); else a located
+    error naming the layer and the field."""
+    for field_name in ("layer", "layers"):
+        for i, layer in enumerate(getattr(net, field_name, ())):
+            found = _bad_string(layer)
+            if found:
+                name = layer.name if isinstance(layer.name, str) and layer.name else f"#{i}"
+                raise SchemaError(f"{found[0]} {found[1]!r} is not valid UTF-8 text",
+                                  Location(path, layer=name))
+    found = _bad_string(net)
+    if found:
+        raise SchemaError(f"{found[0]} {found[1]!r} is not valid UTF-8 text", Location(path))
+
+
+def read_net_bytes(path: str | Path) -> bytes:
+    """The bytes of a net definition (a file or a pipe, read once), within the size limit of
+    text or binary definitions (by the first bytes)."""
+    def limit(head: bytes) -> tuple[int, str]:
+        if is_binary(head):
+            return limits.current().max_weights_bytes, "MAX_WEIGHTS_BYTES"
+        return limits.current().max_net_text_bytes, "MAX_NET_TEXT_BYTES"
+
+    return read_input(path, "the net definition", limit)
+
+
+def read_net(path: str | Path, schema: Schema | None = None, data: bytes | None = None) -> LoadedNet:
     """Parse a text or binary net definition (through ``schema``, a user's own caffe.proto,
-    when given), without upgrading or filtering."""
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise ProtonetError(f"cannot read: {e.strerror}", Location(str(path))) from None
+    when given), without upgrading or filtering (``data``: its bytes, already read)."""
+    if data is None:
+        data = read_net_bytes(path)
     if is_binary(data):
         net, foreign = in_schema(parse_binary(data, str(path), schema), str(path), schema)
         return LoadedNet(net, str(path), True, foreign=foreign)

@@ -22,18 +22,21 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from . import wire
+from .. import limits
 from .blobs import BlobData, blob_from_proto, check_count
-from .reader import is_binary
+from .reader import check_utf8, is_binary
 from ..errors import Location, ProtonetError, WeightsError
+from ..fileio import is_regular_file, open_input, read_fd, read_input
 from .schema import pb
 from .upgrade import upgrade_net
 
@@ -72,6 +75,8 @@ class WeightsFile:
     #: the upgraded NetParameter, with blobs cleared (a caffemodel is a whole net definition)
     net: Any = None
     report: LoadReport = field(default_factory=LoadReport)
+    #: layers with blobs that were not read (``only`` did not name them)
+    skipped: list[str] = field(default_factory=list)
 
 
 # -- the protobuf path ---------------------------------------------------------------------------
@@ -82,6 +87,7 @@ def _parse_net(data: bytes | memoryview, path: str) -> Any:
         net.ParseFromString(data)
     except Exception as e:  # DecodeError, RuntimeError, ValueError depending on the backend
         raise WeightsError(f"not a valid caffemodel (truncated or corrupt): {e}", Location(path)) from None
+    check_utf8(net, path)
     return net
 
 
@@ -161,35 +167,42 @@ def _scan(path: str, mm: Any) -> wire.NetRecord:
         raise _wire_error(path, e) from None
 
 
-def _read_values(fd: int, mm: Any, rec: wire.BlobRecord, copy: bool, progress: _Progress) -> np.ndarray:
+def _read_values(src: "Mapped", rec: wire.BlobRecord, copy: bool, progress: _Progress) -> np.ndarray:
     """The blob's values as a flat float32 array: read from the file into a fresh array (copy)
     or a read-only view of the mapping (``copy=False``, float32 single-chunk blobs only)."""
     chunks = rec.chunks
-    if not copy and len(chunks) == 1 and chunks[0][2] == "<f4" and sys.byteorder == "little":
-        off, n, dt = chunks[0]
-        progress.advance(n * 4)
-        return np.frombuffer(mm, dtype=np.float32, count=n, offset=off)
     if not chunks:
         return np.zeros(0, dtype=np.float32)
-    dt = chunks[0][2]
+    if not copy and rec.contiguous and chunks[0][2] == "<f4" and sys.byteorder == "little":
+        off, n, _, _ = chunks[0]
+        progress.advance(n * 4)
+        return np.frombuffer(src.buf, dtype=np.float32, count=n, offset=off)
+    dt = np.dtype(chunks[0][2])
     raw = np.empty(sum(c[1] for c in chunks), dtype=dt)
-    dest = memoryview(raw).cast("B")
     at = 0
-    for off, n, _ in chunks:
-        nbytes = n * raw.itemsize
-        done = 0
-        while done < nbytes:  # os.preadv fills the array directly from the page cache
-            want = min(READ_SLICE, nbytes - done)
-            got = os.preadv(fd, [dest[at + done:at + done + want]], off + done)
-            if got <= 0:
-                raise OSError("unexpected end of file while reading blob values")
-            done += got
-            progress.advance(got)
-        at += nbytes
-    dest.release()
+    for off, n, _, stride in chunks:
+        if stride != dt.itemsize or src.fd is None:  # unpacked values, or bytes read from a pipe
+            raw[at:at + n] = np.ndarray((n,), dt, src.buf, off, (stride,))
+            progress.advance(n * stride)
+        else:
+            _pread_into(src.fd, memoryview(raw[at:at + n]).cast("B"), off, progress)
+        at += n
     if raw.dtype == np.float32 and raw.dtype.isnative:
         return raw
     return raw.astype(np.float32)
+
+
+def _pread_into(fd: int, dest: memoryview, off: int, progress: _Progress) -> None:
+    """Fill ``dest`` from the file at ``off`` (os.preadv copies straight from the page cache)."""
+    done = 0
+    while done < len(dest):
+        want = min(READ_SLICE, len(dest) - done)
+        got = os.preadv(fd, [dest[done:done + want]], off + done)
+        if got <= 0:
+            raise OSError("unexpected end of file while reading blob values")
+        done += got
+        progress.advance(got)
+    dest.release()
 
 
 def close_map(mm: Any) -> None:
@@ -206,22 +219,60 @@ def _check_header(path: str, size: int, head: bytes) -> None:
         raise WeightsError("this looks like a text prototxt, not a binary caffemodel", Location(path))
 
 
-def open_scan(path: str) -> tuple[Any, int, Any, wire.NetRecord, Any]:
-    """Open and map the file, scan it and parse the blob-free net: (file, size, mmap, record, net)."""
+@dataclass
+class Mapped:
+    """A caffemodel's bytes: a memory-mapped regular file (``fd`` open for ``preadv``), or the
+    bytes of a pipe read whole (``fd`` None)."""
+
+    path: str
+    buf: Any  # mmap.mmap or bytes
+    size: int
+    fd: int | None = None
+
+    def close(self, keep_map: bool = False) -> None:
+        """Close the file; the mapping too unless ``keep_map`` (views of it are alive)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if isinstance(self.buf, mmap.mmap) and not keep_map:
+            close_map(self.buf)
+
+
+def _map(path: str, data: bytes | None) -> Mapped:
+    """Map a regular file, or read a pipe once (within ``MAX_WEIGHTS_BYTES``); ``data``: the
+    bytes, already read."""
+    if data is not None:
+        _check_header(path, len(data), data[:4096])
+        return Mapped(path, data, len(data))
+    fd, st = open_input(path, "the weights", WeightsError)
     try:
-        f = open(path, "rb", buffering=0)
-    except OSError as e:
-        raise WeightsError(f"cannot read: {e.strerror}", Location(path)) from None
+        if not stat.S_ISREG(st.st_mode):
+            data = read_fd(fd, st, path, "the weights", (limits.current().max_weights_bytes, "MAX_WEIGHTS_BYTES"))
+            os.close(fd)
+            return _map(path, data)
+        _check_header(path, st.st_size, os.pread(fd, 4096, 0))
+        try:
+            mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as e:
+            raise WeightsError(f"cannot map the file into memory: {getattr(e, 'strerror', None) or e}",
+                               Location(path)) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return Mapped(path, mm, st.st_size, fd)
+
+
+def open_scan(path: str, data: bytes | None = None) -> tuple[Mapped, wire.NetRecord, Any]:
+    """Open and map the file (or take its bytes), scan it and parse the blob-free net:
+    (the mapping, the record, the net)."""
+    src = _map(path, data)
     try:
-        size = os.fstat(f.fileno()).st_size
-        _check_header(path, size, os.pread(f.fileno(), 4096, 0))
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        rec = _scan(path, mm)
+        rec = _scan(path, src.buf)
         net = _parse_net(wire.stripped_net_bytes(rec), path)
     except BaseException:
-        f.close()
+        src.close()
         raise
-    return f, size, mm, rec, net
+    return src, rec, net
 
 
 def _holders(net: Any, rec: wire.NetRecord) -> list[tuple[wire.LayerRecord, str, Any]]:
@@ -235,13 +286,17 @@ def _holders(net: Any, rec: wire.NetRecord) -> list[tuple[wire.LayerRecord, str,
     return out
 
 
-def _load_wire(path: str, copy: bool, progress: bool | None) -> tuple[dict[str, list[BlobData]], Any, LoadReport]:
-    f, size, mm, rec, net = open_scan(path)
+def _load_wire(path: str, copy: bool, progress: bool | None, only: Collection[str] | None,
+               data: bytes | None) -> tuple[dict[str, list[BlobData]], list[str], Any, LoadReport]:
+    src, rec, net = open_scan(path, data)
     layers: dict[str, list[BlobData]] = {}
-    report = LoadReport(method="wire", format=_format_of(net), file_bytes=size)
-    bar = _Progress(path, sum(b.nbytes for lr in rec.layers for b in lr.blobs), progress)
+    skipped: list[str] = []
+    report = LoadReport(method="wire", format=_format_of(net), file_bytes=src.size)
+    pairs = _holders(net, rec)
+    wanted = [(lr, name, msg) for lr, name, msg in pairs if only is None or name in only]
+    bar = _Progress(path, sum(b.nbytes for lr, _, _ in wanted for b in lr.blobs), progress)
     try:
-        for lr, name, msg in _holders(net, rec):
+        for lr, name, msg in pairs:
             loc = Location(path, layer=name)
             if lr.v0:  # blobs inside the V0 layer: protobuf already parsed them
                 if msg.layer.blobs:
@@ -250,39 +305,44 @@ def _load_wire(path: str, copy: bool, progress: bool | None) -> tuple[dict[str, 
                 continue
             if not lr.blobs:
                 continue
+            if only is not None and name not in only:  # a layer the net does not use: not read
+                skipped.append(name)
+                continue
             blobs = []
             for i, b in enumerate(lr.blobs):
                 shape = tuple(b.legacy) if b.has_legacy else tuple(b.shape or ())
                 check_count(shape, b.count, loc, i)
-                blobs.append(BlobData(shape, b.has_legacy, _read_values(f.fileno(), mm, b, copy, bar)))
+                blobs.append(BlobData(shape, b.has_legacy, _read_values(src, b, copy, bar)))
             layers[name] = blobs
     finally:
         bar.close()
-        f.close()
-        if copy:
-            close_map(mm)
-    return layers, net, report
+        src.close(keep_map=not copy)
+    return layers, skipped, net, report
 
 
 # -- entry points --------------------------------------------------------------------------------
 
 def load_caffemodel(path: str | Path, *, method: str = "wire", copy: bool = True,
-                    progress: bool | None = None) -> WeightsFile:
+                    progress: bool | None = None, only: Collection[str] | None = None,
+                    data: bytes | None = None) -> WeightsFile:
     """Read a .caffemodel: blobs indexed by layer name, plus the upgraded blob-free net.
 
     ``method``: "wire" (fast, default) or "protobuf" (reference). ``copy=False`` returns
     read-only float32 views into the memory-mapped file where possible (the mapping stays open
     while they live). ``progress``: None = a bar on stderr for files over 64 MB on a terminal.
+    ``only``: the names of the layers whose blobs are wanted; the values of other layers are
+    never read (their names go to ``WeightsFile.skipped``). ``data``: the file's bytes, already
+    read (a pipe). A regular file is memory-mapped; a pipe is read once, within
+    ``max_weights_bytes`` (:mod:`protonet.limits`).
     """
     p = str(path)
     t0 = time.perf_counter()
+    skipped: list[str] = []
     if method == "wire":
-        layers, net, report = _load_wire(p, copy, progress)
+        layers, skipped, net, report = _load_wire(p, copy, progress, only, data)
     elif method == "protobuf":
-        try:
-            data = Path(p).read_bytes()
-        except OSError as e:
-            raise WeightsError(f"cannot read: {e.strerror}", Location(p)) from None
+        if data is None:
+            data = read_input(p, "the weights", (limits.current().max_weights_bytes, "MAX_WEIGHTS_BYTES"))
         _check_header(p, len(data), data[:4096])
         layers, net, report = _load_protobuf(p, data)
         del data
@@ -299,7 +359,7 @@ def load_caffemodel(path: str | Path, *, method: str = "wire", copy: bool = True
     report.values = sum(b.data.size for v in layers.values() for b in v)
     report.seconds = time.perf_counter() - t0
     log.info("%s: %s", p, report.summary())
-    return WeightsFile(p, layers, ran, net, report)
+    return WeightsFile(p, layers, ran, net, report, skipped)
 
 
 def caffemodel_bytes(layers: Mapping[str, Sequence[np.ndarray]], name: str = "") -> bytes:
@@ -309,23 +369,27 @@ def caffemodel_bytes(layers: Mapping[str, Sequence[np.ndarray]], name: str = "")
     return wire.encode_weights_net(layers, name)
 
 
-def looks_like_caffemodel(path: str | Path) -> bool:
+def looks_like_caffemodel(path: str | Path, data: bytes | None = None) -> bool:
     """A NET argument that is a trained model rather than a definition: a ``.caffemodel`` name,
-    or a binary NetParameter whose layers carry blobs."""
+    or a binary NetParameter whose layers carry blobs (``data``: the bytes, already read)."""
     p = Path(path)
     if p.suffix == ".caffemodel":
         return True
+    if data is None and not is_regular_file(p):
+        return False  # a pipe is read once, by the caller (read_net_bytes), then sniffed here
     try:
-        with open(p, "rb") as f:
-            head = f.read(4096)
+        if data is None:
+            with open(p, "rb") as f:
+                head = f.read(4096)
+        else:
+            head = data[:4096]
     except OSError:
         return False
     if not head or not is_binary(head):
         return False
     try:
-        f, _, mm, rec, _ = open_scan(str(p))
+        src, rec, _ = open_scan(str(p), data)
     except ProtonetError:
         return False
-    f.close()
-    close_map(mm)
+    src.close()
     return any(lr.blobs or lr.v0 for lr in rec.layers)

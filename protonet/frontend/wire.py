@@ -14,8 +14,10 @@ memory-mapped file instead and keeps only *byte ranges*:
   skipped), ``shape`` (7, ``BlobShape.dim`` = 1 packed int64), ``double_data`` (8),
   ``double_diff`` (9, skipped), OpenCV's ``raw_data_type`` (10) and ``raw_data`` (12).
 
-Values are not decoded here: a :class:`BlobRecord` holds (offset, count, dtype) chunks that the
-caller copies out (``np.frombuffer(mm, dtype, count, offset)`` or ``readinto``). A V1 layer that
+Values are not decoded here: a :class:`BlobRecord` holds (offset, count, dtype, stride) chunks
+that the caller copies out (``np.frombuffer(mm, dtype, count, offset)`` or ``readinto``). Unpacked
+repeated values (a tag before every value, as some old writers produce) are counted with numpy and
+kept as one strided chunk per run, so that scanning costs no memory per value. A V1 layer that
 wraps a V0 layer (``layers { layer { ... } }``) is flagged so the caller can take protobuf's path.
 
 Every length is checked against the end of its enclosing message, each step consumes at least one
@@ -25,6 +27,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from .. import limits
 from .blobs import RAW_TYPE_NAMES, RAW_TYPES
 
 # wire types
@@ -81,6 +86,7 @@ def iter_fields(buf, start: int, end: int):
     """Yield (field number, wire type, tag start, value start, value end) over a message.
 
     For VARINT fields value start..end covers the varint bytes; for LEN fields the payload.
+    ``send(pos)`` (instead of ``next``) continues at ``pos``, past fields the caller consumed.
     """
     pos = start
     while pos < end:
@@ -103,8 +109,11 @@ def iter_fields(buf, start: int, end: int):
         if nxt > end:
             raise WireError(f"truncated at byte {end} (field {num} at byte {tag_at} needs "
                             f"{nxt - pos} bytes, {end - pos} left)", end)
-        yield num, wt, tag_at, pos, nxt
-        pos = nxt
+        jump = yield num, wt, tag_at, pos, nxt
+        pos = nxt if jump is None else jump
+
+
+Chunk = tuple[int, int, str, int]  # (offset of the first value, count, dtype, stride in bytes)
 
 
 @dataclass
@@ -115,8 +124,8 @@ class BlobRecord:
     shape: tuple[int, ...] | None = None  # from BlobShape
     legacy: tuple[int, int, int, int] = (0, 0, 0, 0)  # num/channels/height/width
     has_legacy: bool = False  # any of num/channels/height/width present (Caffe then uses them)
-    #: (offset, count, dtype) chunks of values, in order; all of one field
-    chunks: list[tuple[int, int, str]] = field(default_factory=list)
+    #: (offset, count, dtype, stride) chunks of values, in order; all of one field
+    chunks: list[Chunk] = field(default_factory=list)
     source: str = ""  # "data", "double_data", "raw_data" or "" (no values)
     raw_type: int | None = None
 
@@ -127,6 +136,11 @@ class BlobRecord:
     @property
     def nbytes(self) -> int:
         return sum(c[1] * int(c[2][-1]) for c in self.chunks)
+
+    @property
+    def contiguous(self) -> bool:
+        """All values lie in one run of adjacent bytes (packed, or raw_data)."""
+        return len(self.chunks) == 1 and self.chunks[0][3] == int(self.chunks[0][2][-1])
 
 
 @dataclass
@@ -150,18 +164,41 @@ class NetRecord:
     layers: list[LayerRecord]
 
 
-def _packed(buf, num: int, wt: int, vs: int, ve: int, itemsize: int, dtype: str,
-            chunks: list[tuple[int, int, str]]) -> None:
+def _unpacked_run(buf, tag: int, vs: int, end: int, itemsize: int) -> int:
+    """How many unpacked elements, each the same tag bytes followed by a value, lie back to back
+    from ``tag`` (at least 1): counted with numpy, a window at a time."""
+    step = vs - tag + itemsize
+    key = np.frombuffer(buf, np.uint8, count=vs - tag, offset=tag)
+    n, at = 0, tag
+    while True:
+        avail = min((end - at) // step, 1 << 20)
+        if avail == 0:
+            return max(n, 1)
+        rows = np.frombuffer(buf, np.uint8, count=avail * step, offset=at).reshape(avail, step)
+        same = (rows[:, :vs - tag] == key).all(axis=1)
+        if not same.all():
+            return max(n + int(np.argmin(same)), 1)
+        n += avail
+        at += avail * step
+
+
+def _values(buf, num: int, wt: int, tag: int, vs: int, ve: int, end: int, itemsize: int, dtype: str,
+            chunks: list[Chunk]) -> int:
+    """Record a repeated float/double field (packed, or a run of unpacked elements, one strided
+    chunk per run, so that memory does not grow with the element count); returns where the
+    scan continues."""
     if wt == LEN:
         if (ve - vs) % itemsize:
             raise WireError(f"packed field {num} of {ve - vs} bytes is not a multiple of {itemsize}", vs)
         if ve > vs:
-            chunks.append((vs, (ve - vs) // itemsize, dtype))
-    elif (wt == FIXED32 and itemsize == 4) or (wt == FIXED64 and itemsize == 8):
-        # one unpacked repeated element
-        chunks.append((vs, 1, dtype))
-    else:
-        raise WireError(f"field {num} has wire type {wt}, expected packed or fixed{itemsize * 8}", vs)
+            chunks.append((vs, (ve - vs) // itemsize, dtype, itemsize))
+        return ve
+    if (wt == FIXED32 and itemsize == 4) or (wt == FIXED64 and itemsize == 8):
+        n = _unpacked_run(buf, tag, vs, end, itemsize)
+        step = vs - tag + itemsize
+        chunks.append((vs, n, dtype, step))
+        return tag + n * step
+    raise WireError(f"field {num} has wire type {wt}, expected packed or fixed{itemsize * 8}", vs)
 
 
 def scan_blob(buf, start: int, end: int) -> BlobRecord:
@@ -169,16 +206,21 @@ def scan_blob(buf, start: int, end: int) -> BlobRecord:
     rec = BlobRecord(start)
     legacy = [0, 0, 0, 0]
     values: dict[str, list[tuple[int, int, str]]] = {"data": [], "double_data": [], "raw_data": []}
-    for num, wt, tag, vs, ve in iter_fields(buf, start, end):
+    max_pieces = limits.current().max_blob_pieces
+    fields = iter_fields(buf, start, end)
+    item = next(fields, None)
+    while item is not None:
+        num, wt, tag, vs, ve = item
+        jump = None
         if BLOB_NUM <= num <= BLOB_WIDTH:
             if wt != VARINT:
                 raise WireError(f"BlobProto field {num} has wire type {wt}, expected a varint", tag)
             legacy[num - 1] = to_int64(read_varint(buf, vs, ve)[0])
             rec.has_legacy = True
         elif num == BLOB_DATA:
-            _packed(buf, num, wt, vs, ve, 4, "<f4", values["data"])
+            jump = _values(buf, num, wt, tag, vs, ve, end, 4, "<f4", values["data"])
         elif num == BLOB_DOUBLE_DATA:
-            _packed(buf, num, wt, vs, ve, 8, "<f8", values["double_data"])
+            jump = _values(buf, num, wt, tag, vs, ve, end, 8, "<f8", values["double_data"])
         elif num == BLOB_SHAPE:
             if wt != LEN:
                 raise WireError(f"BlobProto.shape has wire type {wt}", tag)
@@ -203,12 +245,18 @@ def scan_blob(buf, start: int, end: int) -> BlobRecord:
         elif num == BLOB_RAW_DATA:
             if wt != LEN:
                 raise WireError(f"BlobProto.raw_data has wire type {wt}", tag)
-            values["raw_data"] = [(vs, ve - vs, "|u1")]  # bytes field: the last one wins
+            values["raw_data"] = [(vs, ve - vs, "|u1", 1)]  # bytes field: the last one wins
         # diff (6), double_diff (9) and unknown fields: skipped
+        if sum(len(v) for v in values.values()) > max_pieces:
+            raise WireError(f"blob values split into more than {max_pieces:,} pieces", tag)
+        try:
+            item = fields.send(jump)
+        except StopIteration:
+            item = None
     rec.legacy = tuple(legacy)  # type: ignore[assignment]
     # Caffe's FromProto reads double_data first, then data; OpenCV prefers raw_data
     if values["raw_data"]:
-        off, n, _ = values["raw_data"][0]
+        off, n, _, _ = values["raw_data"][0]
         code = 2 if rec.raw_type is None else rec.raw_type  # FLOAT16 is the only writer's choice
         dtype = RAW_TYPES.get(code)
         if dtype is None:
@@ -216,7 +264,7 @@ def scan_blob(buf, start: int, end: int) -> BlobRecord:
         size = int(dtype[-1])
         if n % size:
             raise WireError(f"raw_data of {n} bytes is not a multiple of {size} ({RAW_TYPE_NAMES[code]})", off)
-        rec.chunks, rec.source, rec.raw_type = [(off, n // size, dtype)], "raw_data", code
+        rec.chunks, rec.source, rec.raw_type = [(off, n // size, dtype, size)], "raw_data", code
     elif values["double_data"]:
         rec.chunks, rec.source = _merge(values["double_data"]), "double_data"
     elif values["data"]:
@@ -224,16 +272,16 @@ def scan_blob(buf, start: int, end: int) -> BlobRecord:
     return rec
 
 
-def _merge(chunks: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
-    """Join chunks that are contiguous in the file (unpacked elements are 5 or 9 bytes apart,
-    so they stay separate; packed runs are one chunk each)."""
-    out: list[tuple[int, int, str]] = []
-    for off, n, dt in chunks:
-        if out and out[-1][0] + out[-1][1] * int(dt[-1]) == off:
-            o, m, _ = out[-1]
-            out[-1] = (o, m + n, dt)
+def _merge(chunks: list[Chunk]) -> list[Chunk]:
+    """Join chunks that continue each other in the file with the same stride (packed runs split
+    over several fields, or runs of unpacked elements)."""
+    out: list[Chunk] = []
+    for off, n, dt, st in chunks:
+        if out and out[-1][3] == st and out[-1][0] + out[-1][1] * st == off:
+            o, m, _, _ = out[-1]
+            out[-1] = (o, m + n, dt, st)
         else:
-            out.append((off, n, dt))
+            out.append((off, n, dt, st))
     return out
 
 
