@@ -267,18 +267,17 @@ layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_p
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_the_write_leaves_no_temporary_file(tmp_path: Path, sig: int):
-    """A plugin (user code) slows the model write down after the temporary file is complete; the
-    signal arrives then: exit 128+N (130 for SIGINT), no ``.out.onnx.*.tmp`` left."""
+    """A plugin (user code) holds the write after the temporary file is complete, before it is
+    renamed into place; the signal arrives then: exit 128+N (130 for SIGINT), no ``.out.onnx.*.tmp`` left."""
     (tmp_path / "net.prototxt").write_text(TINY)
     (tmp_path / "slow.py").write_text("""
-import sys, time
-import onnx
-_save = onnx.save_model
-def save_model(*args, **kw):
-    _save(*args, **kw)
+import os, sys, time
+_replace = os.replace
+def replace(src, dst, **kw):  # the temporary file is complete; wait before moving it into place
     print("WRITTEN", file=sys.stderr, flush=True)
     time.sleep(120)
-onnx.save_model = save_model
+    _replace(src, dst, **kw)
+os.replace = replace
 """)
     p = subprocess.Popen([sys.executable, "-m", "protonet", "--plugin", "slow.py", "compile", "net.prototxt",
                           "-o", "out.onnx"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
