@@ -111,30 +111,31 @@ def _copy(src: Any, dst: Any, path: str, foreign: list[Foreign], layer: tuple[st
             if not is_default(src, fd, value):
                 foreign.append(Foreign(key, _short(value), *layer))
             continue
-        if (fd.message_type is None) != (dfd.message_type is None) or \
-                (is_repeated(fd)) != (is_repeated(dfd)):
-            raise SchemaError(f"{key}: your schema declares it differently from protonet's "
-                              f"({'repeated ' if is_repeated(fd) else ''}"
-                              f"{fd.message_type.name if fd.message_type else fd.type} vs "
-                              f"{'repeated ' if is_repeated(dfd) else ''}"
-                              f"{dfd.message_type.name if dfd.message_type else dfd.type})", Location(path))
+        if (fd.message_type is None) != (dfd.message_type is None):
+            raise SchemaError(f"{key}: your schema declares it differently from protonet's (a "
+                              f"{fd.message_type.name if fd.message_type else fd.type} vs a "
+                              f"{dfd.message_type.name if dfd.message_type else dfd.type} field)", Location(path))
+        items = list(value) if is_repeated(fd) else [value]
+        if len(items) > 1 and not is_repeated(dfd):
+            raise SchemaError(f"{key}: {len(items)} values, where protonet's schema holds one", Location(path))
         if fd.message_type is not None:
-            items = value if is_repeated(fd) else [value]
+            # optional <-> repeated (older schemas had optional pad/kernel_size/stride): item by item
             for item in items:
-                sub = getattr(dst, fd.name).add() if is_repeated(fd) \
-                    else getattr(dst, fd.name)
+                sub = getattr(dst, fd.name).add() if is_repeated(dfd) else getattr(dst, fd.name)
                 sub.SetInParent()
                 here = layer
-                if owner in ("NetParameter", "V1LayerParameter") and fd.name in ("layer", "layers"):
+                if owner == "NetParameter" and fd.name in ("layer", "layers"):
                     name = getattr(item, "name", "") or (item.layer.name if fd.name == "layers" and
                                                            item.HasField("layer") else "")
                     ltype = item.type if isinstance(item.type, str) else None
                     here = (name or "(unnamed)", ltype or None)
                 _copy(item, sub, path, foreign, here)
-        elif is_repeated(fd):
-            getattr(dst, fd.name).extend(_scalar(fd, dfd, v, key, path) for v in value)
+            continue
+        converted = [_scalar(fd, dfd, v, key, path) for v in items]
+        if is_repeated(dfd):
+            getattr(dst, fd.name).extend(converted)
         else:
-            setattr(dst, fd.name, _scalar(fd, dfd, value, key, path))
+            setattr(dst, fd.name, converted[0])
 
 
 def translate(net: Any, path: str) -> tuple[Any, list[Foreign]]:
