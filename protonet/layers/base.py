@@ -1,4 +1,4 @@
-"""The contract every Caffe layer type implements: one class, six facets.
+"""The contract every Caffe layer type implements: one class, its facets and traits.
 
 =========  ==================================================================
 facet      what it does
