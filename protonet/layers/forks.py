@@ -771,7 +771,7 @@ class ROIPooling(Layer):
         x, rois = xs
         n, c, h, wd = x.shape
         rois = rois.reshape(rois.shape[0], 5).astype(np.float32)
-        out = np.zeros((rois.shape[0], c, a.pooled_h, a.pooled_w), dtype=x.dtype)
+        out = np.zeros((rois.shape[0], a.pooled_h, a.pooled_w, c), dtype=x.dtype)  # channels last
         batch = np.trunc(rois[:, 0])  # Caffe's int conversion
         bad = np.flatnonzero(~((batch >= 0) & (batch < n)))  # NaN included
         if bad.size:
@@ -780,21 +780,21 @@ class ROIPooling(Layer):
         if not (np.abs(scaled) < 2.0 ** 31).all():  # NaN and inf included
             raise ProtonetError("ROI corners must be finite numbers within the int32 range once scaled")
         corners = _round_half_away(scaled).astype(np.int64)
-        for r in range(rois.shape[0]):  # per ROI, per bin row, per bin column: each a slice's max
+        xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # (N, H, W, C): every max runs over whole C vectors
+        for r in range(rois.shape[0]):  # per ROI, per bin row, per bin: each a slice's max
             b = int(rois[r, 0])
             x1, y1, x2, y2 = (int(v) for v in corners[r])
             hs, he = self._bins(y1, max(y2 - y1 + 1, 1), a.pooled_h, h)
             ws, we = self._bins(x1, max(x2 - x1 + 1, 1), a.pooled_w, wd)
-            if not ((he > hs).any() and (we > ws).any()):
-                continue  # every bin empty: all 0
+            rows, cols = np.flatnonzero(he > hs), np.flatnonzero(we > ws)  # an empty bin stays 0
+            if not (rows.size and cols.size):
+                continue
             w0, w1 = int(ws.min()), int(we.max())
-            rows = np.zeros((a.pooled_h, c, w1 - w0), dtype=x.dtype)  # each bin row's max over its rows
-            for i in np.flatnonzero(he > hs):
-                rows[i] = x[b, :, hs[i]:he[i], w0:w1].max(axis=1)
-            for j in np.flatnonzero(we > ws):
-                out[r, :, :, j] = rows[:, :, ws[j] - w0:we[j] - w0].max(axis=2).T
-            out[r, :, he <= hs, :] = 0  # an empty bin is 0
-        return [out]
+            for i in rows:
+                row = xl[b, hs[i]:he[i], w0:w1].max(axis=0)  # (W', C): the bin row's max over its rows
+                for j in cols:
+                    out[r, i, j] = row[ws[j] - w0:we[j] - w0].max(axis=0)
+        return [np.ascontiguousarray(out.transpose(0, 3, 1, 2))]
 
     def sample_input(self, a: ROIPoolAttrs, i: int, in_shapes: Sequence[Shape],
                      rng: np.random.Generator) -> np.ndarray | None:
