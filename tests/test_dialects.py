@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -628,3 +629,18 @@ def test_a_binary_field_no_schema_knows_is_a_located_error_suggesting_caffe_prot
         compile_net(path)
     c = compile_net(path, ignore_fields=("ReLUParameter.90",))
     assert [n.type for n in c.graph.nodes] == ["Input", "ReLU"]
+
+
+@pytest.mark.parametrize("mode,shape", [("WARP", (2, 3, 30, 40)), ("FIT_LARGE_SIZE_AND_PAD", (2, 3, 30, 40))])
+def test_ssd_annotated_data_takes_its_size_from_resize_param(tmp_path, mode, shape):
+    text = f"""name: "ssd"
+layer {{ name: "data" type: "AnnotatedData" top: "data" top: "label" include {{ phase: TEST }}
+  transform_param {{ mean_value: 127.5 scale: 0.007843 resize_param {{ prob: 1 resize_mode: {mode} height: 30 width: 40 }} }}
+  data_param {{ source: "test_lmdb" batch_size: 2 backend: LMDB }}
+  annotated_data_param {{ batch_sampler {{ }} label_map_file: "labelmap.prototxt" }} }}
+layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param {{ num_output: 2 kernel_size: 1 }} }}
+"""
+    loaded = load_net(_write(tmp_path, text))
+    assert tuple(loaded.net.layer[0].input_param.shape[0].dim) == shape
+    meta = json.loads(next(iter(loaded.preprocess.values())))  # the resize is in the preprocessing metadata
+    assert meta["resize"] == [30, 40]

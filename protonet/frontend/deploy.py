@@ -46,7 +46,7 @@ METADATA_KEY = "protonet.preprocess"
 
 #: data layer type -> (name of its *_param field, whether that param has batch_size)
 _PARAM = {"Data": "data_param", "ImageData": "image_data_param", "HDF5Data": "hdf5_data_param",
-          "WindowData": "window_data_param", "MemoryData": "memory_data_param",
+          "WindowData": "window_data_param", "MemoryData": "memory_data_param", "AnnotatedData": "data_param",
           "DenseImageData": "dense_image_data_param", "ImageLabelmapData": "image_data_param",
           "ImageSegData": "image_data_param", "VideoData": "video_data_param"}
 #: data layers whose param reads photos (is_color, new_height x new_width)
@@ -280,6 +280,17 @@ def _preprocess(layer: Any, top: str, loc: Location, base_dir: str | Path | None
     resize: tuple[int, int] | None = None
     if layer.type in _IMAGE_TYPES and p is not None and p.new_height and p.new_width:
         resize = (int(p.new_height), int(p.new_width))
+    rp = t.resize_param if t.HasField("resize_param") else None  # SSD: every image resized first
+    if resize is None and rp is not None and rp.height and rp.width:
+        if rp.resize_mode == pb.ResizeParameter.FIT_SMALL_SIZE:
+            notes.messages.append(f"resize_param of layer '{layer.name}' keeps the aspect ratio (FIT_SMALL_SIZE): "
+                                  f"the input size varies; give it with --input-shape")
+        else:
+            resize = (int(rp.height), int(rp.width))
+            if rp.resize_mode != pb.ResizeParameter.WARP:
+                notes.messages.append(f"resize_param of layer '{layer.name}' pads to keep the aspect ratio "
+                                      f"({pb.ResizeParameter.Resize_mode.Name(rp.resize_mode)}); the preprocessing "
+                                      f"metadata records a plain resize to {rp.height}x{rp.width}")
     if layer.type == "DenseImageData" and p is not None and p.crop_height and p.crop_width and not crop:
         notes.messages.append(f"crop_height x crop_width of layer '{layer.name}' ({p.crop_height}x{p.crop_width}) "
                               f"is a random crop in SegNet, also at test time; the input takes that size")
