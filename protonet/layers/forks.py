@@ -327,12 +327,12 @@ class ReLU6(Layer):
 
 @dataclass(frozen=True)
 class DepthwiseAttrs:
-    num_output: int | None  # None: as many outputs as input channels
+    num_output: int | None  # None: as many outputs as input channels; resolved: the count
     window: Window2D
     bias_term: bool
     weight_filler: Filler
     bias_filler: Filler
-    group: int | None  # as written in the prototxt, checked against the channels
+    group: int | None  # as written in the prototxt, checked against the channels; resolved: the channels
 
 
 @register
@@ -365,11 +365,8 @@ class DepthwiseConvolution(Layer):
                               bool(p.bias_term), Filler.from_proto(p.weight_filler),
                               Filler.from_proto(p.bias_filler), int(p.group) if p.HasField("group") else None)
 
-    @staticmethod
-    def conv_attrs(a: DepthwiseAttrs, channels: int) -> ConvAttrs:
-        return ConvAttrs(a.num_output or channels, a.window, channels, a.bias_term, a.weight_filler, a.bias_filler)
-
-    def infer(self, a: DepthwiseAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+    def resolve(self, a: DepthwiseAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> DepthwiseAttrs:
+        """num_output (default: the channels, a multiple of them) and group = the channels."""
         s = shapes[0]
         need_4d(s, ctx)
         c = s[1]
@@ -379,17 +376,25 @@ class DepthwiseConvolution(Layer):
         if a.group is not None and a.group not in (1, c):
             raise ctx.error(f"group {a.group} contradicts a depthwise convolution over {c} channels "
                             f"(group is the channel count)")
-        return Convolution().infer(self.conv_attrs(a, c), shapes, ctx)
+        return replace(a, num_output=out, group=c)
+
+    @staticmethod
+    def conv_attrs(a: DepthwiseAttrs) -> ConvAttrs:
+        """The same layer as a Convolution with group = channels (resolved attrs)."""
+        assert a.num_output is not None and a.group is not None  # resolve sets both
+        return ConvAttrs(a.num_output, a.window, a.group, a.bias_term, a.weight_filler, a.bias_filler)
+
+    def infer(self, a: DepthwiseAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        return Convolution().infer(self.conv_attrs(a), shapes, ctx)
 
     def weights(self, a: DepthwiseAttrs, shapes: Sequence[Shape]) -> list[WeightSpec]:
-        return Convolution().weights(self.conv_attrs(a, shapes[0][1]), shapes)
+        return Convolution().weights(self.conv_attrs(a), shapes)
 
     def cost(self, a: DepthwiseAttrs, ins: Sequence[Shape], outs: Sequence[Shape]) -> int:
         return prod(outs[0]) * prod(a.window.kernel)
 
     def kernel(self, a: DepthwiseAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
-        c = xs[0].shape[1]
-        return [conv2d(xs[0], w["weight"], w.get("bias"), a.window, c)]
+        return [conv2d(xs[0], w["weight"], w.get("bias"), a.window, a.group)]
 
     def output_channel_axis(self, a: DepthwiseAttrs, out_shape: Shape) -> int:
         return 1
@@ -399,7 +404,7 @@ class DepthwiseConvolution(Layer):
         return scale_along(weight, s, 0)
 
     def lower(self, a: DepthwiseAttrs, g: Any) -> None:
-        Convolution().lower(self.conv_attrs(a, g.in_shapes[0][1]), g)
+        Convolution().lower(self.conv_attrs(a), g)
 
 
 # -- ShuffleChannel ------------------------------------------------------------------------------
