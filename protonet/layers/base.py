@@ -185,6 +185,19 @@ class Layer:
         return None
 
 
+def random_rois(image: Shape, rois: Shape, spatial_scale: float, rng: np.random.Generator) -> np.ndarray:
+    """Valid ROIs of shape ``rois`` (R rows [batch_index, x1, y1, x2, y2]) for a feature map of
+    shape ``image`` (N, C, H, W) at ``spatial_scale``: integer batch indices of the batch and
+    integer corners inside the image, x1 <= x2 and y1 <= y2 (verify's generated inputs)."""
+    n, _, h, w = image
+    scale = spatial_scale if spatial_scale > 0 else 1.0
+    rows = rois[0]
+    xs = np.sort(rng.uniform(0, w / scale, size=(rows, 2)), axis=1)
+    ys = np.sort(rng.uniform(0, h / scale, size=(rows, 2)), axis=1)
+    out = np.stack([rng.integers(0, n, size=rows), xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], axis=1)
+    return np.floor(out).astype(np.float32).reshape(rois)
+
+
 def canonical_axis(axis: int, ndim: int, ctx: LayerContext, what: str = "axis") -> int:
     """Caffe's CanonicalAxisIndex: negative axes count from the end; out of range is an error."""
     if not -ndim <= axis < ndim:

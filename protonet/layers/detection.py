@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import LayerContext
-from .base import FLT_MAX, Example, Layer, Shape, need_4d, prod
+from ..errors import LayerContext, ProtonetError
+from .base import FLT_MAX, Example, Layer, Shape, need_4d, prod, random_rois
 from .registry import register
 
 F32 = np.float32
@@ -378,9 +378,10 @@ class PSROIPooling(Layer):
         maps = x.reshape(n, a.output_dim, g, g, height, width)
         out = np.zeros((rois.shape[0], a.output_dim, g, g), dtype=x.dtype)
         for r in range(rois.shape[0]):
-            b = int(np.float32(rois[r, 0]))  # C's float -> int conversion truncates
-            if not 0 <= b < n:
-                raise ValueError(f"ROI {r} has batch index {b}, outside the batch of {n}")
+            b = np.trunc(np.float32(rois[r, 0]))  # C's float -> int conversion truncates
+            if not 0 <= b < n:  # NaN included
+                raise ProtonetError(f"ROI {r} has batch index {b:g}, outside the batch of {n}")
+            b = int(b)
             for i in range(g):
                 for j in range(g):
                     area = (he[r, i] - hs[r, i]) * (we[r, j] - ws[r, j])
@@ -388,6 +389,10 @@ class PSROIPooling(Layer):
                         window = maps[b, :, i, j, hs[r, i]:he[r, i], ws[r, j]:we[r, j]]
                         out[r, :, i, j] = window.sum(axis=(1, 2)) / area
         return [out]
+
+    def sample_input(self, a: PSROIPoolAttrs, i: int, in_shapes: Sequence[Shape],
+                     rng: np.random.Generator) -> np.ndarray | None:
+        return random_rois(in_shapes[0], in_shapes[1], a.spatial_scale, rng) if i == 1 else None
 
     def lower(self, a: PSROIPoolAttrs, g: Any) -> None:
         (n, _, height, width), r_shape = g.in_shapes

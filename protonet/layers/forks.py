@@ -24,7 +24,8 @@ import numpy as np
 from ..errors import LayerContext, ProtonetError, UnsupportedError
 from ..limits import check_constant
 from .affine import scale_along
-from .base import CONSTANT_ONE, CONSTANT_ZERO, Example, Filler, Layer, Shape, WeightSpec, need_4d, prod
+from .base import (CONSTANT_ONE, CONSTANT_ZERO, Example, Filler, Layer, Shape, WeightSpec, need_4d, prod,
+                   random_rois)
 from .core import Convolution, ConvAttrs, channel_shape, conv2d
 from .geometry import Window2D, conv_window
 from .registry import register
@@ -803,16 +804,7 @@ class ROIPooling(Layer):
 
     def sample_input(self, a: ROIPoolAttrs, i: int, in_shapes: Sequence[Shape],
                      rng: np.random.Generator) -> np.ndarray | None:
-        """ROIs [batch_index, x1, y1, x2, y2] with a batch index of the batch and corners in the image."""
-        if i != 1:
-            return None
-        (n, _, h, w), r = in_shapes[0], in_shapes[1]
-        scale = a.spatial_scale if a.spatial_scale > 0 else 1.0
-        rows = r[0]
-        xs = np.sort(rng.uniform(0, w / scale, size=(rows, 2)), axis=1)
-        ys = np.sort(rng.uniform(0, h / scale, size=(rows, 2)), axis=1)
-        rois = np.stack([rng.integers(0, n, size=rows), xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], axis=1)
-        return np.floor(rois).astype(np.float32).reshape(r)
+        return random_rois(in_shapes[0], in_shapes[1], a.spatial_scale, rng) if i == 1 else None
 
     def lower(self, a: ROIPoolAttrs, g: Any) -> None:
         s, r = g.in_shapes
