@@ -87,7 +87,8 @@ def make_session(model: Any, provider: str = "auto", threads: int | None = None,
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     with _model_source(model) as src:
-        return _session(src, provider, so)
+        # a ModelProto or Built comes from protonet's exporter: onnxruntime refusing it is a bug
+        return _session(src, provider, so, own=not isinstance(model, (str, bytes, bytearray, Path)))
 
 
 @contextlib.contextmanager
@@ -110,7 +111,7 @@ def _model_source(model: Any) -> Iterator[Any]:
         yield str(model) if not isinstance(model, (bytes, bytearray)) else bytes(model)
 
 
-def _session(src: Any, provider: str, so: Any) -> Session:
+def _session(src: Any, provider: str, so: Any, own: bool = False) -> Session:
     import onnxruntime as ort
 
     want_cuda = provider in ("auto", "cuda") and cuda_available()
@@ -136,7 +137,7 @@ def _session(src: Any, provider: str, so: Any) -> Session:
         sess = ort.InferenceSession(src, sess_options=so, providers=[PROVIDERS["cpu"]])
     except Exception as e:  # a model onnxruntime cannot load: a damaged file, or a bug when protonet made it
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if hasattr(model, "SerializeToString"):  # built in this process by protonet's exporter
+        if own:
             raise InternalError(f"onnxruntime cannot load the model protonet built: {first}") from e
         raise ProtonetError(f"onnxruntime cannot load the model: {first}") from None
     return Session(sess, "cpu")
