@@ -44,6 +44,7 @@ from .errors import ProtonetError
 from .fileio import note_input
 from .layers import registry
 from .layers.base import Layer
+from .layers.lowering import Lowering
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ class CustomOpLayer(Layer):
         """The node's attributes; override to rename or add some."""
         return attrs_to_onnx(attrs)
 
-    def lower(self, attrs: Any, g: Any) -> None:
+    def lower(self, attrs: Any, g: Lowering) -> None:
         weights = [g.weight(k) for k in g.weights]
         g.op(self.onnx_op_type or self.type_name, list(g.inputs) + weights, g.outputs,
              domain=self.onnx_domain, **self.onnx_attributes(attrs))

@@ -20,6 +20,7 @@ from .base import (CONSTANT_ZERO, Example, Filler, Layer, NoAttrs, Shape, Weight
                    enum_name, need_4d, prod, sigmoid)
 from .core import ConvAttrs, PoolAttrs, Pooling, broadcast_param, parse_conv, scale_span
 from .geometry import Window2D, deconv_output_size
+from .lowering import Lowering
 from .registry import register
 
 #: the most negative int64, an ONNX Slice ``end`` that runs past the start of an axis
@@ -31,7 +32,7 @@ def _ex(body: str, inputs: tuple[Shape, ...], name: str = "", int_inputs: dict[i
     return Example(body, inputs, name, dict(int_inputs or {}))
 
 
-def _scalar(g: Any, value: float, hint: str) -> str:
+def _scalar(g: Lowering, value: float, hint: str) -> str:
     """A 0-d float constant (a Constant node: the exporter's initializers come out at least 1-D,
     which would turn a scalar result into shape (1,))."""
     return g.op("Constant", [], [g.tmp(hint)], value_float=float(value))
@@ -67,7 +68,7 @@ class AbsVal(_Pointwise):
     def kernel(self, a: NoAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         return [np.abs(xs[0])]
 
-    def lower(self, a: NoAttrs, g: Any) -> None:
+    def lower(self, a: NoAttrs, g: Lowering) -> None:
         g.op("Abs", g.inputs, g.outputs)
 
 
@@ -84,7 +85,7 @@ class BNLL(_Pointwise):
         x = xs[0]
         return [np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))]
 
-    def lower(self, a: NoAttrs, g: Any) -> None:
+    def lower(self, a: NoAttrs, g: Lowering) -> None:
         x = g.inputs[0]
         tail = g.op("Log", [g.op("Add", [g.op("Exp", [g.op("Neg", [g.op("Abs", [x])])]), _scalar(g, 1.0, "one")])])
         g.op("Add", [g.op("Relu", [x]), tail], g.outputs)
@@ -113,7 +114,7 @@ class ELU(_Pointwise):
         x = xs[0]
         return [np.maximum(x, 0) + a.alpha * np.expm1(np.minimum(x, 0))]
 
-    def lower(self, a: AlphaAttrs, g: Any) -> None:
+    def lower(self, a: AlphaAttrs, g: Lowering) -> None:
         g.op("Elu", g.inputs, g.outputs, alpha=a.alpha)
 
 
@@ -140,7 +141,7 @@ class Swish(_Pointwise):
         x = xs[0]
         return [x * sigmoid(a.beta * x)]
 
-    def lower(self, a: SwishAttrs, g: Any) -> None:
+    def lower(self, a: SwishAttrs, g: Lowering) -> None:
         x = g.inputs[0]
         arg = x if a.beta == 1.0 else g.op("Mul", [x, _scalar(g, a.beta, "beta")])
         g.op("Mul", [x, g.op("Sigmoid", [arg])], g.outputs)
@@ -170,7 +171,7 @@ class Threshold(_Pointwise):
         x = xs[0]
         return [(x > a.threshold).astype(x.dtype)]
 
-    def lower(self, a: ThresholdAttrs, g: Any) -> None:
+    def lower(self, a: ThresholdAttrs, g: Lowering) -> None:
         above = g.op("Greater", [g.inputs[0], _scalar(g, a.threshold, "threshold")])
         g.cast(above, np.float32, g.outputs)
 
@@ -206,7 +207,7 @@ class Clip(_Pointwise):
         upper = np.where(a.max < x, a.max, x)  # std::min(x, max) keeps x unless max < x
         return [np.where(a.min < upper, upper, a.min).astype(x.dtype, copy=False)]  # std::max(min, .)
 
-    def lower(self, a: ClipAttrs, g: Any) -> None:
+    def lower(self, a: ClipAttrs, g: Lowering) -> None:
         # the same two selections (not ONNX Clip): min > max gives min, NaN gives min
         x = g.inputs[0]
         hi, lo = _scalar(g, a.max, "max"), _scalar(g, a.min, "min")
@@ -265,7 +266,7 @@ class Exp(_Pointwise):
         inner, outer = self.factors(a)
         return [outer * np.exp(inner * xs[0])]
 
-    def lower(self, a: ExpLogAttrs, g: Any) -> None:
+    def lower(self, a: ExpLogAttrs, g: Lowering) -> None:
         inner, outer = self.factors(a)
         x = g.inputs[0] if inner == 1.0 else g.op("Mul", [g.inputs[0], _scalar(g, inner, "inner_scale")])
         if outer == 1.0:
@@ -295,7 +296,7 @@ class Log(_Pointwise):
     def kernel(self, a: ExpLogAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         return [np.log(a.shift + a.scale * xs[0]) * (1.0 / a.log_base)]
 
-    def lower(self, a: ExpLogAttrs, g: Any) -> None:
+    def lower(self, a: ExpLogAttrs, g: Lowering) -> None:
         x = g.inputs[0]
         if a.scale != 1.0:
             x = g.op("Mul", [x, _scalar(g, a.scale, "scale")])
@@ -362,7 +363,7 @@ class Power(_Pointwise):
         y = x * a.scale + a.shift
         return [y if a.power == 1 else np.power(y, a.power)]
 
-    def lower(self, a: PowerAttrs, g: Any) -> None:
+    def lower(self, a: PowerAttrs, g: Lowering) -> None:
         c = a.constant
         if c is not None:
             g.op("Expand", [_scalar(g, c, "value"), g.int64s(g.out_shapes[0], "shape")], g.outputs)
@@ -429,7 +430,7 @@ class PReLU(_Pointwise):
         x = xs[0]
         return [np.maximum(x, 0) + self._slope(a, w["slope"], x.ndim) * np.minimum(x, 0)]
 
-    def lower(self, a: PReLUAttrs, g: Any) -> None:
+    def lower(self, a: PReLUAttrs, g: Lowering) -> None:
         slope = self._slope(a, g.weights["slope"], len(g.in_shapes[0]))
         g.op("PRelu", [g.inputs[0], g.weight("slope", slope)], g.outputs)
 
@@ -503,7 +504,7 @@ class Bias(Layer):
         b = xs[1] if a.two_bottoms else w["bias"]
         return [x + broadcast_param(b, start, x.ndim)]
 
-    def lower(self, a: BiasAttrs, g: Any) -> None:
+    def lower(self, a: BiasAttrs, g: Lowering) -> None:
         s = g.in_shapes[0]
         start, end = a.axis, a.axis + a.num_axes
         if a.two_bottoms:
@@ -605,7 +606,7 @@ class Deconvolution(Layer):
         wg = weight.reshape((g, cin // g, cog) + weight.shape[2:])
         return (wg * s.reshape((g, 1, cog) + (1,) * (weight.ndim - 2))).reshape(weight.shape)
 
-    def lower(self, a: ConvAttrs, g: Any) -> None:
+    def lower(self, a: ConvAttrs, g: Lowering) -> None:
         win = a.window
         ins = [g.inputs[0], g.weight("weight")] + ([g.weight("bias")] if a.bias_term else [])
         g.op("ConvTranspose", ins, g.outputs, kernel_shape=list(win.kernel), strides=list(win.stride),
@@ -668,7 +669,7 @@ class Embed(Layer):
     def sample_input(self, a: EmbedAttrs, i: int, in_shapes: Sequence[Shape], rng: np.random.Generator) -> np.ndarray:
         return rng.integers(0, a.input_dim, size=in_shapes[i]).astype(np.float32)
 
-    def lower(self, a: EmbedAttrs, g: Any) -> None:
+    def lower(self, a: EmbedAttrs, g: Lowering) -> None:
         idx = g.cast(g.inputs[0], np.int64)
         if a.bias_term:
             y = g.op("Gather", [g.weight("weight"), idx], axis=0)
@@ -713,7 +714,7 @@ class Parameter(Layer):
     def kernel(self, a: ParameterAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         return [w["data"].reshape(a.shape)]
 
-    def lower(self, a: ParameterAttrs, g: Any) -> None:
+    def lower(self, a: ParameterAttrs, g: Lowering) -> None:
         g.op("Identity", [g.weight("data")], g.outputs)
 
 
@@ -738,7 +739,7 @@ class Silence(Layer):
     def kernel(self, a: NoAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         return []
 
-    def lower(self, a: NoAttrs, g: Any) -> None:
+    def lower(self, a: NoAttrs, g: Lowering) -> None:
         return None
 
 
@@ -821,7 +822,7 @@ class ArgMax(Layer):
         y = vals if a.out_max_val else idx.astype(x.dtype)
         return [np.moveaxis(y, -1, ax)]
 
-    def lower(self, a: ArgMaxAttrs, g: Any) -> None:
+    def lower(self, a: ArgMaxAttrs, g: Lowering) -> None:
         s = g.in_shapes[0]
         x = g.inputs[0]
         if a.axis is None:
@@ -907,7 +908,7 @@ class Crop(Layer):
         offs = (0,) * a.axis + a.offsets
         return [xs[0][tuple(slice(o, o + d) for o, d in zip(offs, out))]]
 
-    def lower(self, a: CropAttrs, g: Any) -> None:
+    def lower(self, a: CropAttrs, g: Lowering) -> None:
         s0 = g.in_shapes[0]
         out, offs = g.out_shapes[0], (0,) * a.axis + a.offsets
         axes = [i for i in range(len(s0)) if out[i] != s0[i]]
@@ -995,7 +996,7 @@ class Slice(Layer):
     def kernel(self, a: SliceAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         return list(np.split(xs[0], np.cumsum(a.sizes)[:-1], axis=a.axis))
 
-    def lower(self, a: SliceAttrs, g: Any) -> None:
+    def lower(self, a: SliceAttrs, g: Lowering) -> None:
         if a.tops == 1:
             g.op("Identity", [g.inputs[0]], g.outputs)
             return
@@ -1046,7 +1047,7 @@ class Tile(Layer):
     def kernel(self, a: TileAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         return [np.tile(xs[0], self._reps(a, xs[0].ndim))]
 
-    def lower(self, a: TileAttrs, g: Any) -> None:
+    def lower(self, a: TileAttrs, g: Lowering) -> None:
         g.op("Tile", [g.inputs[0], g.int64s(self._reps(a, len(g.in_shapes[0])), "repeats")], g.outputs)
 
 
@@ -1100,7 +1101,7 @@ class Reduction(Layer):
             y = flat.sum(axis=-1)
         return [np.asarray(y * a.coeff if a.coeff != 1 else y)]
 
-    def lower(self, a: ReductionAttrs, g: Any) -> None:
+    def lower(self, a: ReductionAttrs, g: Lowering) -> None:
         n = len(g.in_shapes[0])
         axes = list(range(a.axis, n))
         last = a.coeff == 1
@@ -1168,7 +1169,7 @@ class MVN(Layer):
         std = np.sqrt((d * d).mean(axis=axes, keepdims=True))
         return [d / (std + a.eps)]
 
-    def lower(self, a: MVNAttrs, g: Any) -> None:
+    def lower(self, a: MVNAttrs, g: Lowering) -> None:
         x = g.inputs[0]
         if len(g.in_shapes[0]) != 4:
             x = g.op("Reshape", [x, g.int64s([0] + list(g.out_shapes[0][1:]), "shape")])
@@ -1260,7 +1261,7 @@ class SPP(Layer):
             return pooled
         return [np.concatenate([p.reshape(x.shape[0], -1) for p in pooled], axis=1)]
 
-    def lower(self, a: SPPAttrs, g: Any) -> None:
+    def lower(self, a: SPPAttrs, g: Lowering) -> None:
         s = g.in_shapes[0]
         pool = Pooling()
         levels = a.levels
@@ -1330,7 +1331,7 @@ class DummyData(Layer):
     def kernel(self, a: Any, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         raise RuntimeError("DummyData tops are network inputs: they are fed, not executed")
 
-    def lower(self, a: Any, g: Any) -> None:
+    def lower(self, a: Any, g: Lowering) -> None:
         return None  # graph inputs are declared by the exporter
 
 
@@ -1364,5 +1365,5 @@ class MemoryData(Layer):
     def kernel(self, a: Any, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         raise RuntimeError("MemoryData tops are network inputs: they are fed, not executed")
 
-    def lower(self, a: Any, g: Any) -> None:
+    def lower(self, a: Any, g: Lowering) -> None:
         return None  # graph inputs are declared by the exporter

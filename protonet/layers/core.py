@@ -13,6 +13,7 @@ from .affine import Affine, scale_along
 from .base import (CONSTANT_ONE, CONSTANT_ZERO, FLT_MAX, Example, Filler, Layer, Shape, WeightSpec,
                    canonical_axis, enum_name, need_4d, prod, sigmoid)
 from .geometry import Window2D, conv_output_size, conv_window, pool_nonempty, pool_output_size, pool_window
+from .lowering import Lowering
 from .registry import register
 
 
@@ -59,7 +60,7 @@ class Input(Layer):
     def kernel(self, attrs: Any, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         raise RuntimeError("Input layers are fed, not executed")
 
-    def lower(self, attrs: Any, g: Any) -> None:
+    def lower(self, attrs: Any, g: Lowering) -> None:
         return None  # graph inputs are declared by the exporter
 
 
@@ -164,7 +165,7 @@ class Convolution(Layer):
         """The weight is (O, C/g, kh, kw): output channels on axis 0."""
         return scale_along(weight, s, 0)
 
-    def lower(self, a: ConvAttrs, g: Any) -> None:
+    def lower(self, a: ConvAttrs, g: Lowering) -> None:
         win = a.window
         ins = [g.inputs[0], g.weight("weight")] + ([g.weight("bias")] if a.bias_term else [])
         g.op("Conv", ins, g.outputs, kernel_shape=list(win.kernel), strides=list(win.stride),
@@ -239,7 +240,7 @@ class InnerProduct(Layer):
         """The weight is (N, K), or (K, N) with transpose: output channels on axis 0 or 1."""
         return scale_along(weight, s, 1 if a.transpose else 0)
 
-    def lower(self, a: InnerProductAttrs, g: Any) -> None:
+    def lower(self, a: InnerProductAttrs, g: Lowering) -> None:
         s = g.in_shapes[0]
         ax = a.axis
         wt = g.weights["weight"] if a.transpose else g.weights["weight"].T
@@ -286,7 +287,7 @@ class ReLU(Layer):
         x = xs[0]
         return [np.maximum(x, 0) + a.negative_slope * np.minimum(x, 0)]
 
-    def lower(self, a: ReLUAttrs, g: Any) -> None:
+    def lower(self, a: ReLUAttrs, g: Lowering) -> None:
         if a.negative_slope == 0:
             g.op("Relu", g.inputs, g.outputs)
         else:
@@ -308,7 +309,7 @@ class _Unary(Layer):
     def kernel(self, a: Any, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         return [self.fn(xs[0])]
 
-    def lower(self, a: Any, g: Any) -> None:
+    def lower(self, a: Any, g: Lowering) -> None:
         g.op(self.onnx_op, g.inputs, g.outputs)
 
 
@@ -467,7 +468,7 @@ class Pooling(Layer):
         div = np.outer(extent(ho, kh, sh, ph, h), extent(wo, kw, sw, pw, wd))
         return [win_view.sum(axis=(2, 3)) / div]
 
-    def lower(self, a: PoolAttrs, g: Any) -> None:
+    def lower(self, a: PoolAttrs, g: Lowering) -> None:
         s = g.in_shapes[0]
         if a.global_pooling and not a.mask:  # the mask needs MaxPool's indices: a whole-plane window below
             g.op("GlobalMaxPool" if a.method == "MAX" else "GlobalAveragePool", g.inputs, g.outputs)
@@ -491,7 +492,7 @@ class Pooling(Layer):
                  pads=[ph, pw, ph + eh, pw + ew], count_include_pad=1 if (ph or pw) else 0)
 
 
-    def _lower_max(self, a: PoolAttrs, g: Any, win: Window2D, out: tuple[int, int]) -> None:
+    def _lower_max(self, a: PoolAttrs, g: Lowering, win: Window2D, out: tuple[int, int]) -> None:
         """MaxPool over the windows that hold input values; windows past the input (no padding,
         stride > kernel) are appended as Caffe leaves them: -FLT_MAX, mask -1."""
         s = g.in_shapes[0]
@@ -567,7 +568,7 @@ class LRN(Layer):
             scale = 1.0 + a.alpha * view.sum(axis=(2, 3)) / (a.size * a.size)
         return [x * scale ** (-a.beta)]
 
-    def lower(self, a: LRNAttrs, g: Any) -> None:
+    def lower(self, a: LRNAttrs, g: Lowering) -> None:
         if a.across_channels:
             g.op("LRN", g.inputs, g.outputs, size=a.size, alpha=a.alpha, beta=a.beta, bias=a.k)
             return
@@ -630,7 +631,7 @@ class Concat(Layer):
     def kernel(self, a: AxisAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         return [np.concatenate(xs, axis=a.axis)]
 
-    def lower(self, a: AxisAttrs, g: Any) -> None:
+    def lower(self, a: AxisAttrs, g: Lowering) -> None:
         g.op("Concat", g.inputs, g.outputs, axis=a.axis)
 
 
@@ -693,7 +694,7 @@ class Eltwise(Layer):
             y = sum(c * x for c, x in zip(coeff, xs))
         return [np.asarray(y)]
 
-    def lower(self, a: EltwiseAttrs, g: Any) -> None:
+    def lower(self, a: EltwiseAttrs, g: Lowering) -> None:
         ins = list(g.inputs)
         if len(ins) == 1 and (a.operation != "SUM" or not a.coeff or a.coeff[0] == 1.0):
             g.op("Identity", ins, g.outputs)
@@ -709,7 +710,7 @@ class Eltwise(Layer):
             g.op("Sum", ins, g.outputs) if len(ins) > 1 else g.op("Identity", ins, g.outputs)
 
 
-def _chain(g: Any, op: str, ins: list[str]) -> None:
+def _chain(g: Lowering, op: str, ins: list[str]) -> None:
     y = ins[0]
     for i, x in enumerate(ins[1:], 1):
         y = g.op(op, [y, x], g.outputs if i == len(ins) - 1 else None)
@@ -742,7 +743,7 @@ class Split(Layer):
     def kernel(self, a: SplitAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         return [xs[0]] * a.tops
 
-    def lower(self, a: SplitAttrs, g: Any) -> None:
+    def lower(self, a: SplitAttrs, g: Lowering) -> None:
         for o in g.outputs:
             g.op("Identity", [g.inputs[0]], [o])
 
@@ -775,7 +776,7 @@ class Softmax(Layer):
         e = np.exp(x - x.max(axis=a.axis, keepdims=True))
         return [e / e.sum(axis=a.axis, keepdims=True)]
 
-    def lower(self, a: AxisAttrs, g: Any) -> None:
+    def lower(self, a: AxisAttrs, g: Lowering) -> None:
         g.op("Softmax", g.inputs, g.outputs, axis=a.axis)
 
 
@@ -817,7 +818,7 @@ class Dropout(Layer):
     def kernel(self, a: DropoutAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         return [xs[0] * a.scale if a.scale != 1.0 else xs[0]]
 
-    def lower(self, a: DropoutAttrs, g: Any) -> None:
+    def lower(self, a: DropoutAttrs, g: Lowering) -> None:
         if a.scale != 1.0:
             g.op("Mul", [g.inputs[0], g.const(np.float32(a.scale), "scale")], g.outputs)
         else:
@@ -899,7 +900,7 @@ class BatchNorm(Layer):
             var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
         return [(x - mean) / np.sqrt(var + a.eps)]
 
-    def lower(self, a: BatchNormAttrs, g: Any) -> None:
+    def lower(self, a: BatchNormAttrs, g: Lowering) -> None:
         x = g.inputs[0]
         ndim = len(g.in_shapes[0])
         if a.use_global_stats:
@@ -1009,7 +1010,7 @@ class Scale(Layer):
             y = y + broadcast_param(w["bias"], start, x.ndim)
         return [y]
 
-    def lower(self, a: ScaleAttrs, g: Any) -> None:
+    def lower(self, a: ScaleAttrs, g: Lowering) -> None:
         s = g.in_shapes[0]
         start, end = a.axis, a.axis + a.num_axes
         tail = (1,) * (len(s) - end)
@@ -1070,7 +1071,7 @@ class Flatten(Layer):
     def kernel(self, a: FlattenAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         return [xs[0].reshape(self.out_shape(a, xs[0].shape))]
 
-    def lower(self, a: FlattenAttrs, g: Any) -> None:
+    def lower(self, a: FlattenAttrs, g: Lowering) -> None:
         lower_reshape(g, g.out_shapes[0], keep_leading=a.axis)
 
 
@@ -1079,7 +1080,7 @@ def same_shape(type_name: str, ins: Sequence[Shape], outs: Sequence[Shape]) -> s
     return f"{type_name} to the same shape {tuple(ins[0])}" if tuple(outs[0]) == tuple(ins[0]) else None
 
 
-def lower_reshape(g: Any, out: Shape, keep_leading: int) -> None:
+def lower_reshape(g: Lowering, out: Shape, keep_leading: int) -> None:
     """Reshape to ``out``, copying (0) the first ``keep_leading`` dims so the batch axis stays free."""
     dims = [0] * keep_leading + list(out[keep_leading:])
     g.op("Reshape", [g.inputs[0], g.int64s(dims, "shape")], g.outputs)
@@ -1156,7 +1157,7 @@ class Reshape(Layer):
     def kernel(self, a: ReshapeAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         return [xs[0].reshape(a.out)]
 
-    def lower(self, a: ReshapeAttrs, g: Any) -> None:
+    def lower(self, a: ReshapeAttrs, g: Lowering) -> None:
         # the batch axis is copied when the reshape leaves it alone or copies it explicitly
         keep = 1 if a.axis >= 1 or (a.dims and a.dims[0] == 0) else 0
         lower_reshape(g, g.out_shapes[0], keep_leading=keep)

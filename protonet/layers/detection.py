@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import LayerContext, ProtonetError
 from .base import FLT_MAX, Example, Layer, Shape, need_4d, prod, random_rois
+from .lowering import Lowering
 from .registry import register
 
 F32 = np.float32
@@ -229,7 +230,7 @@ class Proposal(Layer):
             out.append(sc)
         return out
 
-    def lower(self, a: ProposalAttrs, g: Any) -> None:
+    def lower(self, a: ProposalAttrs, g: Lowering) -> None:
         (_, _, height, width), info_shape = g.in_shapes[0], g.in_shapes[2]
         scores, deltas, im_info = g.inputs
         na, total, pre, rows = a.num_anchors, height * width * a.num_anchors, a.pre, a.rows
@@ -394,7 +395,7 @@ class PSROIPooling(Layer):
                      rng: np.random.Generator) -> np.ndarray | None:
         return random_rois(in_shapes[0], in_shapes[1], a.spatial_scale, rng) if i == 1 else None
 
-    def lower(self, a: PSROIPoolAttrs, g: Any) -> None:
+    def lower(self, a: PSROIPoolAttrs, g: Lowering) -> None:
         (n, _, height, width), r_shape = g.in_shapes
         x, rois = g.inputs
         gs, co, r = a.group_size, a.output_dim, r_shape[0]

@@ -28,6 +28,7 @@ from .base import (CONSTANT_ONE, CONSTANT_ZERO, Example, Filler, Layer, Shape, W
                    random_rois)
 from .core import Convolution, ConvAttrs, channel_shape, conv2d
 from .geometry import Window2D, conv_window
+from .lowering import Lowering
 from .registry import register
 
 
@@ -146,7 +147,7 @@ class Upsample(Layer):
             return None
         return rng.integers(0, a.out_h * a.out_w, size=in_shapes[1]).astype(np.float32)
 
-    def lower(self, a: UpsampleAttrs, g: Any) -> None:
+    def lower(self, a: UpsampleAttrs, g: Lowering) -> None:
         s = g.in_shapes[0]
         out = g.out_shapes[0]
         if not a.with_mask:
@@ -275,7 +276,7 @@ class Interp(Layer):
         top = x[:, :, hl, :] * (1 - hlam) + x[:, :, hh, :] * hlam
         return [top[:, :, :, wl] * (1 - wlam) + top[:, :, :, wh] * wlam]
 
-    def lower(self, a: InterpAttrs, g: Any) -> None:
+    def lower(self, a: InterpAttrs, g: Lowering) -> None:
         hin, win = a.size_in
         x = g.inputs[0]
         if a.pad_beg or a.pad_end:
@@ -315,7 +316,7 @@ class ReLU6(Layer):
         x = xs[0]
         return [np.minimum(np.maximum(x, 0), 6) + a.negative_slope * np.minimum(x, 0)]
 
-    def lower(self, a: ReLU6Attrs, g: Any) -> None:
+    def lower(self, a: ReLU6Attrs, g: Lowering) -> None:
         six = g.const(6.0, "six")
         if a.negative_slope == 0:
             g.op("Clip", [g.inputs[0], g.const(0.0, "zero"), six], g.outputs)
@@ -404,7 +405,7 @@ class DepthwiseConvolution(Layer):
         """The weight is (O, 1, kh, kw): output channels on axis 0."""
         return scale_along(weight, s, 0)
 
-    def lower(self, a: DepthwiseAttrs, g: Any) -> None:
+    def lower(self, a: DepthwiseAttrs, g: Lowering) -> None:
         Convolution().lower(self.conv_attrs(a), g)
 
 
@@ -448,7 +449,7 @@ class ShuffleChannel(Layer):
         y = x.reshape(n, a.group, c // a.group, -1).swapaxes(1, 2)
         return [y.reshape(x.shape)]
 
-    def lower(self, a: GroupAttrs, g: Any) -> None:
+    def lower(self, a: GroupAttrs, g: Lowering) -> None:
         s = g.in_shapes[0]
         rest = prod(s[2:])
         y = g.op("Reshape", [g.inputs[0], g.int64s([0, a.group, s[1] // a.group, rest], "grouped")])
@@ -497,7 +498,7 @@ class Permute(Layer):
     def kernel(self, a: PermuteAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         return [np.transpose(xs[0], a.order)]
 
-    def lower(self, a: PermuteAttrs, g: Any) -> None:
+    def lower(self, a: PermuteAttrs, g: Lowering) -> None:
         g.op("Transpose", g.inputs, g.outputs, perm=list(a.order))
 
 
@@ -553,7 +554,7 @@ class Normalize(Layer):
             scale = scale.reshape(channel_shape(x.shape[1], x.ndim))
         return [x / norm * scale]
 
-    def lower(self, a: NormalizeAttrs, g: Any) -> None:
+    def lower(self, a: NormalizeAttrs, g: Lowering) -> None:
         ndim = len(g.in_shapes[0])
         x = g.inputs[0]
         ss = g.op("ReduceSumSquare", [x], axes=self._axes(a, ndim), keepdims=1)
@@ -594,7 +595,7 @@ class Axpy(Layer):
         f, x, y = xs
         return [f.reshape(f.shape[:2] + (1,) * (x.ndim - 2)) * x + y]
 
-    def lower(self, a: Any, g: Any) -> None:
+    def lower(self, a: Any, g: Lowering) -> None:
         ndim = len(g.in_shapes[1])
         f = g.op("Reshape", [g.inputs[0], g.int64s([0, 0] + [1] * (ndim - 2), "shape")])
         g.op("Add", [g.op("Mul", [f, g.inputs[1]]), g.inputs[2]], g.outputs)
@@ -690,7 +691,7 @@ class BN(Layer):
         var = (x * x).mean(axis=axes, keepdims=True) - mean * mean
         return [(x - mean) / np.sqrt(var + a.eps) * w["scale"].reshape(cs) + w["shift"].reshape(cs)]
 
-    def lower(self, a: BNAttrs, g: Any) -> None:
+    def lower(self, a: BNAttrs, g: Lowering) -> None:
         s = g.in_shapes[0]
         x = g.inputs[0]
         aff = self._affine(a, {k: np.asarray(v, np.float64) for k, v in g.weights.items()}, s[1], len(s))
@@ -806,7 +807,7 @@ class ROIPooling(Layer):
                      rng: np.random.Generator) -> np.ndarray | None:
         return random_rois(in_shapes[0], in_shapes[1], a.spatial_scale, rng) if i == 1 else None
 
-    def lower(self, a: ROIPoolAttrs, g: Any) -> None:
+    def lower(self, a: ROIPoolAttrs, g: Lowering) -> None:
         s, r = g.in_shapes
         x, rois = g.inputs
         if len(r) != 2:

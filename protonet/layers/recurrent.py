@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import LayerContext
 from .base import Example, Filler, Layer, NoAttrs, Shape, WeightSpec, prod, sigmoid
+from .lowering import Lowering
 from .registry import register
 
 
@@ -116,7 +117,7 @@ class _Recurrent(Layer):
     # -- shared lowering helpers -------------------------------------------------------------
 
     @staticmethod
-    def _lower_input_transform(g: Any, b: RecurrentDims, w_key: str, b_key: str, s_key: str,
+    def _lower_input_transform(g: Lowering, b: RecurrentDims, w_key: str, b_key: str, s_key: str,
                                x: str, static: str | None) -> list[str]:
         """W x_t + b (+ W_static x_static) for all steps at once, split into T (1, N, rows) pieces."""
         xs = g.in_shapes[0]
@@ -132,13 +133,13 @@ class _Recurrent(Layer):
         return _split_steps(g, xw, b.T)
 
     @staticmethod
-    def _lower_cont(g: Any, b: RecurrentDims, cont: str) -> list[str]:
+    def _lower_cont(g: Lowering, b: RecurrentDims, cont: str) -> list[str]:
         """cont (T, N) as T pieces of shape (1, N, 1), ready to scale (1, N, H) states."""
         c3 = g.op("Reshape", [cont, g.int64s([b.T, b.N, 1], "cont_shape")])
         return _split_steps(g, c3, b.T)
 
 
-def _split_steps(g: Any, name: str, steps: int) -> list[str]:
+def _split_steps(g: Lowering, name: str, steps: int) -> list[str]:
     if steps == 1:
         return [name]
     return list(g.op("Split", [name], n_out=steps, axis=0))
@@ -218,7 +219,7 @@ class LSTM(_Recurrent):
             out[t] = h
         return [out] + ([h[None], c[None]] if a.expose_hidden else [])
 
-    def lower(self, a: RecurrentAttrs, g: Any) -> None:
+    def lower(self, a: RecurrentAttrs, g: Lowering) -> None:
         b = a.dims
         x, cont, static, states = self.split_inputs(a, g.inputs)
         steps = self._lower_input_transform(g, b, "W_xc", "b_c", "W_xc_static", x, static)
@@ -308,7 +309,7 @@ class RNN(_Recurrent):
         o = np.tanh(hs @ w["W_ho"].T + w["b_o"])
         return [o] + ([h[None]] if a.expose_hidden else [])
 
-    def lower(self, a: RecurrentAttrs, g: Any) -> None:
+    def lower(self, a: RecurrentAttrs, g: Lowering) -> None:
         b = a.dims
         x, cont, static, states = self.split_inputs(a, g.inputs)
         steps = self._lower_input_transform(g, b, "W_xh", "b_h", "W_xh_static", x, static)
@@ -373,7 +374,7 @@ class LSTMUnit(Layer):
         c = f * c_prev + i * g
         return [c, o * np.tanh(c)]
 
-    def lower(self, a: NoAttrs, g: Any) -> None:
+    def lower(self, a: NoAttrs, g: Lowering) -> None:
         n = g.in_shapes[0][1]
         c_prev, x, cont = g.inputs
         ct = g.op("Reshape", [cont, g.int64s([1, n, 1], "cont_shape")])

@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import LayerContext, UnsupportedError
 from ..limits import check_constant
 from .base import FLT_MAX, Example, Layer, Shape, enum_name, prod
+from .lowering import Lowering
 from .registry import register
 
 
@@ -77,7 +78,7 @@ def prior_boxes(a: PriorBoxAttrs, layer_hw: tuple[int, int], image_hw: tuple[int
     return np.stack([boxes, var])[None]
 
 
-def _arange(g: Any, n: int, dtype: Any, hint: str) -> str:
+def _arange(g: Lowering, n: int, dtype: Any, hint: str) -> str:
     """0, 1, ..., n - 1 as a Range node (a table built at run time, not stored in the model)."""
     return g.op("Range", [g.const(np.array(0, dtype=dtype), f"{hint}_start", dtype),
                           g.const(np.array(n, dtype=dtype), f"{hint}_limit", dtype),
@@ -177,7 +178,7 @@ class PriorBox(Layer):
     def kernel(self, a: PriorBoxAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         return [prior_boxes(a, xs[0].shape[2:], xs[1].shape[2:]).astype(xs[0].dtype)]
 
-    def lower(self, a: PriorBoxAttrs, g: Any) -> None:
+    def lower(self, a: PriorBoxAttrs, g: Lowering) -> None:
         priors = prior_boxes(a, g.in_shapes[0][2:], g.in_shapes[1][2:])
         g.op("Identity", [g.const(priors, "priors")], g.outputs)
 
@@ -365,7 +366,7 @@ class DetectionOutput(Layer):
 
     # -- ONNX ----------------------------------------------------------------------------------
 
-    def _decode_onnx(self, a: DetectionOutputAttrs, g: Any, loc4: str, prior: str, p: int) -> str:
+    def _decode_onnx(self, a: DetectionOutputAttrs, g: Lowering, loc4: str, prior: str, p: int) -> str:
         """Decode (N, P, Lc, 4) predictions against priors of shape (P, 1, 4) -> (N, P, Lc, 4)."""
         pr = g.op("Reshape", [prior, g.int64s([2, p, 1, 4], "prior_shape")])
         pb, pv = g.op("Split", [pr], n_out=2, axis=0)
@@ -403,7 +404,7 @@ class DetectionOutput(Layer):
                 parts = [sub(cx, hw), sub(cy, hh), add(cx, hw), add(cy, hh)]
         return g.op("Concat", parts, axis=-1)
 
-    def lower(self, a: DetectionOutputAttrs, g: Any) -> None:
+    def lower(self, a: DetectionOutputAttrs, g: Lowering) -> None:
         n = g.in_shapes[0][0]
         geo = a.geometry
         p, lc, c, k = geo.num_priors, geo.loc_classes, a.num_classes, geo.rows
