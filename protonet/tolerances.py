@@ -25,8 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: float32's largest finite value: Caffe's -FLT_MAX sentinel, and the edge of what fp32 holds
-FLT_MAX = float(np.finfo(np.float32).max)
+from .layers.base import FLT_MAX  # Caffe's -FLT_MAX sentinel, and the edge of what fp32 holds
 
 
 @dataclass(frozen=True)
