@@ -132,7 +132,8 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
         inputs = []
         for b in lp.bottom:
             if b not in current:
-                raise ctx.error(f"bottom '{b}' is not produced by any earlier layer")
+                why = loaded.excluded.get(b)
+                raise ctx.error(f"bottom '{b}' is not produced by any earlier layer" + (f" ({why})" if why else ""))
             inputs.append(current[b])
         want_tops = layer.num_tops(attrs, lp)
         if want_tops is not None and len(lp.top) != want_tops:

@@ -644,3 +644,13 @@ layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution
     assert tuple(loaded.net.layer[0].input_param.shape[0].dim) == shape
     meta = json.loads(next(iter(loaded.preprocess.values())))  # the resize is in the preprocessing metadata
     assert meta["resize"] == [30, 40]
+
+
+def test_a_blob_from_a_layer_of_the_other_phase_is_named_in_the_error(tmp_path):
+    text = """name: "train_only"
+layer { name: "data" type: "Input" top: "data" include { phase: TRAIN } input_param { shape { dim: 1 dim: 1 dim: 2 dim: 2 } } }
+layer { name: "relu" type: "ReLU" bottom: "data" top: "out" }
+"""
+    with pytest.raises(ProtonetError, match=r"net\.prototxt:3: layer 'relu' \(ReLU\): bottom 'data' is not produced "
+                                            r"by any earlier layer \(layer 'data' produces it, but not in the TEST phase\)$"):
+        compile_net(_write(tmp_path, text))

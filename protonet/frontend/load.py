@@ -96,7 +96,13 @@ def prepare(loaded: LoadedNet, phase: str = "TEST", stages: tuple[str, ...] = ()
         return Location(loaded.path, lines[i] if exact else loaded.lines.get(layer.name), layer=layer.name,
                         layer_type=layer.type or None)
 
+    before = loaded.net
     loaded.net, kept = filter_phase(loaded.net, phase, stages, level, with_indices=True, where=where)
+    left = set(kept)
+    for i, layer in enumerate(before.layer):
+        if i not in left:
+            for top in layer.top:
+                loaded.excluded.setdefault(top, f"layer '{layer.name}' produces it, but not in the {phase} phase")
     if exact:
         loaded.layer_lines = [lines[i] for i in kept]
     if deploy:

@@ -122,6 +122,8 @@ class LoadedNet:
     notes: list[str] = field(default_factory=list)
     #: fields set through a user's schema that protonet's schema has no field for
     foreign: list[Foreign] = field(default_factory=list)
+    #: blob -> why a layer that phase filtering removed would have produced it
+    excluded: dict[str, str] = field(default_factory=dict)
     #: ONNX metadata entries describing the data layers' preprocessing (train_val files)
     preprocess: dict[str, str] = field(default_factory=dict)
 
