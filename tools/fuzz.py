@@ -570,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start", type=int, default=0, help="first case index")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds per case")
     ap.add_argument("--budget", type=float, help="stop each target after this many seconds")
+    ap.add_argument("--target-cases", action="append", default=[], metavar="TARGET=N",
+                    help="cases for one target (overrides --cases)")
     ap.add_argument("--case", type=int, help="run one case and print it")
     ap.add_argument("--show", metavar="DIR", help="with --case: write its files to DIR")
     ap.add_argument("--out", help=f"write the report (e.g. {DEFAULT_OUT.relative_to(ROOT)})")
@@ -590,8 +592,10 @@ def main(argv: list[str] | None = None) -> int:
                 print("  files in", d, "\n  command: protonet", " ".join(cmd))
         return 0
     reports = []
+    per_target = {t: int(n) for t, _, n in (x.partition("=") for x in args.target_cases)}
     for t in targets:
-        reports.append(campaign(gen, t, args.seed, args.cases, args.timeout, args.start, args.budget, progress=True))
+        reports.append(campaign(gen, t, args.seed, per_target.get(t, args.cases), args.timeout, args.start,
+                                args.budget, progress=True))
         r = reports[-1]
         print(f"{t}: {r.cases} cases in {r.seconds:.0f} s: {dict(r.counts)}", flush=True)
     if args.out:
