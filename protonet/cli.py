@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import __version__
-from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, ProtonetError, VerificationError
+from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, ProtonetError, VerificationError, printable, quote
 from . import limits
 from .fileio import Terminated, is_regular_file, note_input, protect_inputs, save_npz, unwind_on_signals, writes_stdout
 
@@ -287,7 +287,7 @@ def _check_input_shapes(feeds: dict[str, Any], shapes: dict[str, tuple[int, ...]
 
 def _print_outputs(outs: dict[str, np.ndarray]) -> None:
     for name, y in outs.items():
-        _say(f"output '{name}': shape {tuple(y.shape)}")
+        _say(f"output {quote(name)}: shape {tuple(y.shape)}")
         flat = y.reshape(y.shape[0], -1) if y.ndim >= 2 else None
         if flat is not None and flat.shape[1] >= 5 and (y.ndim == 2 or all(d == 1 for d in y.shape[2:])):
             for i, row in enumerate(flat[:8]):
@@ -356,7 +356,7 @@ def _print_verify(res: Any, show_all: bool) -> None:
 
     rows = res.blobs if show_all else sorted(res.blobs, key=lambda b: -b.ratio)[:10]
     rows = rows + [b for b in res.blobs if not b.ok and b not in rows]
-    names = [b.name + ("" if b.source == "debug" else f" ({b.source})") for b in rows]
+    names = [printable(b.name) + ("" if b.source == "debug" else f" ({b.source})") for b in rows]
     width = max([len(n) for n in names] + [4])
     _say(f"{'blob'.ljust(width)}  {'shape':<18} {'max abs err':>12} {'err/tol':>9}  worst element")
     for n, b in zip(names, rows):
@@ -365,7 +365,7 @@ def _print_verify(res: Any, show_all: bool) -> None:
              f"{b.result.describe()}{flag}")
     worst = res.worst
     _say(f"{len(res.blobs)} blobs compared on {res.provider.upper()}; tolerance |onnx - ref| <= "
-         f"{VERIFY.atol_factor:g}*rms(ref) + {VERIFY.rtol:g}*|ref| per element; worst {worst.name} "
+         f"{VERIFY.atol_factor:g}*rms(ref) + {VERIFY.rtol:g}*|ref| per element; worst {printable(worst.name)} "
          f"({worst.source}) at {worst.ratio:.3g} of it")
     if not res.ok:
         bad = [b.name for b in res.blobs if not b.ok]

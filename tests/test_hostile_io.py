@@ -254,6 +254,11 @@ layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_p
             r"^mean.binaryproto: refusing to overwrite an input file$")
     refused(cli_run("--plugin", "plugin.py", "compile", "train.prototxt", "-o", "plugin.py"),
             r"^plugin.py: refusing to overwrite an input file$")
+    (tmp_path / "my.proto").write_text((ROOT / "proto" / "caffe.proto").read_text())  # --caffe-proto's schema
+    before["my.proto"] = (tmp_path / "my.proto").read_bytes()
+    (tmp_path / "net.prototxt").write_text(TINY)
+    refused(cli_run("compile", "net.prototxt", "--caffe-proto", "my.proto", "-o", "my.proto"),
+            r"^my.proto: refusing to overwrite an input file$")
     # upgrade X -o X of a current file: nothing written, comments kept
     (tmp_path / "cur.prototxt").write_text("# my comment\n" + TINY)
     r = cli_run("upgrade", "cur.prototxt", "-o", "cur.prototxt")
@@ -503,3 +508,13 @@ def test_bad_numbers_on_the_command_line(capsys, tmp_path: Path, args: list[str]
     err = capsys.readouterr().err
     assert e.value.code == 2 and f"error: argument {option}:" in err and "Traceback" not in err, err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_names_in_report_lines_are_escaped(cli_run, tmp_path: Path):
+    """infer's and verify's tables print blob names read from the file: escaped there too."""
+    (tmp_path / "net.prototxt").write_text(TINY.replace('top: "ip"', 'top: "ip\\n\\033[1mfake"'))
+    r = cli_run("infer", "net.prototxt", "--input", "random")
+    assert r.returncode == 0, r.stderr
+    assert "output 'ip\\n\\x1b[1mfake': shape (1, 2)" in r.stdout and "\x1b" not in r.stdout
+    r = cli_run("verify", "net.prototxt")
+    assert r.returncode == 0 and "ip\\n\\x1b[1mfake" in r.stdout and "\x1b" not in r.stdout, r.stdout

@@ -24,6 +24,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.internal import enum_type_wrapper
 
 from ..errors import Location, SchemaError
+from ..fileio import note_input
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ def compile_proto(path: str | Path) -> descriptor_pb2.FileDescriptorSet:
     loc = Location(str(path))
     if not src.is_file():
         raise SchemaError("no such schema file", loc)
+    note_input(src)  # a command never writes over the schema it reads
     if importlib.util.find_spec("grpc_tools") is None:
         raise SchemaError("compiling a caffe.proto needs protoc from grpcio-tools, which is not installed: "
                           "pip install 'protonet[proto]' (or pip install grpcio-tools)", loc)
