@@ -47,8 +47,13 @@ class Session:
         """Run with each input cast to the element type the model declares (float32 for protonet's)."""
         names = outputs or self.output_names
         types = {i.name: ORT_TYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
-        res = self.session.run(names, {k: np.ascontiguousarray(v, dtype=types.get(k, np.float32))
-                                       for k, v in feeds.items()})
+        try:
+            res = self.session.run(names, {k: np.ascontiguousarray(v, dtype=types.get(k, np.float32))
+                                           for k, v in feeds.items()})
+        except Exception as e:  # onnxruntime's own out-of-memory is the machine's limit, not a bug
+            if "Failed to allocate memory" in str(e):
+                raise MemoryError(str(e).strip().splitlines()[0]) from None
+            raise
         return dict(zip(names, res))
 
 

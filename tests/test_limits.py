@@ -184,3 +184,23 @@ def test_own_model_onnxruntime_refuses_is_internal():
     with pytest.raises(ProtonetError) as e:  # the same bytes from a user's file are bad input
         make_session(bad.SerializeToString())
     assert e.value.exit_code == 2
+
+
+def test_onnxruntime_out_of_memory_is_the_machines_limit():
+    """onnxruntime's arena failing to allocate becomes MemoryError (the CLI: exit 2, 'out of
+    memory'), other run failures stay what they are."""
+    from types import SimpleNamespace
+
+    from protonet.runtime import Session
+
+    def failing(message):
+        def run(names, feeds):
+            raise RuntimeError(message)
+        inputs = [SimpleNamespace(name="x", type="tensor(float)")]
+        return Session(SimpleNamespace(run=run, get_inputs=lambda: inputs, get_outputs=lambda: []), "cpu")
+
+    with pytest.raises(MemoryError, match="Failed to allocate memory for requested buffer of size 3600000000"):
+        failing("[ONNXRuntimeError] : 1 : FAIL : bfc_arena.cc:360 Failed to allocate memory for requested "
+                "buffer of size 3600000000\n").run({"x": np.zeros(1)}, ["y"])
+    with pytest.raises(RuntimeError, match="invalid index"):
+        failing("GatherND: invalid index found").run({"x": np.zeros(1)}, ["y"])
