@@ -178,6 +178,9 @@ def test_a_long_run_of_blanks_is_refused_before_protobuf_parses_it(cli_run, tmp_
             r"^ws.prototxt:2:9: a run of 20,971,521 blanks, over protonet's limit of 65,536 "
             r"\(PROTONET_MAX_BLANK_RUN\)$")
     assert time.perf_counter() - t0 < 60
+    (tmp_path / "tabs.prototxt").write_bytes(b'name: "x"\n  input: ' + b" \t" * 40000 + b'"data"\n')
+    refused(cli_run("compile", "tabs.prototxt", "-o", "m.onnx"),
+            r"^tabs.prototxt:2:9: a run of 80,001 blanks, over protonet's limit of 65,536")
     # many short runs are fine (and cheap)
     from protonet.frontend.reader import scan_layer_blocks
     assert scan_layer_blocks(("layer { name: 'a' }" + " " * 60000 + "\n") * 50) != []
