@@ -11,7 +11,7 @@ import pytest
 
 from harness import build_text
 from protonet.build import BuildOptions
-from protonet.errors import ProtonetError
+from protonet.errors import LayerContext, ProtonetError
 from protonet.export import export
 from protonet.ir import Graph
 from protonet.layers import registry
@@ -66,6 +66,9 @@ def check_pass(text: str, name: str, init: str = "random", outputs: list[str] | 
     g1 = g0.copy()
     res = run_pass(g1, name)
     g1.lint()
+    for node in g1.nodes:  # nodes a pass creates carry resolved attrs, as built ones do
+        again = registry.get(node.type).resolve(node.attrs, [v.shape for v in node.inputs], LayerContext(node.loc))
+        assert again == node.attrs, (node.name, node.attrs, again)
     assert [v.name for v in g1.inputs] == [v.name for v in g0.inputs]
     assert [v.name for v in g1.outputs] == [v.name for v in g0.outputs]
     feeds = feeds_for(g0)
