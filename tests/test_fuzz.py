@@ -101,3 +101,18 @@ def test_long_fuzz_run(tmp_path):
     """The long mode (benchmarks/fuzz.md has a real run's numbers)."""
     assert fuzz.main(["--cases", "5000", "--seed", "7", "--out", str(tmp_path / "fuzz.md")]) == 0
     assert "0 fault(s)" in (tmp_path / "fuzz.md").read_text()
+
+
+def test_regression_exp_shift_overflows_to_inf_as_in_caffe(tmp_path):
+    """prototxt seed 13 case 4040: Caffe's Exp computes base^shift with pow(), which overflows to
+    inf; it was an OverflowError (exit 1)."""
+    from protonet.pipeline import compile_net
+    from protonet.reference import ReferenceInterpreter
+
+    p = tmp_path / "net.prototxt"
+    p.write_text('layer { name: "input0" type: "Input" top: "in0" input_param { shape { dim: 2 dim: 5 } } }\n'
+                 'layer { name: "e" type: "Exp" bottom: "in0" top: "out" '
+                 'exp_param { base: 2 scale: 0.5 shift: 65536 } }\n')
+    c = compile_net(p)
+    y = ReferenceInterpreter(c.graph).run({"in0": np.linspace(-3, 3, 10).reshape(2, 5)})["out"]
+    assert np.isposinf(y).all()

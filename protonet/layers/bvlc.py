@@ -259,7 +259,8 @@ class Exp(_Pointwise):
         if a.shift == 0:
             outer = 1.0
         else:
-            outer = math.exp(a.shift) if a.base == -1 else a.base ** a.shift
+            with np.errstate(over="ignore"):  # Caffe's pow/exp overflow to inf, they do not fail
+                outer = float(np.exp(np.float64(a.shift)) if a.base == -1 else np.power(np.float64(a.base), a.shift))
         return inner, outer
 
     def kernel(self, a: ExpLogAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
