@@ -109,7 +109,7 @@ def test_an_opencv_departure_from_the_fork_source_is_named(tmp_path):
     res = cr.check_file(path, tmp_path)
     assert res["status"] == "verified" and res["opencv"] == "runs"
     assert (res["opencv_first_diff"], res["opencv_first_diff_type"]) == ("sum", "Axpy")
-    assert res["opencv_diverges"] == cr.OPENCV_DIVERGES["Axpy"] and res["opencv_max_rel"] > 100
+    assert res["opencv_diverges"] == cr.OPENCV_DIVERGES["Axpy"].why and res["opencv_max_rel"] > 100
     # protonet's Axpy against the formula, on the same weights the report wrote
     c = compile_net(path, tmp_path / "random.caffemodel", options=BuildOptions(batch=1))
     x = random_inputs(c.graph, seed=1)["data"].astype(np.float64)
@@ -119,6 +119,34 @@ def test_an_opencv_departure_from_the_fork_source_is_named(tmp_path):
     from protonet.reference import ReferenceInterpreter
     got = ReferenceInterpreter(c.graph).run({"data": x.astype(np.float32)})["sum"]
     np.testing.assert_allclose(got, gate * branch + x, rtol=1e-5, atol=1e-6)
+
+
+LRN_K2 = """name: "lrn"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 1 dim: 1 } } }
+layer { name: "norm" type: "LRN" bottom: "data" top: "norm" lrn_param { local_size: 3 alpha: 0.3 beta: 0.75 k: %s } }
+"""
+
+
+@pytest.mark.parametrize("k, departs", [(2, True), (1, False)])
+def test_opencv_lrn_ignores_k(tmp_path, k, departs):
+    """Caffe's LRN: x / (k + alpha/n * sum of squares over n channels)^beta; by hand for x = 1, 2, 3,
+    n = 3 (zero-padded), alpha 0.3, beta 0.75. OpenCV 4.10 adds 1 whatever k is."""
+    from protonet.pipeline import compile_net
+    from protonet.reference import ReferenceInterpreter
+
+    path = _write(tmp_path, "lrn.prototxt", LRN_K2 % k)
+    x = np.array([1.0, 2.0, 3.0], np.float32).reshape(1, 3, 1, 1)
+    sq = np.array([1 + 4, 1 + 4 + 9, 4 + 9])
+    hand = np.array([1.0, 2.0, 3.0]) / (k + 0.3 / 3 * sq) ** 0.75
+    got = ReferenceInterpreter(compile_net(path).graph).run({"data": x})["norm"].ravel()
+    np.testing.assert_allclose(got, hand, rtol=1e-6)
+    net = cv2.dnn.readNetFromCaffe(path)
+    net.setInput(x)
+    np.testing.assert_allclose(net.forward().ravel(), np.array([1.0, 2.0, 3.0]) / (1 + 0.3 / 3 * sq) ** 0.75,
+                               rtol=1e-5)
+    res = cr.check_file(path, tmp_path)
+    assert res["opencv"] == "runs" and ("opencv_diverges" in res) == departs
+    assert (res.get("opencv_first_diff") == "norm") == departs
 
 
 def test_a_python_layer_is_a_located_refusal_and_right_to_refuse(tmp_path):

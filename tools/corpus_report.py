@@ -42,7 +42,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -53,11 +53,21 @@ from corpus_fetch import LIST, Entry, read_list  # noqa: E402  (tools/corpus_fet
 #: agreement (with OpenCV, optimized vs unoptimized): the worst element's error as a fraction of
 #: verify's element-wise tolerance (protonet.tolerances.VERIFY) at most this
 AGREE = 1.0
-#: layer types where OpenCV 4.10 computes something other than the Caffe (fork) source that defines
-#: them; a disagreement that starts at such a layer is OpenCV's, not protonet's
+@dataclass(frozen=True)
+class Departure:
+    """Where OpenCV 4.10 computes something other than the Caffe (fork) source that defines a layer:
+    a disagreement that starts at such a layer is OpenCV's, not protonet's."""
+
+    applies: Callable[[Any], bool]  # on the layer's attrs
+    why: str
+
+
 OPENCV_DIVERGES = {
-    "Axpy": "OpenCV's importer rewrites Axpy as Scale(bottom[2] by bottom[0]) + bottom[1], i.e. a*bottom[2] + "
-            "bottom[1]; SENet's axpy_layer.cpp (the fork that defines it) computes a*bottom[1] + bottom[2]",
+    "Axpy": Departure(lambda a: True, "OpenCV's importer rewrites Axpy as Scale(bottom[2] by bottom[0]) + "
+                      "bottom[1], i.e. a*bottom[2] + bottom[1]; SENet's axpy_layer.cpp (the fork that defines it) "
+                      "computes a*bottom[1] + bottom[2]"),
+    "LRN": Departure(lambda a: getattr(a, "k", 1.0) != 1.0, "OpenCV ignores lrn_param.k and adds 1; Caffe's "
+                     "lrn_layer.cpp adds k (e.g. k: 2 in VGG_CNN_M)"),
 }
 #: inputs with more pixels than this are tried at half size first
 BIG_INPUT = 256 * 256
@@ -188,8 +198,9 @@ def _opencv_run(path: str, weights: str, graph: Any, feeds: dict[str, Any], blob
         first = next((n for n in nodes if layers.get(n.name, 0.0) > AGREE), None)
         if first is not None:  # where the difference starts, in graph order
             out["opencv_first_diff"], out["opencv_first_diff_type"] = first.name, first.type
-            if first.type in OPENCV_DIVERGES:
-                out["opencv_diverges"] = OPENCV_DIVERGES[first.type]
+            known = OPENCV_DIVERGES.get(first.type)
+            if known is not None and known.applies(first.attrs):
+                out["opencv_diverges"] = known.why
     return out
 
 
@@ -492,7 +503,7 @@ def render(entries: list[Entry], results: dict[str, dict[str, Any]], machine: li
                   "follows the source, and a hand-checked test pins it):", ""]
         for kind in sorted({r["opencv_first_diff_type"] for _, r in opencv_wrong}):
             files = [e.local for e, r in opencv_wrong if r["opencv_first_diff_type"] == kind]
-            lines.append(f"- {kind} ({len(files)} files): {OPENCV_DIVERGES[kind]}.")
+            lines.append(f"- {kind} ({len(files)} files): {OPENCV_DIVERGES[kind].why}.")
         lines.append("")
     by_reason: dict[str, list[tuple[Entry, dict[str, Any]]]] = {}
     for e, r in refused:
