@@ -149,6 +149,35 @@ def test_opencv_lrn_ignores_k(tmp_path, k, departs):
     assert (res.get("opencv_first_diff") == "norm") == departs
 
 
+PRIORBOX = """name: "pb"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 100 dim: 100 } } }
+layer { name: "feat" type: "Convolution" bottom: "data" top: "feat"
+        convolution_param { num_output: 2 kernel_size: 100 } }
+layer { name: "pb" type: "PriorBox" bottom: "feat" bottom: "data" top: "pb"
+        prior_box_param { min_size: %s variance: 0.1 offset: 0.5 } }
+"""
+
+
+@pytest.mark.parametrize("size, departs", [("21.5", True), ("21", False)])
+def test_opencv_priorbox_keeps_fractional_sizes(tmp_path, size, departs):
+    """SSD's prior_box_layer.cpp: ``int min_size_ = min_sizes_[s]``, so 21.5 acts as 21: one 1x1 cell
+    of a 100x100 image, centre 50, box (50 -/+ 10.5) / 100. OpenCV 4.10 keeps 21.5."""
+    from protonet.pipeline import compile_net
+    from protonet.reference import ReferenceInterpreter
+
+    path = _write(tmp_path, "pb.prototxt", PRIORBOX % size)
+    x = np.zeros((1, 3, 100, 100), np.float32)
+    got = ReferenceInterpreter(compile_net(path).graph).run({"data": x})["pb"]
+    np.testing.assert_allclose(got[0, 0], [0.395, 0.395, 0.605, 0.605], rtol=1e-6)
+    res = cr.check_file(path, tmp_path)
+    assert res["opencv"] == "runs" and ("opencv_diverges" in res) == departs
+    if departs:
+        assert res["opencv_first_diff"] == "pb"
+        net = cv2.dnn.readNetFromCaffe(path, str(tmp_path / "random.caffemodel"))
+        net.setInput(x)
+        assert np.allclose(net.forward().reshape(2, 4)[0], [0.3925, 0.3925, 0.6075, 0.6075])
+
+
 def test_a_python_layer_is_a_located_refusal_and_right_to_refuse(tmp_path):
     path = _write(tmp_path, "py.prototxt", PYTHON_LAYER)
     res = cr.check_file(path, tmp_path)

@@ -66,6 +66,9 @@ OPENCV_DIVERGES = {
     "Axpy": Departure(lambda a: True, "OpenCV's importer rewrites Axpy as Scale(bottom[2] by bottom[0]) + "
                       "bottom[1], i.e. a*bottom[2] + bottom[1]; SENet's axpy_layer.cpp (the fork that defines it) "
                       "computes a*bottom[1] + bottom[2]"),
+    "PriorBox": Departure(lambda a: any(v != int(v) for v in (*a.min_sizes, *a.max_sizes)),
+                          "SSD's prior_box_layer.cpp stores min_size and max_size in ints before using them "
+                          "(21.28 acts as 21); OpenCV uses the float sizes"),
     "LRN": Departure(lambda a: getattr(a, "k", 1.0) != 1.0, "OpenCV ignores lrn_param.k and adds 1; Caffe's "
                      "lrn_layer.cpp adds k (e.g. k: 2 in VGG_CNN_M)"),
 }
