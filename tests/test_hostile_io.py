@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 
-from protonet import caffe_pb2 as pb
+from protonet.frontend.schema import pb
 from protonet import cli
 from protonet.errors import Location, ProtonetError
 from protonet.fileio import temp_prefix

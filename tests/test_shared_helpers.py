@@ -33,6 +33,7 @@ from the input shapes (both facets read them):
 | resolved shape                           | Reshape              | tests/test_caffe_semantics.py::test_reshape_zero_copies_and_minus_one_infers |
 | resolved output size                     | Upsample             | tests/test_layers_forks.py: test_upsample_* (hand, both implementations) |
 | resolved dims                            | LSTM, RNN            | test_recurrent_bottom_order; tests/test_recurrent.py literal cases |
+| resolved output count and group          | DepthwiseConvolution | test_depthwise_multiplier (hand)       |
 
 OpenCV is not followed where it departs from Caffe (it ignores LRN's ``k`` and swaps Axpy's
 inputs, neither of them shared code here; it writes 0 for a MAX window past the input, ignores
@@ -48,7 +49,7 @@ import cv2
 import numpy as np
 import pytest
 
-from protonet import caffe_pb2
+from protonet.frontend.schema import pb as caffe_pb2
 from protonet.export import export
 from protonet.pipeline import compile_net
 from protonet.reference import ReferenceInterpreter
@@ -364,6 +365,17 @@ def test_flatten_axis(tmp_path):
     """axis 2 to the end: (1, 2, 2, 3) -> (1, 2, 6), the values in memory order."""
     layers = 'layer { name: "f" type: "Flatten" bottom: "x" top: "out" flatten_param { axis: 2 } }\n'
     check(run3(tmp_path, layers, {"x": ramp(1, 2, 2, 3)}), [[list(range(6)), list(range(6, 12))]])
+
+
+def test_depthwise_multiplier(tmp_path):
+    """2 channels, num_output 4: group = 2, output channel o reads input channel o // 2; 1x1
+    weights 1, 2, 3, 4 and biases 0, 0, 0, 1 (OpenCV has no DepthwiseConvolution type)."""
+    layers = ('layer { name: "dw" type: "DepthwiseConvolution" bottom: "x" top: "out" '
+              'convolution_param { num_output: 4 kernel_size: 1 } }\n')
+    w = np.arange(1, 5, dtype=np.float32).reshape(4, 1, 1, 1)
+    b = np.array([0, 0, 0, 1], np.float32)
+    res = run3(tmp_path, layers, {"x": ramp(1, 2, 1, 2)}, weights={"dw": [w, b]}, opencv=False)
+    check(res, [[[[0, 1]], [[0, 2]], [[6, 9]], [[9, 13]]]])
 
 
 # -- the list above is complete ------------------------------------------------------------------
