@@ -171,3 +171,18 @@ def test_binary_round_trip():
     assert back.layers[0].type == pb.V1LayerParameter.RELU
     # packed encoding for BlobProto.data (tag 5, wire type 2) as Caffe writes it
     assert bytes([5 << 3 | 2]) in b.SerializeToString()
+
+
+def test_no_module_reads_descriptor_attributes_of_one_protobuf_runtime_only():
+    """``FieldDescriptor.is_repeated`` exists from protobuf 6 on, ``label`` until 6: the supported
+    range (4.25 to 7.x) needs ``protonet.frontend.schema.is_repeated`` (the CI job on 4.25 runs a
+    part of the suite; this catches the rest)."""
+    import re
+
+    offenders = []
+    for path in sorted((ROOT / "protonet").rglob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"\bfd\.(is_repeated|label)\b|\.is_repeated\b(?!\()", line) and "getattr(" not in line \
+                    and "def is_repeated" not in line and "LABEL_REPEATED" not in line:
+                offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not offenders, offenders

@@ -23,7 +23,7 @@ from .. import limits
 from ..errors import Location, SchemaError
 from ..fileio import read_input
 from .dialects import Foreign, translate
-from .schema import Schema, pb
+from .schema import Schema, is_repeated, pb
 
 _TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|[{}<>]|[A-Za-z_][A-Za-z0-9_.]*|\n|[^\s{}<>"\'#A-Za-z_]+')
 
@@ -226,7 +226,7 @@ def _bad_string(msg: Any, prefix: str = "") -> tuple[str, bytes] | None:
     for fd, value in msg.ListFields():
         if fd.type not in (fd.TYPE_STRING, fd.TYPE_MESSAGE):
             continue
-        for v in (value if fd.is_repeated else [value]):
+        for v in (value if is_repeated(fd) else [value]):
             if isinstance(v, bytes):
                 return prefix + fd.name, v
             if fd.type == fd.TYPE_MESSAGE:
