@@ -51,8 +51,11 @@ class Session:
             res = self.session.run(names, {k: np.ascontiguousarray(v, dtype=types.get(k, np.float32))
                                            for k, v in feeds.items()})
         except Exception as e:  # onnxruntime's own out-of-memory is the machine's limit, not a bug
-            if "Failed to allocate memory" in str(e):
-                raise MemoryError(str(e).strip().splitlines()[0]) from None
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "Failed to allocate memory" in first:
+                raise MemoryError(first) from None
+            if type(e).__name__ == "InvalidArgument":  # shapes and types were checked: the values (indices)
+                raise ProtonetError(f"onnxruntime refused the input values: {first}") from None
             raise
         return dict(zip(names, res))
 

@@ -116,3 +116,17 @@ def test_regression_exp_shift_overflows_to_inf_as_in_caffe(tmp_path):
     c = compile_net(p)
     y = ReferenceInterpreter(c.graph).run({"in0": np.linspace(-3, 3, 10).reshape(2, 5)})["out"]
     assert np.isposinf(y).all()
+
+
+def test_regression_infer_with_roi_batch_index_out_of_range_is_bad_input(tmp_path, capsys):
+    """npz seed 13 case 56: infer (no reference run) of a PSROIPooling net fed ROIs whose batch
+    index is outside the batch: onnxruntime's GatherND refuses them; that was exit 1."""
+    p = tmp_path / "net.prototxt"
+    p.write_text('input: "x" input_shape { dim: 1 dim: 8 dim: 4 dim: 4 }\n'
+                 'input: "rois" input_shape { dim: 1 dim: 5 }\n'
+                 'layer { name: "ps" type: "PSROIPooling" bottom: "x" bottom: "rois" top: "y" '
+                 'psroi_pooling_param { spatial_scale: 1 output_dim: 2 group_size: 2 } }\n')
+    np.savez(tmp_path / "in.npz", x=np.ones((1, 8, 4, 4), np.float32),
+             rois=np.array([[3, 0, 0, 2, 2]], np.float32))
+    assert cli.main(["infer", str(p), "--input", str(tmp_path / "in.npz")]) == 2
+    assert "onnxruntime refused the input values" in capsys.readouterr().err

@@ -202,5 +202,5 @@ def test_onnxruntime_out_of_memory_is_the_machines_limit():
     with pytest.raises(MemoryError, match="Failed to allocate memory for requested buffer of size 3600000000"):
         failing("[ONNXRuntimeError] : 1 : FAIL : bfc_arena.cc:360 Failed to allocate memory for requested "
                 "buffer of size 3600000000\n").run({"x": np.zeros(1)}, ["y"])
-    with pytest.raises(RuntimeError, match="invalid index"):
-        failing("GatherND: invalid index found").run({"x": np.zeros(1)}, ["y"])
+    with pytest.raises(RuntimeError, match="kernel broke"):
+        failing("kernel broke").run({"x": np.zeros(1)}, ["y"])
