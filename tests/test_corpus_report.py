@@ -222,3 +222,9 @@ def test_input_shape_column():
     assert cr.parse_shapes("data=1,1,28,28;pair_data=1,2,28,28") == {"data": (1, 1, 28, 28),
                                                                      "pair_data": (1, 2, 28, 28)}
     assert cr.parse_shapes("") == {}
+
+
+def test_big_inputs_are_tried_smaller():
+    assert cr._reduced((1, 3, 473, 473)) == [(1, 3, 120, 120), (1, 3, 240, 240)]
+    assert cr._reduced((1, 3, 360, 480)) == [(1, 3, 96, 120), (1, 3, 184, 240)]
+    assert cr._reduced((1, 3, 224, 224)) == [] and cr._reduced((1, 10)) == []

@@ -7,8 +7,8 @@
 For each file (deploy and train_val definitions; solvers are listed and skipped):
 
 1. protonet compiles it at batch 1 with random weights (seed 0) into the IR; big inputs
-   (over 256x256) are halved when the net still compiles that way (fully convolutional nets),
-   else the file's own size is used. A refusal is recorded with its one message, the exit code
+   (over 256x256) are cut to a quarter or half of each side when the net still compiles that way
+   (fully convolutional nets), else the file's own size is used. A refusal is recorded with its one message, the exit code
    and stderr of ``protonet compile`` on the same file (a refusal must be one located line, exit
    2, no traceback), and a classification: right to refuse, or a protonet gap.
 2. The random weights are written as a .caffemodel with protonet's own writer
@@ -126,11 +126,11 @@ def _feeds(graph: Any, seed: int) -> dict[str, Any]:
     return feeds
 
 
-def _reduced(shape: tuple[int, ...]) -> tuple[int, ...] | None:
+def _reduced(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Smaller inputs to try, smallest first: a quarter and a half of each side (multiples of 8)."""
     if len(shape) != 4 or shape[2] * shape[3] <= BIG_INPUT:
-        return None
-    half = [max(32, (d // 2 + 7) // 8 * 8) for d in shape[2:]]
-    return (1, shape[1], *half)
+        return []
+    return [(1, shape[1], *[max(32, (d // f + 7) // 8 * 8) for d in shape[2:]]) for f in (4, 2)]
 
 
 def _compile(path: str, **kw: Any) -> Any:
@@ -299,15 +299,17 @@ def check_file(path: str, work: Path, given: dict[str, tuple[int, ...]] | None =
     try:
         c = _compile(path, input_shapes=given)
         native = tuple(c.graph.inputs[0].shape) if len(c.graph.inputs) == 1 else None
-        small = _reduced(native) if native else None
         shapes = given
-        if small:
+        for small in _reduced(native) if native else []:
             try:
                 c = _compile(path, input_shapes={**given, c.graph.inputs[0].name: small})
-                shapes = {**given, c.graph.inputs[0].name: small}
-                res["reduced_from"] = list(native)
             except ProtonetError:
-                c = _compile(path, input_shapes=given)
+                continue
+            shapes = {**given, c.graph.inputs[0].name: small}
+            res["reduced_from"] = list(native)
+            break
+        else:
+            c = _compile(path, input_shapes=given)
         res["inputs"] = {v.name: list(v.shape) for v in c.graph.inputs}
         weights = str(work / "random.caffemodel")
         save_caffemodel(c.graph, weights)
@@ -468,8 +470,8 @@ def render(entries: list[Entry], results: dict[str, dict[str, Any]], machine: li
         "every blob (onnxruntime fp32 vs the float64 reference, seeded normal input, verify's element-wise tolerance); OpenCV "
         f"{_cv_version()} `cv2.dnn.readNetFromCaffe` runs the same file, weights and input, and each output is "
         "compared element by element (|opencv - protonet| <= 1e-4 * rms + 1e-4 * |protonet|; figures are the "
-        "worst element's error as a fraction of that, agree means <= 1). Inputs over 256x256 are halved "
-        "where the net compiles that way. Each file runs in its own process (nice 19, timeout, memory cap).",
+        "worst element's error as a fraction of that, agree means <= 1). Inputs over 256x256 are cut to a quarter "
+        "or a half of each side where the net compiles that way. Each file runs in its own process (nice 19, timeout, memory cap).",
         *(["", f"Figures marked † ({legacy} files) were kept from a run made before verify's element-wise "
            "comparison landed: they are relative errors max |a - b| / max |b|, and agree means <= 1e-4."]
           if legacy else []),
