@@ -622,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", help="the folder tools/corpus_fetch.py filled")
     ap.add_argument("--list", default=str(LIST))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "corpus.md"))
-    ap.add_argument("--only", default="", help="rerun only files whose repository/path contains this")
+    ap.add_argument("--only", default="", help="rerun only files whose repository/path contains this (comma-separated: any of these, in that order)")
     ap.add_argument("--findings", help="also write the gaps, grouped by cause with a repro line each, here")
     ap.add_argument("--render", action="store_true", help="write the report from the kept results; run nothing")
     ap.add_argument("--resume", action="store_true", help="skip files that already have a kept result")
@@ -645,8 +645,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     store = Path(args.results) if args.results else corpus / ".corpus_results.json"
     results: dict[str, dict[str, Any]] = json.loads(store.read_text()) if store.exists() else {}
-    for e in entries:
-        if args.render or e.kind == "solver-excluded" or (args.only and args.only not in f"{e.repo}/{e.path}"):
+    wanted = [w for w in args.only.split(",") if w]
+
+    def order(e: Entry) -> int:  # --only a,b,c runs a's files first, then b's, ...
+        return next((i for i, w in enumerate(wanted) if w in f"{e.repo}/{e.path}"), len(wanted))
+
+    for e in sorted(entries, key=order):
+        if args.render or e.kind == "solver-excluded" or (wanted and not any(w in f"{e.repo}/{e.path}" for w in wanted)):
             continue
         if args.resume and e.local in results:
             continue
