@@ -207,6 +207,9 @@ def test_a_field_no_schema_has_is_refused_with_its_line(tmp_path):
     ("n.prototxt:3: unknown field 'ceil_mode' of PoolingParameter; give the fork's schema with --caffe-proto", False,
      "unknown-field", True),
     ("n.prototxt: unsupported layer types: Interp (layer 'interp', line 9)", True, "layer-type", True),
+    ("n.prototxt:3106:9: in layer 'prob': '  type: \"Softmax\"': Enum type \"caffe.V1LayerParameter.LayerType\" has no "
+     "value named \"Softmax\"; if your Caffe fork defines it, give that fork's caffe.proto with --caffe-proto FORK.proto",
+     False, "bad-enum-value", False),
     ("n.prototxt: unsupported layer types: Foo (layer 'f', line 9)", False, "fork-layer-type", False),
     ("n.prototxt:2: layer 'mnist' (Data): cannot tell the shape of input 'data': give the input shape with "
      "--input-shape data=N,C,H,W", False, "input-shape", False),

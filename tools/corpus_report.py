@@ -92,6 +92,9 @@ def classify(message: str, opencv_imports: bool) -> Reason:
     if "Python layers" in m:
         return Reason("python-layer", False, "a Python layer runs code named in the file; protonet never imports it "
                       "(known py-faster-rcnn/R-FCN layers are issue 9 item 4)")
+    if "has no value named" in m:
+        return Reason("bad-enum-value", opencv_imports, "a value its enum does not have (e.g. a V2 type string in a "
+                      "V1 `layers` block): Caffe's text parser refuses it too")
     if re.search(r"no field named|unknown field|--caffe-proto", m):
         return Reason("unknown-field", True, "a field of the caffe.proto of the fork the file comes from, which that "
                       "fork runs (OpenCV's reader skips unknown fields, so its import says nothing here)")
@@ -459,7 +462,7 @@ def render(entries: list[Entry], results: dict[str, dict[str, Any]], machine: li
     legacy = sum(1 for _, r in rows if r.get("verify_rel") is not None and r.get("metric") != "ratio")
     revs = ", ".join(kept) if kept else rev
     if len(kept) > 1:
-        revs += " (files that did not verify were rerun at the last)"
+        revs += " (the run was resumed as main moved; refusals were rerun at the last)"
     lines = [
         "# Real-world corpus: protonet and OpenCV's Caffe importer",
         "",
@@ -487,6 +490,8 @@ def render(entries: list[Entry], results: dict[str, dict[str, Any]], machine: li
         f"| definitions | {n} |",
         f"| protonet compiles | {compiled} |",
         f"| protonet verifies (every blob within tolerance) | {verified} |",
+        f"| compiles, but a blob differs beyond the tolerance (verify exit 3) | {status.count('mismatch')} |",
+        f"| compiles, verify did not finish (memory cap, runtime error) | {status.count('verify-crash')} |",
         f"| OpenCV runs (with protonet's weights) | {cv_runs} |",
         f"| outputs compared with OpenCV | {len(cv_cmp)} |",
         f"| agree with OpenCV within the tolerance (outputs and every layer) | {len(agree)} |",
@@ -512,11 +517,11 @@ def render(entries: list[Entry], results: dict[str, dict[str, Any]], machine: li
         lines.append("")
     by_reason: dict[str, list[tuple[Entry, dict[str, Any]]]] = {}
     for e, r in refused:
-        by_reason.setdefault(r["reason"], []).append((e, r))
+        by_reason.setdefault(f"{r['reason']}|{r['gap']}", []).append((e, r))
     lines += ["## Refusals by reason", "", "| reason | files | verdict | why |", "|---|---:|---|---|"]
     for key, items in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
         r0 = items[0][1]
-        lines.append(f"| {key} | {len(items)} | {'protonet gap' if r0['gap'] else 'right to refuse'} | "
+        lines.append(f"| {key.split('|')[0]} | {len(items)} | {'protonet gap' if r0['gap'] else 'right to refuse'} | "
                      f"{_cell(r0['why'])} |")
     bad_cli = [e.local for e, r in refused if r.get("cli_rc") != 2 or r.get("cli_lines") != 1 or r.get("cli_traceback")]
     lines += ["", f"Refusals through `protonet compile`: {len(refused) - len(bad_cli)} of {len(refused)} are one line "
