@@ -57,6 +57,10 @@ CASES = {
                      r"layer 'ip' \(InnerProduct\): blob 'weight' of shape \(100000, 100000\) has "
                      r"10,000,000,000 values, more than protonet's limit of 536,870,912 "
                      r"\(PROTONET_MAX_WEIGHT_ELEMENTS\)"),
+    "lrn_window": ('input: "x" input_shape { dim: 1 dim: 3 dim: 4 dim: 4 }\n'
+                   'layer { name: "n" type: "LRN" bottom: "x" top: "y" lrn_param { local_size: 2147483647 } }\n',
+                   r":2: layer 'n' \(LRN\): the input padded for local_size 2147483647 of shape "
+                   r"\(1, 2147483649, 4, 4\) has 34,359,738,384 values"),  # fuzz prototxt seed 14 case 1914
     # bad values that used to escape as internal errors
     "empty_top": ('input: "x" input_shape { dim: 1 dim: 2 }\n'
                   'layer { name: "r" type: "ReLU" bottom: "x" top: "" }\n',

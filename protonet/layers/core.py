@@ -9,6 +9,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import LayerContext
+from ..limits import check_blob
 from .affine import Affine, scale_along
 from .base import (CONSTANT_ONE, CONSTANT_ZERO, FLT_MAX, Example, Filler, Layer, Shape, WeightSpec,
                    canonical_axis, enum_name, need_4d, prod, sigmoid)
@@ -552,6 +553,10 @@ class LRN(Layer):
 
     def infer(self, a: LRNAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         need_4d(shapes[0], ctx)
+        n, c, h, w = shapes[0]
+        half = (a.size - 1) // 2  # the window sums run over the input zero-padded by half a window
+        padded = (n, c + 2 * half, h, w) if a.across_channels else (n, c, h + 2 * half, w + 2 * half)
+        check_blob(ctx, f"the input padded for local_size {a.size}", padded)
         return [shapes[0]]
 
     def kernel(self, a: LRNAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
