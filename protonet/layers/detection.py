@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import LayerContext, ProtonetError
+from .forks import round_half_away
 from .base import FLT_MAX, Example, Layer, Shape, need_4d, prod, random_rois
 from .lowering import Lowering
 from .registry import register
@@ -294,14 +295,6 @@ class PSROIPoolAttrs:
     group_size: int
 
 
-def round_half_away(x: np.ndarray) -> np.ndarray:
-    """C's round() in float32: halves go away from zero."""
-    x = np.asarray(x, dtype=F32)
-    a = np.abs(x)
-    f = np.floor(a)
-    return np.sign(x) * (f + (a - f >= F32(0.5)).astype(F32))
-
-
 def psroi_bins(rois: np.ndarray, scale: float, group: int, height: int, width: int) -> tuple[np.ndarray, ...]:
     """Per ROI (R, 5), the [start, end) rows and columns of each of the group × group bins,
     (R, G) int64 each, as R-FCN's CUDA kernel computes them in float32: corners
@@ -310,8 +303,9 @@ def psroi_bins(rois: np.ndarray, scale: float, group: int, height: int, width: i
     fused (one rounding, as nvcc compiles it), clipped to the map."""
     s = F32(scale)
     r = rois.astype(F32)
-    start_w, start_h = round_half_away(r[:, 1]) * s, round_half_away(r[:, 2]) * s
-    end_w, end_h = (round_half_away(r[:, 3]) + F32(1)) * s, (round_half_away(r[:, 4]) + F32(1)) * s
+    rounded = round_half_away(r[:, 1:5]).astype(F32)  # C's round(), exact integers in float32
+    start_w, start_h = rounded[:, 0] * s, rounded[:, 1] * s
+    end_w, end_h = (rounded[:, 2] + F32(1)) * s, (rounded[:, 3] + F32(1)) * s
     bin_w = np.maximum(end_w - start_w, F32(0.1)) / F32(group)
     bin_h = np.maximum(end_h - start_h, F32(0.1)) / F32(group)
     i = np.arange(group, dtype=np.float64)

@@ -719,7 +719,7 @@ class ROIPoolAttrs:
     spatial_scale: float
 
 
-def _round_half_away(x: np.ndarray) -> np.ndarray:
+def round_half_away(x: np.ndarray) -> np.ndarray:
     """C's round(): halves go away from zero (numpy's round goes to even). The addition is done
     in float64, where it is exact for float32 inputs (0.49999997 + 0.5 must not round up)."""
     x = np.asarray(x, dtype=np.float64)
@@ -786,7 +786,7 @@ class ROIPooling(Layer):
         scaled = rois[:, 1:] * np.float32(a.spatial_scale)
         if not (np.abs(scaled) < 2.0 ** 31).all():  # NaN and inf included
             raise ProtonetError("ROI corners must be finite numbers within the int32 range once scaled")
-        corners = _round_half_away(scaled).astype(np.int64)
+        corners = round_half_away(scaled).astype(np.int64)
         xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # (N, H, W, C): every max runs over whole C vectors
         for r in range(rois.shape[0]):  # per ROI, per bin row, per bin: each a slice's max
             b = int(rois[r, 0])
