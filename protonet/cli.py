@@ -13,16 +13,15 @@ import logging
 import os
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from . import __version__
-from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, ProtonetError, VerificationError, printable, quote
-from . import limits
-from .fileio import Terminated, is_regular_file, note_input, protect_inputs, save_npz, unwind_on_signals, writes_stdout
+from .api import MAX_DIM
+from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, ProtonetError, printable, quote
+from .fileio import Terminated, is_regular_file, protect_inputs, save_npz, unwind_on_signals, writes_stdout
 
 log = logging.getLogger("protonet")
 
@@ -33,8 +32,6 @@ def _say(msg: str = "") -> None:
     print(msg, flush=True)
 
 
-#: the largest dimension accepted on the command line (ONNX dims are int64; tensors far smaller)
-MAX_DIM = 1 << 31
 
 
 def _positive(text: str) -> int:
@@ -168,20 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- helpers -----------------------------------------------------------------------------------
 
-def _options(args: argparse.Namespace) -> Any:
-    from .build import BuildOptions
+def _model(args: argparse.Namespace, net: str, optimize: bool, opset: int | None = None) -> Any:
+    """The net compiled with the command's options (:func:`protonet.api.compile`)."""
+    from .api import compile
 
-    shapes = {name: shape for name, shape in getattr(args, "input_shape", [])}
-    return BuildOptions(batch=args.batch, seed=args.seed, strict=getattr(args, "strict", False), input_shapes=shapes)
+    return compile(net, **_net_kwargs(args), optimize=optimize, opset=opset)
 
 
-def _compile(args: argparse.Namespace, net: str, optimize: bool) -> Any:
-    from .pipeline import compile_net
-
-    passes = args.passes.split(",") if getattr(args, "passes", None) else None
-    return compile_net(net, getattr(args, "weights", None), _options(args), optimize=optimize, passes=passes,
-                       outputs=getattr(args, "output", None) or None, schema=args.caffe_proto,
-                       ignore_fields=tuple(args.ignore_field))
+def _net_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The command's net options as :func:`protonet.api.compile`'s keywords."""
+    return dict(weights=getattr(args, "weights", None), batch=args.batch, seed=args.seed,
+                strict=getattr(args, "strict", False), input_shapes=dict(getattr(args, "input_shape", [])),
+                passes=args.passes.split(",") if getattr(args, "passes", None) else None,
+                outputs=getattr(args, "output", None) or None, caffe_proto=args.caffe_proto,
+                ignore_fields=tuple(args.ignore_field))
 
 
 def _report_loaded(c: Any) -> None:
@@ -190,99 +187,6 @@ def _report_loaded(c: Any) -> None:
     for note in c.loaded.notes:
         _say(note)
     _say(c.report.summary())
-
-
-def _load_inputs(spec: str, names: list[str], shapes: dict[str, tuple[int, ...]], meta: Any = None,
-                 seed: int = 0) -> dict[str, np.ndarray]:
-    """The input arrays named by ``spec``: an .npy (single input), an .npz (one array per input
-    name), an image file (single input; ``meta``, the model's Preprocess, applied), or 'random'.
-    An array's header (dtype, shape) is checked against the model before its data is read."""
-    if spec == "random":
-        rng = np.random.default_rng(seed)
-        dynamic = [n for n in names if any(d <= 0 for d in shapes[n])]
-        if dynamic:
-            raise ProtonetError(f"input '{dynamic[0]}' has a dynamic shape {shapes[dynamic[0]]}: give an input file")
-        return {n: rng.standard_normal(shapes[n]).astype(np.float32) for n in names}
-    path = Path(spec)
-    if not is_regular_file(path):
-        raise ProtonetError(f"{spec}: no such input file" if not path.exists() else f"{spec}: not a regular file")
-    note_input(path)
-    suffix = path.suffix.lower()
-    if suffix in (".jpg", ".jpeg", ".png", ".bmp"):
-        from .images import load_image
-
-        if len(names) != 1:
-            raise ProtonetError(f"{spec}: an image can feed a single-input net only")
-        return {names[0]: load_image(path, meta, shapes[names[0]])}
-    if suffix not in (".npy", ".npz"):
-        raise ProtonetError(f"{spec}: unknown input format (use .npy, .npz, an image or 'random')")
-    try:
-        if suffix == ".npy":
-            if len(names) != 1:
-                raise ProtonetError(f"{spec}: the net has {len(names)} inputs ({', '.join(names)}); give an .npz")
-            with open(path, "rb") as f:
-                arrays = {names[0]: _read_npy(f, path.stat().st_size, spec, names[0], shapes[names[0]])}
-        else:
-            with zipfile.ZipFile(path) as z:
-                members = {m.filename: m for m in z.infolist()}
-                missing = [n for n in names if f"{n}.npy" not in members]
-                if missing:
-                    other = [n for n in missing if n in members]
-                    raise ProtonetError(f"{spec}: no array for input(s) {', '.join(missing)} (has "
-                                        f"{', '.join(m.removesuffix('.npy') for m in members) or 'none'})"
-                                        + (f"; member {other[0]!r} is not a .npy array" if other else ""))
-                arrays = {}
-                for n in names:
-                    with z.open(members[f"{n}.npy"]) as f:
-                        arrays[n] = _read_npy(f, members[f"{n}.npy"].file_size, spec, n, shapes[n])
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError) as e:
-        raise ProtonetError(f"{spec}: not a readable numpy {suffix} file of plain arrays: "
-                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    for n, x in arrays.items():
-        if x.dtype.kind == "f" and not np.isfinite(x).all():
-            raise ProtonetError(f"{spec}: array '{n}' holds NaN or infinite values")
-        if x.dtype.kind == "f" and np.abs(x).max(initial=0) > np.finfo(np.float32).max:
-            raise ProtonetError(f"{spec}: array '{n}' holds values beyond float32's range")
-    return arrays
-
-
-def _read_npy(f: Any, size: int, spec: str, name: str, want: tuple[int, ...]) -> np.ndarray:
-    """One .npy stream of ``size`` bytes: its header is checked (a real numeric dtype, the
-    model's shape, ``max_array_bytes`` (:mod:`protonet.limits`), the bytes really there) before the data is read."""
-    fmt = np.lib.format
-    version = fmt.read_magic(f)
-    if version not in ((1, 0), (2, 0)):
-        raise ValueError(f"unsupported .npy format version {version}")
-    read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-    shape, fortran, dtype = read_header(f)
-    if dtype.kind not in "biuf" or dtype.hasobject or dtype.fields:
-        raise ProtonetError(f"{spec}: array '{name}' has dtype {dtype}; give a real numeric array")
-    _check_input_shapes({name: shape}, {name: want}, spec)
-    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    most = limits.current().max_array_bytes
-    if nbytes > most:
-        raise ProtonetError(f"{spec}: array '{name}' of shape {shape} declares {nbytes:,} bytes, over protonet's "
-                            f"limit of {most:,} (raise it with PROTONET_MAX_ARRAY_BYTES)")
-    if size - f.tell() < nbytes:
-        raise ProtonetError(f"{spec}: array '{name}' of shape {shape} needs {nbytes:,} bytes; the file holds "
-                            f"{size - f.tell():,}")
-    buf = bytearray(nbytes)
-    view, got = memoryview(buf), 0
-    while got < nbytes:
-        n = f.readinto(view[got:])
-        if not n:
-            raise ProtonetError(f"{spec}: array '{name}' is truncated ({got:,} of {nbytes:,} bytes)")
-        got += n
-    return np.frombuffer(buf, dtype).reshape(shape, order="F" if fortran else "C")
-
-
-def _check_input_shapes(feeds: dict[str, Any], shapes: dict[str, tuple[int, ...]], src: str) -> None:
-    """Every fed array (or shape) has the model's shape (a dimension <= 0 in the model is dynamic)."""
-    for n, x in feeds.items():
-        want, got = shapes[n], tuple(getattr(x, "shape", x))
-        if len(got) != len(want) or any(w > 0 and d != w for d, w in zip(got, want)):
-            raise ProtonetError(f"{src}: input '{n}' has shape {got}, the model expects {tuple(want)}"
-                                + (" (recompile with --batch)" if got[1:] == tuple(want[1:]) else ""))
 
 
 def _print_outputs(outs: dict[str, np.ndarray]) -> None:
@@ -298,11 +202,9 @@ def _print_outputs(outs: dict[str, np.ndarray]) -> None:
 # -- commands ----------------------------------------------------------------------------------
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from .export import write_model
-    from .pipeline import build_model
-
     t0 = time.perf_counter()
-    c = _compile(args, args.net, optimize=not args.no_optimize)
+    m = _model(args, args.net, optimize=not args.no_optimize, opset=args.opset)
+    c = m.compiled
     _report_loaded(c)
     if c.passes:
         from .passes import explain
@@ -312,12 +214,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
         else:
             changed = [r for r in c.passes if r.changed]
             _say("optimized: " + (", ".join(f"{r.name} ({len(r.changes)})" for r in changed) or "nothing to do"))
-    built = build_model(c, args.opset)
+    built = m.built
     if args.verify:
-        from .pipeline import random_inputs, verify_model
-
-        _print_verify(verify_model(c, built, random_inputs(c.graph, args.seed), args.provider), args.all)
-    files = write_model(built, args.out, inputs=[args.net, args.weights])
+        _print_verify(m.verify(provider=args.provider), args.all)
+    files = m.save(args.out)
     model = built.structure
     size = sum(f.stat().st_size for f in files if is_regular_file(f)) or model.ByteSize() + built.large_bytes
     _say(f"wrote {args.out}: {len(model.graph.node)} ONNX nodes, opset {model.opset_import[0].version}, "
@@ -327,31 +227,26 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .pipeline import build_model, random_inputs, verify_model
+    from .api import load
 
     if len(args.net) > 2 or (len(args.net) == 2 and not args.net[0].endswith(".onnx")):
         raise ProtonetError("verify takes NET, or MODEL.onnx and the NET it was compiled from")
     artifact, net = (args.net[0], args.net[1]) if len(args.net) == 2 else (None, args.net[0])
     if artifact is not None and args.opset is not None:
         raise ProtonetError("--opset: the model's own opset is verified; give --opset to compile")
-    if artifact is not None and not Path(artifact).is_file():
-        raise ProtonetError(f"{artifact}: no such file")
-    c = _compile(args, net, optimize=not args.no_optimize)
-    _report_loaded(c)
-    shapes = {v.name: v.shape for v in c.graph.inputs}
-    if args.input:
-        feeds = _load_inputs(args.input, list(shapes), shapes)
-        _check_input_shapes(feeds, shapes, args.input)
+    if artifact is None:
+        m = _model(args, net, optimize=not args.no_optimize, opset=args.opset)
     else:
-        feeds = random_inputs(c.graph, args.seed)
-    model = artifact if artifact is not None else build_model(c, args.opset)
-    _print_verify(verify_model(c, model, feeds, args.provider, src=artifact or "model"), args.all)
+        m = load(artifact, net, **_net_kwargs(args), optimize=not args.no_optimize)
+    _report_loaded(m.compiled)
+    _print_verify(m.verify(args.input, args.provider), args.all)
     return 0
 
 
 def _print_verify(res: Any, show_all: bool) -> None:
     """The comparison table (worst ten and every failure unless ``show_all``); raises
     VerificationError (exit 3) on a mismatch."""
+    from .api import mismatch_error
     from .tolerances import VERIFY
 
     rows = res.blobs if show_all else sorted(res.blobs, key=lambda b: -b.ratio)[:10]
@@ -367,45 +262,22 @@ def _print_verify(res: Any, show_all: bool) -> None:
     _say(f"{len(res.blobs)} blobs compared on {res.provider.upper()}; tolerance |onnx - ref| <= "
          f"{VERIFY.atol_factor:g}*rms(ref) + {VERIFY.rtol:g}*|ref| per element; worst {printable(worst.name)} "
          f"({worst.source}) at {worst.ratio:.3g} of it")
-    if not res.ok:
-        bad = [b.name for b in res.blobs if not b.ok]
-        raise VerificationError(f"{len(bad)} blob(s) differ beyond tolerance: {', '.join(bad[:10])}")
+    err = mismatch_error(res)
+    if err is not None:
+        raise err
     _say("verify: OK")
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from .runtime import make_session
+    from .api import load
 
-    from .frontend.preprocess import Preprocess
-
-    src = args.model
-    meta = None
-    if src.endswith(".onnx"):
-        import onnx
-
-        if not is_regular_file(src):
-            raise ProtonetError(f"{src}: no such file" if not Path(src).exists() else f"{src}: not a regular file")
-        note_input(src)
-        try:
-            model = onnx.load(src, format="protobuf", load_external_data=False)
-        except Exception as e:
-            raise ProtonetError(f"{src}: not an ONNX model: {e}") from None
-        meta = {p.key: p.value for p in model.metadata_props}.get("protonet.preprocess")
-        sess = make_session(src, args.provider)
-        shapes = {i.name: tuple(d if isinstance(d, int) else -1 for d in i.shape)
-                  for i in sess.session.get_inputs()}
+    if args.model.endswith(".onnx"):
+        m = load(args.model)
     else:
-        from .export import build
-
-        c = _compile(args, src, optimize=True)
-        _report_loaded(c)
-        model = build(c.graph)
-        meta = c.graph.metadata.get("protonet.preprocess")
-        sess = make_session(model, args.provider)
-        shapes = {v.name: v.shape for v in c.graph.inputs}
-    pre = Preprocess.from_json(meta, src) if meta else None
-    feeds = _load_inputs(args.input, sess.input_names, shapes, pre, args.seed)
-    _check_input_shapes(feeds, shapes, args.input)
+        m = _model(args, args.model, optimize=True)
+        _report_loaded(m.compiled)
+    sess = m.session(args.provider)
+    feeds = m.feeds(args.input, seed=args.seed)
     t0 = time.perf_counter()
     outs = sess.run(feeds)
     dt = time.perf_counter() - t0
@@ -418,14 +290,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .analysis import render_compare, render_table, summarize
+    from .analysis import render_compare, render_table
 
     results = []
     for net in args.nets:
-        c = _compile(args, net, optimize=args.optimized)
-        if c.loaded.upgrades and args.format == "table":
-            _say(f"{net}: upgraded from a legacy format: {'; '.join(c.loaded.upgrades)}")
-        results.append((Path(net).stem, summarize(c.graph)))
+        m = _model(args, net, optimize=args.optimized)
+        if m.compiled.loaded.upgrades and args.format == "table":
+            _say(f"{net}: upgraded from a legacy format: {'; '.join(m.compiled.loaded.upgrades)}")
+        results.append((Path(net).stem, m.summary()))
     if args.format == "json":
         data = [s.to_json() for _, s in results]
         _say(json.dumps(data[0] if len(data) == 1 and not args.compare else data, indent=1))
