@@ -22,6 +22,7 @@ from . import __version__
 from .api import MAX_DIM
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, ProtonetError, printable, quote
 from .fileio import Terminated, is_regular_file, protect_inputs, save_npz, unwind_on_signals, writes_stdout
+from .runtime import PROVIDER_CHOICES
 
 log = logging.getLogger("protonet")
 
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="verify the model before writing it (as 'protonet verify'; a mismatch exits 3 and "
                         "writes nothing)")
-    p.add_argument("--provider", default="auto", choices=["auto", "cuda", "cpu"], help="for --verify")
+    p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES, help="for --verify")
     p.add_argument("--all", action="store_true", help="with --verify, print every blob")
 
     p = sub.add_parser("verify", help="run the numpy reference and onnxruntime and compare every blob")
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_net_options(p)
     _add_opt_options(p, default_on=True)
     p.add_argument("--input", metavar="x.npy|x.npz", help="input (default: seeded standard-normal noise)")
-    p.add_argument("--provider", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES)
     p.add_argument("--all", action="store_true", help="print every blob (default: worst 10 and failures)")
 
     p = sub.add_parser("infer", help="run a compiled model (or a net definition) on an input")
@@ -140,7 +141,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="x.npy|x.npz|image",
                    help="input array(s), an image file (JPEG/PNG), or 'random'")
     p.add_argument("-o", "--out", metavar="out.npz", help="write every network output under its blob name")
-    p.add_argument("--provider", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES)
+
+    p = sub.add_parser("bench", help="latency percentiles and throughput per batch size (and per layer)")
+    p.add_argument("model", help="MODEL.onnx or NET.prototxt (compiled, optimized, at each --batch size)")
+    p.add_argument("-w", "--weights", metavar="W.caffemodel", help="trained weights (default: fillers)")
+    p.add_argument("--batch", metavar="1,8,32", help="batch sizes (default: the model's own)")
+    p.add_argument("--precision", default="fp32", help="fp32")
+    p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES)
+    p.add_argument("--threads", type=_positive, metavar="N", help="onnxruntime intra-op threads")
+    p.add_argument("--warmup", type=_int_in(0, 1 << 20), default=3, metavar="N", help="untimed runs first (3)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--iterations", type=_positive, metavar="N", help="timed runs per batch size")
+    g.add_argument("--time", type=float, default=2.0, metavar="S",
+                   help="time each batch size for S seconds, at least 10 runs (default 2)")
+    p.add_argument("--per-layer", action="store_true", help="Caffe's per-layer table from onnxruntime's profiler")
+    p.add_argument("--no-cuda-graph", action="store_true", help="on a GPU, do not capture a CUDA graph")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--seed", type=_int_in(0, 2 ** 63 - 1), default=0, help="seed for fillers and inputs")
+    p.add_argument("--input-shape", type=_parse_shape, action="append", default=[], metavar="[NAME=]N,C,H,W",
+                   help="shape of an input (data layers of train_val files, or a missing input shape)")
+    _add_schema_options(p)
 
     p = sub.add_parser("summary", help="per-layer shapes, params, MACs and memory")
     p.add_argument("nets", nargs="+", metavar="net")
@@ -289,6 +310,28 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import BenchOptions, bench, net_target, onnx_targets, parse_batches
+
+    batches = parse_batches(args.batch) if args.batch else None
+    if not 0 < args.time < 1e6:
+        raise ProtonetError(f"--time {args.time:g}: give a positive number of seconds")
+    opts = BenchOptions(args.provider, args.threads, args.warmup, args.iterations, args.time, args.per_layer,
+                        not args.no_cuda_graph, args.precision)
+    if args.model.endswith(".onnx"):
+        if args.weights:
+            raise ProtonetError("-w: an ONNX model carries its weights; give -w with a prototxt")
+        targets = lambda: onnx_targets(args.model, batches, args.seed)  # noqa: E731
+    else:
+        def at(batch: int | None) -> Any:
+            return _model(argparse.Namespace(**dict(vars(args), batch=batch)), args.model, optimize=True).compiled
+
+        targets = lambda: (net_target(at, b, args.seed) for b in batches or [None])  # noqa: E731
+    res = bench(targets, args.model, opts)
+    _say(res.render_json() if args.format == "json" else res.render_table())
+    return 0
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     from .analysis import render_compare, render_table
 
@@ -351,7 +394,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_infer(build_parser().parse_args(["infer", args.out, "--input", "random"]))
 
 
-COMMANDS = {"compile": cmd_compile, "verify": cmd_verify, "infer": cmd_infer, "summary": cmd_summary,
+COMMANDS = {"compile": cmd_compile, "verify": cmd_verify, "infer": cmd_infer, "bench": cmd_bench,
+            "summary": cmd_summary,
             "upgrade": cmd_upgrade, "layers": cmd_layers, "demo": cmd_demo}
 
 

@@ -11,7 +11,7 @@ import copy
 import io
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Sequence
 
@@ -63,8 +63,9 @@ class _NodeLowering(Lowering):
             outputs = [self.tmp(op_type) for _ in range(n_out)]
         outputs = list(outputs)
         attrs = {k: numpy_helper.from_array(v) if isinstance(v, np.ndarray) else v for k, v in attrs.items()}
-        self._ex.nodes.append(helper.make_node(op_type, list(inputs), outputs,
-                                               name=self._ex.fresh_node(self.name), domain=domain, **attrs))
+        name = self._ex.fresh_node(self.name)
+        self._ex.nodes.append(helper.make_node(op_type, list(inputs), outputs, name=name, domain=domain, **attrs))
+        self._ex.layer_of[name] = self.node.name
         if domain:
             self._ex.domains.add(domain)
         return outputs[0] if len(outputs) == 1 else outputs
@@ -89,6 +90,7 @@ class _Exporter:
         self.names: set[str] = set(graph.values)
         self.node_names: set[str] = set()
         self.domains: set[str] = set()
+        self.layer_of: dict[str, str] = {}  # ONNX node name -> the IR node (Caffe layer) it lowers
         self._fresh = FreshNames(self.names)
         self._fresh_node = FreshNames(self.node_names)
 
@@ -151,10 +153,13 @@ class Built:
     read. ``large`` holds the initializers of at least
     :data:`LARGE_INITIALIZER_BYTES`, by name, as numpy arrays (views of the IR's weights where no
     conversion was needed). :func:`write_model` streams them straight from the arrays into the
-    file; :meth:`to_model` places them into one ModelProto when a caller wants one."""
+    file; :meth:`to_model` places them into one ModelProto when a caller wants one. ``layers``
+    names, for each ONNX node, the Caffe layer (IR node, fused activations included) it lowers
+    (``protonet bench --per-layer`` maps onnxruntime's profile back through it)."""
 
     structure: onnx.ModelProto
     large: dict[str, np.ndarray]
+    layers: dict[str, str] = field(default_factory=dict)
 
     @property
     def large_bytes(self) -> int:
@@ -247,7 +252,7 @@ def build(graph: Graph, expose_all: bool = False) -> Built:
     for k, v in sorted(graph.metadata.items()):
         entry = model.metadata_props.add()
         entry.key, entry.value = k, v
-    return Built(model, large)
+    return Built(model, large, ex.layer_of)
 
 
 def export(graph: Graph, expose_all: bool = False, check: bool = True) -> onnx.ModelProto:
