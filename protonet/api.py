@@ -359,11 +359,11 @@ def read_inputs(spec: str, names: list[str], shapes: Mapping[str, tuple[int, ...
     note_input(path)
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
-        from .images import load_image
+        from .images import photo_feed
 
         if len(names) != 1:
             raise ProtonetError(f"{spec}: an image can feed a single-input net only")
-        return {names[0]: load_image(path, meta, shapes[names[0]])}
+        return {names[0]: photo_feed(path, meta, shapes[names[0]])}
     if suffix not in (".npy", ".npz"):
         raise ProtonetError(f"{spec}: unknown input format (use .npy, .npz, an image or 'random')")
     try:

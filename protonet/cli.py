@@ -90,6 +90,69 @@ def _add_net_options(p: argparse.ArgumentParser, weights: bool = True) -> None:
     p.add_argument("--strict", action="store_true", help="a layer missing from the weights file is an error")
 
 
+def _floats(text: str, most: int = 4) -> tuple[float, ...]:
+    """``104,117,123``: 1 to ``most`` finite numbers (a fraction ``1/255`` is one)."""
+    out = []
+    for part in text.split(","):
+        num, _, den = part.strip().partition("/")
+        try:
+            v = float(num) / float(den) if den else float(num)
+        except (ValueError, ZeroDivisionError):
+            raise argparse.ArgumentTypeError(f"'{part.strip()}' is not a number") from None
+        if not np.isfinite(v):
+            raise argparse.ArgumentTypeError(f"'{part.strip()}' is not a finite number")
+        out.append(v)
+    if not 1 <= len(out) <= most:
+        raise argparse.ArgumentTypeError(f"'{text}': give 1 to {most} numbers")
+    return tuple(out)
+
+
+def _scale(text: str) -> float:
+    v = _floats(text, 1)[0]
+    if v == 0:
+        raise argparse.ArgumentTypeError("the scale is 0")
+    return v
+
+
+def _sides(text: str) -> tuple[int, ...]:
+    """``H,W`` or ``S``: positive integers."""
+    parts = text.replace("x", ",").split(",")
+    if len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"'{text}': give H,W or S")
+    return tuple(_positive(p.strip()) for p in parts)
+
+
+def _add_preprocess_options(p: argparse.ArgumentParser, compiling: bool) -> None:
+    """The photo preprocessing (OpenCV blobFromImage semantics; see protonet.images)."""
+    g = p.add_argument_group("photo preprocessing (replaces what a data layer said" +
+                             (", stored in the model)" if compiling else " and what the model carries)"))
+    g.add_argument("--mean", type=_floats, metavar="B,G,R", help="subtract these per-channel values, in the net's "
+                   "channel order")
+    g.add_argument("--mean-file", metavar="mean.binaryproto", help="subtract this mean image (Caffe BlobProto)")
+    g.add_argument("--scale", type=_scale, metavar="S", help="multiply by S after the mean: (pixel - mean) * S "
+                   "(a fraction such as 1/255 is accepted)")
+    g.add_argument("--resize", type=_sides, metavar="H,W|S", help="resize to H x W, or the shorter side to S "
+                   "(bilinear, not antialiased: OpenCV INTER_LINEAR)")
+    g.add_argument("--crop", type=_sides, metavar="H,W", help="centre crop after the resize (S: S x S)")
+    g.add_argument("--channels", type=str.upper, choices=["BGR", "RGB"], help="the net's channel order "
+                   "(default BGR, as Caffe's readers)")
+    if compiling:
+        g.add_argument("--embed-preprocess", action="store_true", help="put the preprocessing into the ONNX graph: "
+                       "the model takes a uint8 N,H,W,3 RGB image")
+        g.add_argument("--image-size", type=_sides, metavar="H,W", help="with --embed-preprocess, the image size "
+                       "the model takes (default: any size with --resize H,W, else the net's input size)")
+
+
+def _preprocess_options(args: argparse.Namespace) -> Any:
+    from .frontend.preprocess import PreprocessOptions
+
+    resize, crop = args.resize, args.crop
+    return PreprocessOptions(mean=args.mean, mean_file=args.mean_file, scale=args.scale,
+                             resize=resize if resize and len(resize) == 2 else None,
+                             resize_shorter=resize[0] if resize and len(resize) == 1 else None,
+                             crop=(crop * 2 if len(crop) == 1 else crop) if crop else None, channels=args.channels)
+
+
 def _add_opt_options(p: argparse.ArgumentParser, default_on: bool) -> None:
     if default_on:
         p.add_argument("--no-optimize", action="store_true", help="skip the optimizer passes")
@@ -116,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_net_options(p)
     _add_opt_options(p, default_on=True)
     p.add_argument("--explain", action="store_true", help="print what every pass matched, changed and declined")
+    _add_preprocess_options(p, compiling=True)
     p.add_argument("--opset", type=_int_in(1, 999), help="target another ONNX opset (through onnx.version_converter, "
                                              "then run against the opset-17 model; default 17)")
     p.add_argument("--verify", action="store_true",
@@ -142,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input array(s), an image file (JPEG/PNG), or 'random'")
     p.add_argument("-o", "--out", metavar="out.npz", help="write every network output under its blob name")
     p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES)
+    _add_preprocess_options(p, compiling=False)
 
     p = sub.add_parser("bench", help="latency percentiles and throughput per batch size (and per layer)")
     p.add_argument("model", help="MODEL.onnx or NET.prototxt (compiled, optimized, at each --batch size)")
@@ -227,6 +292,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     m = _model(args, args.net, optimize=not args.no_optimize, opset=args.opset)
     c = m.compiled
     _report_loaded(c)
+    meta = _store_preprocess(c, _preprocess_options(args), args.net)
     if c.passes:
         from .passes import explain
 
@@ -238,13 +304,44 @@ def cmd_compile(args: argparse.Namespace) -> int:
     built = m.built
     if args.verify:
         _print_verify(m.verify(provider=args.provider), args.all)
-    files = m.save(args.out)
+    if args.embed_preprocess:
+        from .embed import embed_preprocess
+        from .export import write_model
+
+        size = args.image_size
+        built = embed_preprocess(built, meta, size * 2 if size and len(size) == 1 else size)
+        dims = built.structure.graph.input[0].type.tensor_type.shape.dim
+        _say(f"embedded the preprocessing: input {quote(meta.input)} takes a uint8 RGB image "
+             f"{'x'.join(d.dim_param or str(d.dim_value) for d in dims)} (N, H, W, C)")
+        files = write_model(built, args.out, inputs=[args.net, args.weights])
+    elif args.image_size:
+        raise ProtonetError("--image-size is the size of the image an embedded preprocessing takes; give "
+                            "--embed-preprocess")
+    else:
+        files = m.save(args.out)
     model = built.structure
     size = sum(f.stat().st_size for f in files if is_regular_file(f)) or model.ByteSize() + built.large_bytes
     _say(f"wrote {args.out}: {len(model.graph.node)} ONNX nodes, opset {model.opset_import[0].version}, "
          f"{size / 1e6:.1f} MB, inputs {', '.join(v.name for v in c.graph.inputs)}, outputs "
          f"{', '.join(v.name for v in c.graph.outputs)} ({time.perf_counter() - t0:.1f}s)")
     return 0
+
+
+def _store_preprocess(c: Any, opts: Any, src: str) -> Any:
+    """Put the command line's preprocessing options into the compiled graph's metadata (over
+    what a data layer said); returns the Preprocess the model carries (None: none) and says it."""
+    from .frontend.deploy import METADATA_KEY
+    from .frontend.preprocess import image_input
+
+    carried = c.graph.metadata.get(METADATA_KEY)
+    if not opts.given and not carried:
+        return None
+    name, shape, meta = image_input([(v.name, v.shape) for v in c.graph.inputs], carried, src)
+    if opts.given:
+        meta = opts.apply(meta, name, shape)
+        c.graph.metadata[METADATA_KEY] = meta.to_json()
+    _say(f"preprocessing: {meta.describe()}")
+    return meta
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -298,7 +395,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
         m = _model(args, args.model, optimize=True)
         _report_loaded(m.compiled)
     sess = m.session(args.provider)
-    feeds = m.feeds(args.input, seed=args.seed)
+    from .images import IMAGE_SUFFIXES
+
+    if Path(args.input).suffix.lower() in IMAGE_SUFFIXES:
+        feeds = _photo_feeds(args, m)
+    else:
+        feeds = m.feeds(args.input, seed=args.seed)
     t0 = time.perf_counter()
     outs = sess.run(feeds)
     dt = time.perf_counter() - t0
@@ -330,6 +432,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
     res = bench(targets, args.model, opts)
     _say(res.render_json() if args.format == "json" else res.render_table())
     return 0
+
+def _photo_feeds(args: argparse.Namespace, m: Any) -> dict[str, np.ndarray]:
+    """A photo's feed: the model's preprocessing (the command line's options over it), said in one
+    line; a model that carries none gets the raw pixels, with a warning; a model with embedded
+    preprocessing gets the decoded uint8 image."""
+    from .api import check_input_shapes
+    from .frontend.preprocess import image_input
+    from .images import photo_feed
+
+    src = args.model
+    if len(m.inputs) != 1:
+        raise ProtonetError(f"{args.input}: an image can feed a single-input net only")
+    opts = _preprocess_options(args)
+    carried = m.metadata.get("protonet.preprocess")
+    name, shape, meta = image_input(list(m.inputs.items()), carried, src)
+    if meta is not None and meta.embedded:
+        if opts.given:
+            raise ProtonetError(f"{src}: the model's preprocessing is in its graph; it takes no preprocessing options")
+        _say(f"preprocessing: {meta.describe()}")
+    elif opts.given:
+        meta = opts.apply(meta, name, shape)
+        _say(f"preprocessing: {meta.describe()} (from the command line" + (" over the model's)" if carried else ")"))
+    elif meta is not None:
+        _say(f"preprocessing: {meta.describe()} (carried by the model)")
+    else:
+        h, w = (shape[2], shape[3]) if len(shape) == 4 else ("H", "W")
+        print(f"protonet: warning: {src} carries no preprocessing: feeding the raw pixels (0-255, BGR, resized "
+              f"to the net's {h}x{w}); give --mean, --scale, --resize, --crop, --channels (to compile or infer)",
+              file=sys.stderr)
+    feeds = {name: photo_feed(args.input, meta, shape)}
+    check_input_shapes(feeds, m.inputs, args.input)
+    return feeds
 
 
 def cmd_summary(args: argparse.Namespace) -> int:

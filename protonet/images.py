@@ -1,23 +1,36 @@
 """Photo decoding and test-time preprocessing (replaying :class:`frontend.preprocess.Preprocess`).
 
-Caffe's test-time ``DataTransformer`` on an H0 x W0 image: crop the centre ``crop_size`` square at
-offset ``((H0 - crop) // 2, (W0 - crop) // 2)``, subtract the mean (``mean_value`` per channel, or
-the ``mean_file`` blob at the same offset), multiply by ``scale``; ``mirror`` applies in training
-only. Caffe's images come pre-sized (by ``convert_imageset`` or ``new_height/new_width``); for an
-arbitrary photo :func:`load_image` first resizes (bilinear, Pillow) by the first rule that applies:
+The transform of an H0 x W0 photo, in order (OpenCV ``cv2.dnn.blobFromImage``'s order, which is
+also Caffe's ``DataTransformer`` on a pre-sized image):
 
-1. the ``ImageData`` layer's ``new_height x new_width`` (Caffe resizes to exactly that);
-2. with a crop and a mean file: the mean image's H x W (the size the database images had);
-3. with a crop: the shorter side to ``8/7`` of the crop (256 for 224, 259 for 227), keeping
-   the aspect ratio (the usual ImageNet evaluation recipe);
-4. without a crop: exactly the input's H x W.
+1. **resize** (bilinear, :func:`resize_bilinear`), by the first rule that applies:
 
-An image that already has the target size is not resampled. Pillow's bilinear filter
-antialiases when shrinking, where OpenCV's ``INTER_LINEAR`` does not, so values of a downscaled
-image differ slightly from a Caffe pipeline built on OpenCV.
+   a. ``resize`` = (H, W): exactly H x W (``cv2.resize(img, (W, H))``; Caffe's ``ImageData``
+      ``new_height x new_width``);
+   b. ``resize_shorter`` = S: by the factor ``f = S / min(H0, W0)`` (computed in float32, as
+      ``blobFromImage(crop=True)`` computes it) to ``round(H0 f) x round(W0 f)``, pixel centres
+      mapped with ``f`` itself (``cv2.resize(img, None, fx=f, fy=f)``);
+   c. a Caffe crop with a mean file: the mean image's H x W (the size the database images had);
+   d. a Caffe crop without: rule b with S = 8/7 of the crop (256 for 224, 259 for 227), the
+      usual ImageNet evaluation recipe;
+   e. otherwise: exactly the input's H x W.
+
+   An image that already has the target size is not resampled.
+2. **centre crop** to the input's H x W at offset ``((Hr - H) // 2, (Wr - W) // 2)`` (Caffe's
+   test-time offsets, and OpenCV's); a ``crop`` of another size than the input's is an error.
+3. **channel order**: Pillow decodes RGB; a BGR net gets the channels reversed.
+4. **mean** subtracted (``mean_value`` per channel in the net's order, or the ``mean_file``
+   blob at the crop's offset), then multiplied by **scale**: ``(pixel - mean) * scale``.
+
+The resize is computed in floating point (float64 coordinates and weights, float32 result);
+OpenCV resizes an 8-bit image in fixed point (11-bit weights, truncating shifts, rounded to
+uint8), so its values differ from these by at most 1.125 grey levels (0.8 measured; before mean
+and scale; 0.1 lower on average); on float input OpenCV computes in float32 and agrees to float32 rounding
+(tests/test_images.py pins both).
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -28,27 +41,78 @@ from .errors import Location, ProtonetError
 from .fileio import note_input
 from .frontend.preprocess import Preprocess
 
+log = logging.getLogger(__name__)
+
 #: the image formats protonet decodes (Pillow's names); every other format is refused
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP")
 
+#: the file suffixes that name an image input
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
-def _target_size(meta: Preprocess, img_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[int, int]:
-    """The (H, W) to resize to before the centre crop (rules in the module docstring)."""
+
+# -- resizing ----------------------------------------------------------------------------------
+
+def _axis_weights(n_in: int, n_out: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV INTER_LINEAR's taps along one axis: output index d samples the input at
+    ``(d + 0.5) / scale - 0.5`` (half-pixel centres), clamped to [0, n_in - 1]: a coordinate left
+    of the first pixel centre takes pixel 0, right of the last takes pixel n_in - 1 (no antialiasing
+    when shrinking). Returns (i0, i1, w1): value = in[i0] * (1 - w1) + in[i1] * w1."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) / scale - 0.5
+    i0 = np.floor(src)
+    w1 = src - i0
+    i0 = i0.astype(np.int64)
+    low, high = i0 < 0, i0 >= n_in - 1
+    i0 = np.where(low, 0, np.where(high, n_in - 1, i0))
+    w1 = np.where(low | high, 0.0, w1)
+    return i0, np.minimum(i0 + 1, n_in - 1), w1
+
+
+def resize_bilinear(image: np.ndarray, size: tuple[int, int],
+                    scale: tuple[float, float] | None = None) -> np.ndarray:
+    """Resize an (H, W) or (H, W, C) array to ``size`` = (h, w) as OpenCV's ``cv2.resize`` with
+    ``INTER_LINEAR`` does: half-pixel centres, edge pixels repeated, not antialiased, for enlarging
+    and shrinking alike. ``scale`` = (sy, sx) maps the pixel centres (default h / H, w / W; OpenCV
+    uses ``fx``, ``fy`` when the size was derived from them). Returns float32."""
+    h, w = size
+    if scale is None:
+        scale = (h / image.shape[0], w / image.shape[1])
+    y0, y1, wy = _axis_weights(image.shape[0], h, scale[0])
+    x0, x1, wx = _axis_weights(image.shape[1], w, scale[1])
+    src = np.asarray(image, dtype=np.float64)
+    extra = (None,) * (src.ndim - 2)
+    rows = src[y0] * (1.0 - wy)[(slice(None), None, *extra)] + src[y1] * wy[(slice(None), None, *extra)]
+    out = rows[:, x0] * (1.0 - wx)[(slice(None), *extra)] + rows[:, x1] * wx[(slice(None), *extra)]
+    return out.astype(np.float32)
+
+
+def shorter_side_plan(img_hw: tuple[int, int], side: int) -> tuple[tuple[int, int], tuple[float, float]]:
+    """The size and scale of rule 1b (``blobFromImage(crop=True)``'s resize): f = side / min(H0, W0)
+    in float32, size ``round(H0 f) x round(W0 f)`` (round half to even, as cvRound)."""
+    h0, w0 = img_hw
+    f = float(max(np.float32(side) / np.float32(w0), np.float32(side) / np.float32(h0)))
+    return (int(np.rint(h0 * f)), int(np.rint(w0 * f))), (f, f)
+
+
+def resize_plan(meta: Preprocess, img_hw: tuple[int, int], out_hw: tuple[int, int]
+                ) -> tuple[tuple[int, int], tuple[float, float] | None]:
+    """Rule 1 of the module docstring: the (H, W) to resize to before the centre crop, and the
+    pixel-centre scale (None: target / source)."""
     h0, w0 = img_hw
     if meta.resize:
-        return meta.resize
-    cropping = meta.crop_size > 0
-    if cropping and len(meta.mean_shape) == 3:
-        return meta.mean_shape[1], meta.mean_shape[2]
-    if cropping:
+        return meta.resize, None
+    if meta.resize_shorter:
+        return shorter_side_plan(img_hw, meta.resize_shorter)
+    crop = meta.crop_hw
+    if crop and len(meta.mean_shape) == 3:
+        return (meta.mean_shape[1], meta.mean_shape[2]), None
+    if crop:
         if (h0, w0) == out_hw:
-            return h0, w0
-        side = max(out_hw) * 8 // 7
-        if h0 <= w0:
-            return side, max(out_hw[1], round(w0 * side / h0))
-        return max(out_hw[0], round(h0 * side / w0)), side
-    return out_hw
+            return out_hw, None
+        return shorter_side_plan(img_hw, max(out_hw) * 8 // 7)
+    return out_hw, None
 
+
+# -- decoding ----------------------------------------------------------------------------------
 
 def _check_pixels(h: int, w: int, what: str, loc: Location) -> None:
     most = limits.current().max_image_pixels
@@ -57,20 +121,38 @@ def _check_pixels(h: int, w: int, what: str, loc: Location) -> None:
                             f"pixels (raise it with PROTONET_MAX_IMAGE_PIXELS)", loc)
 
 
-def load_image(path: str | Path, meta: Preprocess | None, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """Read a JPEG, PNG or BMP file and apply the test-time transform: a float32 (N, C, H, W)
-    array (the one image repeated over the batch N) ready to feed the input ``meta`` describes.
+def decode_image(path: str | Path, channels: int = 3) -> np.ndarray:
+    """A JPEG, PNG or BMP file as a uint8 (H, W, 3) RGB array (``channels`` = 1: (H, W, 1) grey).
 
     The format is decided by the file's content, among :data:`IMAGE_FORMATS` only (Pillow never
-    hands another file, such as EPS, to an external program); the image's pixels, as its header
-    gives them, and the size it is resized to are limited by ``max_image_pixels`` (:mod:`protonet.limits`).
-
-    ``shape`` is the input's (N, C, H, W) (default ``meta.shape``); ``meta=None`` means no
-    mean, scale 1, BGR (or gray for C = 1), resized to H x W.
-    """
+    hands another file, such as EPS, to an external program); the pixels, as the header gives
+    them, are limited by ``max_image_pixels`` (:mod:`protonet.limits`), checked before decoding."""
     from PIL import Image, UnidentifiedImageError
 
     loc = Location(str(path))
+    try:
+        with warnings.catch_warnings():  # protonet's own pixel limit applies, not Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=IMAGE_FORMATS) as im:
+                _check_pixels(im.height, im.width, "image", loc)
+                note_input(path)
+                pixels = np.asarray(im.convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise ProtonetError(f"cannot read image: not a {', '.join(IMAGE_FORMATS[:-1])} or {IMAGE_FORMATS[-1]} image "
+                            f"(the formats protonet reads)", loc) from None
+    except Image.DecompressionBombError as e:
+        raise ProtonetError(f"cannot read image: {e}", loc) from None
+    except (OSError, ValueError) as e:
+        raise ProtonetError(f"cannot read image: {e}", loc) from None
+    return pixels if pixels.ndim == 3 else pixels[:, :, None]
+
+
+# -- the transform -----------------------------------------------------------------------------
+
+def _input_dims(meta: Preprocess | None, shape: tuple[int, ...] | None, img_hw: tuple[int, int] | None,
+                loc: Location) -> tuple[int, int, int, int]:
+    """(N, C, H, W) to produce: ``shape``'s, its dynamic dims (<= 0) from ``meta.shape``, then
+    from the crop or exact resize, then (for H, W) the image after rule 1b, else the image."""
     if shape is None:
         if meta is None or not meta.shape:
             raise ProtonetError("the input shape is unknown; give it", loc)
@@ -80,58 +162,99 @@ def load_image(path: str | Path, meta: Preprocess | None, shape: tuple[int, ...]
     n, c, h, w = (int(d) for d in shape)
     if (c <= 0 or h <= 0 or w <= 0) and meta is not None and len(meta.shape) == 4:  # dynamic dims
         c, h, w = (d if d > 0 else m for d, m in zip((c, h, w), meta.shape[1:]))
-    if n <= 0:
-        n = 1
+    if (h <= 0 or w <= 0) and meta is not None:
+        known = meta.crop_hw or meta.resize
+        if known is None and img_hw is not None:
+            known = shorter_side_plan(img_hw, meta.resize_shorter)[0] if meta.resize_shorter else img_hw
+        if known is not None:
+            h, w = h if h > 0 else known[0], w if w > 0 else known[1]
     if h <= 0 or w <= 0:
         raise ProtonetError(f"the input's height and width are unknown ({tuple(shape)})", loc)
     if c not in (1, 3):
         raise ProtonetError(f"an image has 1 or 3 channels; the input wants {c}", loc)
-    if meta is None:
-        meta = Preprocess(input="", shape=tuple(shape), channels=c)
-    try:
-        with warnings.catch_warnings():  # protonet's own pixel limit applies, not Pillow's warning
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path, formats=IMAGE_FORMATS) as im:
-                _check_pixels(im.height, im.width, "image", loc)
-                note_input(path)
-                th, tw = _target_size(meta, (im.height, im.width), (h, w))
-                _check_pixels(th, tw, "image after resizing", loc)
-                im = im.convert("RGB" if c == 3 else "L")
-                if (im.height, im.width) != (th, tw):
-                    im = im.resize((tw, th), Image.BILINEAR)
-                pixels = np.asarray(im, dtype=np.float32)
-    except UnidentifiedImageError:
-        raise ProtonetError(f"cannot read image: not a {', '.join(IMAGE_FORMATS[:-1])} or {IMAGE_FORMATS[-1]} image "
-                            f"(the formats protonet reads)", loc) from None
-    except Image.DecompressionBombError as e:
-        raise ProtonetError(f"cannot read image: {e}", loc) from None
-    except (OSError, ValueError) as e:
-        raise ProtonetError(f"cannot read image: {e}", loc) from None
+    return max(n, 1), c, h, w
+
+
+def preprocess_image(pixels: np.ndarray, meta: Preprocess | None, shape: tuple[int, ...] | None = None,
+                     source: str | None = None) -> np.ndarray:
+    """Apply the test-time transform (module docstring) to a decoded image: ``pixels`` is
+    (H, W, 3) in RGB order or (H, W) / (H, W, 1) grey, uint8 or float (0-255). Returns a float32
+    (N, C, H, W) array (the image repeated over the batch N) for the input ``meta`` describes;
+    ``shape`` is that input's (N, C, H, W) (default ``meta.shape``; dims <= 0 are dynamic);
+    ``meta=None`` means no mean, scale 1, BGR (or grey for C = 1), resized to H x W. ``source``
+    names the image in messages."""
+    loc = Location(source)
+    pixels = np.asarray(pixels)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
-    ih, iw = pixels.shape[:2]
+    if pixels.ndim != 3 or pixels.shape[2] not in (1, 3) or min(pixels.shape[:2]) < 1:
+        raise ProtonetError(f"an image is an (H, W, 3) RGB or (H, W) grey array, not {pixels.shape}", loc)
+    n, c, h, w = _input_dims(meta, shape, pixels.shape[:2], loc)
+    if pixels.shape[2] != c:
+        raise ProtonetError(f"the image has {pixels.shape[2]} channel(s), the input wants {c}", loc)
+    if meta is None:
+        meta = Preprocess(input="", shape=(n, c, h, w), channels=c)
+    if meta.crop_hw and meta.crop_hw != (h, w):
+        raise ProtonetError(f"the centre crop {meta.crop_hw[0]}x{meta.crop_hw[1]} differs from the input's "
+                            f"{h}x{w}", loc)
+    target, scale = resize_plan(meta, pixels.shape[:2], (h, w))
+    _check_pixels(*target, "image after resizing", loc)
+    if tuple(pixels.shape[:2]) != tuple(target):
+        x = resize_bilinear(pixels, target, scale)
+    else:
+        x = pixels.astype(np.float32)
+    ih, iw = x.shape[:2]
     if ih < h or iw < w:
         raise ProtonetError(f"image of {ih}x{iw} after resizing is smaller than the input's {h}x{w}", loc)
-    top, left = (ih - h) // 2, (iw - w) // 2  # Caffe's test-time crop offsets
-    x = pixels[top:top + h, left:left + w]
+    top, left = (ih - h) // 2, (iw - w) // 2  # Caffe's test-time crop offsets (OpenCV's too)
+    x = x[top:top + h, left:left + w]
     if c == 3 and meta.channel_order.upper() == "BGR":
         x = x[:, :, ::-1]
     x = np.ascontiguousarray(x.transpose(2, 0, 1))  # HWC -> CHW
+    x = x - mean_for(meta, (ih, iw), (top, left), (c, h, w), loc)
+    if meta.scale != 1.0:
+        x = x * np.float32(meta.scale)
+    return np.ascontiguousarray(np.broadcast_to(x[None], (n, c, h, w)), dtype=np.float32)
+
+
+def load_image(path: str | Path, meta: Preprocess | None, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Read a JPEG, PNG or BMP file (:func:`decode_image`) and apply the test-time transform
+    (:func:`preprocess_image`): a float32 (N, C, H, W) array ready to feed the input ``meta``
+    describes (``shape``: the input's (N, C, H, W), default ``meta.shape``)."""
+    loc = Location(str(path))
+    channels = _input_dims(meta, shape, (1, 1), loc)[1]
+    return preprocess_image(decode_image(path, channels), meta, shape, str(path))
+
+
+def photo_feed(path: str | Path, meta: Preprocess | None, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """What a photo file feeds to the input ``meta`` describes (``shape``: that input's, default
+    ``meta.shape``): the decoded uint8 (N, H, W, C) image when the model's graph preprocesses
+    (``meta.embedded``, :func:`embedded_feed`), else the transformed float32 (N, C, H, W) array
+    (:func:`load_image`)."""
+    if meta is not None and meta.embedded:
+        shape = tuple(meta.shape) if shape is None else tuple(shape)
+        return embedded_feed(decode_image(path, shape[3] if len(shape) == 4 and shape[3] in (1, 3) else 3),
+                             shape, str(path))
+    return load_image(path, meta, shape)
+
+
+def mean_for(meta: Preprocess, img_hw: tuple[int, int], offset: tuple[int, int], chw: tuple[int, int, int],
+             loc: Location) -> np.ndarray:
+    """What is subtracted from the cropped (C, H, W) image: the per-channel ``mean_value`` (one
+    value serves every channel), the mean image under the crop, or 0."""
+    c = chw[0]
     if meta.mean_value:
         mv = np.asarray(meta.mean_value, dtype=np.float32)
         if mv.size not in (1, c):
             raise ProtonetError(f"{mv.size} mean values for a {c}-channel input", loc)
-        x = x - np.broadcast_to(mv, (c,)).reshape(c, 1, 1)  # one value serves every channel
-    else:
-        mean = meta.mean_array()
-        if mean is not None:
-            x = x - _crop_mean(mean, (ih, iw), (top, left), (c, h, w), loc)
-        elif meta.mean_file:
-            raise ProtonetError(f"the model's preprocessing subtracts the mean file '{meta.mean_file}', "
-                                f"which was not found when it was compiled", loc)
-    if meta.scale != 1.0:
-        x = x * np.float32(meta.scale)
-    return np.ascontiguousarray(np.broadcast_to(x[None], (n, c, h, w)), dtype=np.float32)
+        return np.broadcast_to(mv, (c,)).reshape(c, 1, 1)
+    mean = meta.mean_array()
+    if mean is not None:
+        return _crop_mean(mean, img_hw, offset, chw, loc)
+    if meta.mean_file:
+        raise ProtonetError(f"the model's preprocessing subtracts the mean file '{meta.mean_file}', "
+                            f"which was not found when it was compiled", loc)
+    return np.zeros((c, 1, 1), np.float32)
 
 
 def _crop_mean(mean: np.ndarray, img_hw: tuple[int, int], offset: tuple[int, int], chw: tuple[int, int, int],
@@ -149,3 +272,23 @@ def _crop_mean(mean: np.ndarray, img_hw: tuple[int, int], offset: tuple[int, int
     else:
         raise ProtonetError(f"mean image {mh}x{mw} is smaller than the input's {h}x{w}", loc)
     return mean[:, top:top + h, left:left + w]
+
+
+def embedded_feed(pixels: np.ndarray, shape: tuple[int, ...], source: str | None = None) -> np.ndarray:
+    """The feed of a model whose graph preprocesses (``--embed-preprocess``): the decoded uint8
+    (H, W, C) image as (N, H, W, C), repeated over a fixed batch N; ``shape`` is the model's
+    input (N, H, W, C), a dim <= 0 taking any size. A fixed H x W must be the photo's."""
+    loc = Location(source)
+    pixels = np.asarray(pixels, dtype=np.uint8)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if len(shape) != 4:
+        raise ProtonetError(f"the model's image input has shape {tuple(shape)}, not (N, H, W, C)", loc)
+    n, h, w, c = shape
+    if pixels.shape[2] != c:
+        raise ProtonetError(f"the image has {pixels.shape[2]} channel(s), the model takes {c}", loc)
+    if (h > 0 and h != pixels.shape[0]) or (w > 0 and w != pixels.shape[1]):
+        raise ProtonetError(f"the model takes {h}x{w} images (its preprocessing is in its graph); this one is "
+                            f"{pixels.shape[0]}x{pixels.shape[1]}: resize it first, or compile with "
+                            f"--embed-preprocess --image-size {pixels.shape[0]},{pixels.shape[1]}", loc)
+    return np.ascontiguousarray(np.broadcast_to(pixels[None], (max(n, 1), *pixels.shape)))

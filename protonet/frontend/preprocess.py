@@ -2,9 +2,16 @@
 
 :class:`Preprocess` is what a training definition's data layer says about its inputs
 (``transform_param``: scale, mean_value or mean_file, crop_size; the channel order is BGR, as
-Caffe's OpenCV-based readers produce). :mod:`protonet.frontend.deploy` extracts it, the exporter stores it
-as JSON under ``metadata_props["protonet.preprocess"]``, and :func:`protonet.images.load_image`
-replays it on an image file.
+Caffe's OpenCV-based readers produce), or what the command line gives for a deploy net
+(:class:`PreprocessOptions`: ``--mean``, ``--mean-file``, ``--scale``, ``--resize``, ``--crop``,
+``--channels``; each given option replaces what the data layer said). :mod:`protonet.frontend.deploy`
+extracts it, the exporter stores it as JSON under ``metadata_props["protonet.preprocess"]``, and
+:func:`protonet.images.load_image` replays it on an image file.
+
+Format versions: 1 (Caffe's transform: square ``crop_size``, exact ``resize``); 2 adds
+``resize_shorter`` (the shorter side to S, OpenCV ``blobFromImage(crop=True)``'s factor),
+``crop`` (centre H x W) and ``embedded`` (the model's graph applies the transform itself to a
+uint8 NHWC image). Version 1 metadata reads unchanged (its fields mean the same in version 2).
 """
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ import base64
 import binascii
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +30,7 @@ from ..fileio import read_input
 from .blobs import blob_from_proto
 from .schema import pb
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -41,14 +48,31 @@ class Preprocess:
     channels: int = 3
     resize: tuple[int, int] | None = None  # ImageData new_height, new_width
     channel_order: str = "BGR"
-    source: str = ""  # the data layer type it came from
+    source: str = ""  # the data layer type it came from ("options": the command line)
+    resize_shorter: int = 0  # the shorter side to this, keeping the aspect ratio (version 2)
+    crop: tuple[int, int] | None = None  # centre crop H x W; replaces crop_size (version 2)
+    embedded: bool = False  # the graph applies it to a uint8 NHWC RGB image (version 2)
     version: int = FORMAT_VERSION
+
+    @property
+    def crop_hw(self) -> tuple[int, int] | None:
+        """The centre crop (H, W): ``crop``, else Caffe's square ``crop_size``, else None."""
+        if self.crop:
+            return self.crop
+        return (self.crop_size, self.crop_size) if self.crop_size else None
+
+    @property
+    def is_identity(self) -> bool:
+        """Nothing but the raw pixels (no mean, scale 1, no resize or crop rule of its own)."""
+        return (not self.mean_value and not self.mean_file and self.scale == 1.0 and not self.crop_hw
+                and not self.resize and not self.resize_shorter)
 
     # -- (de)serialisation ----------------------------------------------------------------------
     def to_json(self) -> str:
         d = asdict(self)
         d["shape"], d["mean_value"], d["mean_shape"] = list(self.shape), list(self.mean_value), list(self.mean_shape)
         d["resize"] = list(self.resize) if self.resize else None
+        d["crop"] = list(self.crop) if self.crop else None
         return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     @classmethod
@@ -84,6 +108,11 @@ class Preprocess:
                 raise ValueError(f"'channel_order' is {d['channel_order']!r}, not BGR or RGB")
             if d.get("resize") is not None:
                 d["resize"] = _ints(d["resize"], "resize", 1, side, (2,))
+            if d.get("crop") is not None:
+                d["crop"] = _ints(d["crop"], "crop", 1, side, (2,))
+            d["resize_shorter"] = _int(d.get("resize_shorter", 0), "resize_shorter", 0, side)
+            if not isinstance(d.get("embedded", False), bool):
+                raise ValueError("'embedded' is not true or false")
             image = d.get("mean_image", "")
             want = 4 * int(np.prod(d["mean_shape"])) if d["mean_shape"] else 0
             if len(image) > 4 * (lim.max_mean_file_bytes // 3 + 1) or \
@@ -106,10 +135,78 @@ class Preprocess:
         return a.reshape(self.mean_shape)
 
     def describe(self) -> str:
-        mean = (f"mean {list(self.mean_value)}" if self.mean_value else
+        """One line: what is applied to a photo, in order."""
+        steps = []
+        if self.resize:
+            steps.append(f"resize to {self.resize[0]}x{self.resize[1]}")
+        elif self.resize_shorter:
+            steps.append(f"resize shorter side to {self.resize_shorter}")
+        if self.crop_hw:
+            steps.append(f"centre crop {self.crop_hw[0]}x{self.crop_hw[1]}")
+        steps.append(self.channel_order.upper() if self.channels == 3 else "gray")
+        mean = (f"mean {','.join(f'{v:g}' for v in self.mean_value)}" if self.mean_value else
                 f"mean image {self.mean_file} {self.mean_shape or '(not read)'}" if self.mean_file else "no mean")
-        crop = f", centre crop {self.crop_size}" if self.crop_size else ""
-        return f"{self.input}: {self.channel_order if self.channels == 3 else 'gray'}, {mean}, scale {self.scale:g}{crop}"
+        steps += [mean, f"scale {self.scale:g}"]
+        where = " (in the graph, from a uint8 NHWC RGB image)" if self.embedded else ""
+        return f"{self.input}: {', '.join(steps)}{where}"
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """Preprocessing given on the command line (or to the API); None = not given. Each given
+    option replaces the matching part of a data layer's transform: ``mean`` or ``mean_file``
+    replaces both mean fields, ``resize`` (H, W) or ``resize_shorter`` replaces both resize
+    rules, ``crop`` (H, W) replaces ``crop_size``. ``mean`` lists the values in the net's channel
+    order (B, G, R for a BGR net), as Caffe's ``mean_value`` and OpenCV's ``blobFromImage`` take them;
+    the result is ``(pixel - mean) * scale``."""
+
+    mean: tuple[float, ...] | None = None
+    mean_file: str | None = None
+    scale: float | None = None
+    resize: tuple[int, int] | None = None
+    resize_shorter: int | None = None
+    crop: tuple[int, int] | None = None
+    channels: str | None = None  # "BGR" or "RGB"
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in asdict(self).values())
+
+    def apply(self, base: Preprocess | None, input: str, shape: tuple[int, ...]) -> Preprocess:
+        """``base`` (the data layer's, or None) with these options in place; the mean file is read."""
+        if self.mean is not None and self.mean_file is not None:
+            raise ProtonetError("give --mean or --mean-file, not both")
+        if self.resize is not None and self.resize_shorter is not None:
+            raise ProtonetError("give --resize H,W or --resize S, not both")
+        if self.channels is not None and self.channels.upper() not in ("BGR", "RGB"):
+            raise ProtonetError(f"--channels {self.channels}: use BGR or RGB")
+        if self.scale is not None and not (math.isfinite(self.scale) and self.scale != 0):
+            raise ProtonetError(f"--scale {self.scale}: not a finite non-zero number")
+        channels = shape[1] if len(shape) == 4 and shape[1] in (1, 3) else 3
+        p = base if base is not None else Preprocess(input=input, shape=tuple(shape), channels=channels,
+                                                     source="options")
+        p = replace(p, input=input, shape=tuple(shape))
+        if self.mean is not None:
+            if len(self.mean) not in (1, p.channels):
+                raise ProtonetError(f"--mean gives {len(self.mean)} values for a {p.channels}-channel input "
+                                    f"'{input}'; give 1 or {p.channels}")
+            p = replace(p, mean_value=tuple(float(v) for v in self.mean), mean_file=None, mean_shape=(),
+                        mean_image="")
+        if self.mean_file is not None:
+            mean = read_mean_file(self.mean_file)
+            p = replace(p, mean_value=(), mean_file=str(self.mean_file), mean_shape=tuple(mean.shape),
+                        mean_image=Preprocess.encode_array(mean))
+        if self.scale is not None:
+            p = replace(p, scale=float(self.scale))
+        if self.resize is not None:
+            p = replace(p, resize=tuple(self.resize), resize_shorter=0)
+        if self.resize_shorter is not None:
+            p = replace(p, resize=None, resize_shorter=int(self.resize_shorter))
+        if self.crop is not None:
+            p = replace(p, crop=tuple(self.crop), crop_size=0)
+        if self.channels is not None:
+            p = replace(p, channel_order=self.channels.upper())
+        return p
 
 
 def _list(v: object, name: str, most: int) -> list:
@@ -154,3 +251,18 @@ def read_mean_file(path: str | Path) -> np.ndarray:
     if len(shape) != 3:
         raise ProtonetError(f"mean file blob has shape {tuple(b.shape)}, expected (1, C, H, W)", loc)
     return b.data.reshape(shape)
+
+
+def image_input(inputs: list[tuple[str, tuple[int, ...]]], meta_json: str | None,
+                source: str | None = None) -> tuple[str, tuple[int, ...], Preprocess | None]:
+    """The input a photo feeds, with the preprocessing a model carries for it: the input the
+    metadata names (its ``meta_json``, parsed), else the first 4-D input. ``inputs``: (name,
+    shape) pairs of the model; ``source`` names the model in messages."""
+    meta = Preprocess.from_json(meta_json, source) if meta_json else None
+    by_name = dict(inputs)
+    if meta is not None and meta.input in by_name:
+        return meta.input, tuple(by_name[meta.input]), meta
+    four = [(n, tuple(s)) for n, s in inputs if len(s) == 4]
+    if not four:
+        raise ProtonetError("the net has no 4-D (N, C, H, W) input for an image", Location(source))
+    return four[0][0], four[0][1], meta
