@@ -163,6 +163,51 @@ def _add_opt_options(p: argparse.ArgumentParser, default_on: bool) -> None:
                    help="keep only these network outputs (layers feeding nothing else are removed)")
 
 
+def _fraction(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 <= x <= 1:
+        raise argparse.ArgumentTypeError(f"{x:g} is not in [0, 1]")
+    return x
+
+
+def _finite(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if x != x or x in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
+    return x
+
+
+def _add_precision_options(p: argparse.ArgumentParser) -> None:
+    from .quantize import ACTIVATION_TYPES, CALIBRATION_METHODS, PRECISIONS, Gate
+
+    g = p.add_argument_group("reduced precision (protonet.quantize)")
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="int8: static QDQ quantization calibrated on --calibrate; fp16: for the GPU, float32 "
+                        "inputs and outputs kept. Either measures its accuracy against fp32 on held-out inputs")
+    g.add_argument("--calibrate", metavar="DIR|inputs.npz",
+                   help="calibration inputs: a folder of images (through the net's preprocessing) or an .npz "
+                        "with an array per input, samples stacked on the batch axis")
+    g.add_argument("--holdout", type=_positive, metavar="N",
+                   help="inputs held back from calibration to measure accuracy on (default: a fifth)")
+    g.add_argument("--min-agreement", type=_fraction, default=Gate.min_agreement, metavar="F",
+                   help="least top-1 (classifier) or box (detection) agreement with fp32 (default %(default)s)")
+    g.add_argument("--min-sqnr", type=_finite, default=Gate.min_sqnr, metavar="DB",
+                   help="least SQNR of other outputs against fp32, in dB (default %(default)s)")
+    g.add_argument("--det-threshold", type=_fraction, default=Gate.det_threshold, metavar="S",
+                   help="score from which detections are compared (default %(default)s)")
+    g.add_argument("--force", action="store_true", help="write the model even when the accuracy gate fails")
+    g.add_argument("--int8-activations", choices=list(ACTIVATION_TYPES), default="uint8",
+                   help="int8 activation type (default %(default)s)")
+    g.add_argument("--calibration-method", choices=list(CALIBRATION_METHODS), default="minmax",
+                   help="how activation ranges are set (default %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="protonet", description="Caffe prototxt -> ONNX compiler and runtime")
     ap.add_argument("--version", action="version", version=f"protonet {__version__}")
@@ -187,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "writes nothing)")
     p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES, help="for --verify")
     p.add_argument("--all", action="store_true", help="with --verify, print every blob")
+    _add_precision_options(p)
 
     p = sub.add_parser("verify", help="run the numpy reference and onnxruntime and compare every blob")
     p.add_argument("net", nargs="+", metavar="[MODEL.onnx] NET",
@@ -304,6 +350,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     built = m.built
     if args.verify:
         _print_verify(m.verify(provider=args.provider), args.all)
+    if args.precision != "fp32":
+        built = _reduce_precision(args, c, built)
     if args.embed_preprocess:
         from .embed import embed_preprocess
         from .export import write_model
@@ -317,6 +365,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     elif args.image_size:
         raise ProtonetError("--image-size is the size of the image an embedded preprocessing takes; give "
                             "--embed-preprocess")
+    elif args.precision != "fp32":
+        from .export import write_model
+
+        files = write_model(built, args.out, inputs=[args.net, args.weights])
     else:
         files = m.save(args.out)
     model = built.structure
@@ -342,6 +394,23 @@ def _store_preprocess(c: Any, opts: Any, src: str) -> Any:
         c.graph.metadata[METADATA_KEY] = meta.to_json()
     _say(f"preprocessing: {meta.describe()}")
     return meta
+
+
+def _reduce_precision(args: argparse.Namespace, c: Any, built: Any) -> Any:
+    """The --precision build of ``built``, its accuracy printed (a failed gate raises, exit 3)."""
+    from .export import split_model
+    from .quantize import Gate, Int8Options, compile_precision
+
+    if args.opset is not None and args.opset < 13:
+        raise ProtonetError(f"--precision {args.precision} needs opset 13 or later (per-channel quantization); "
+                            f"got --opset {args.opset}")
+    red = compile_precision(c, built.to_model(), args.precision, args.calibrate,
+                            Gate(args.min_agreement, args.min_sqnr, args.det_threshold), args.holdout,
+                            Int8Options(args.int8_activations, args.calibration_method), args.force, args.seed)
+    _say(red.report.describe())
+    if not red.report.passed:
+        _say(f"accuracy gate failed; written anyway (--force)")
+    return split_model(red.model)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
