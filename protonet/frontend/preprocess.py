@@ -141,6 +141,8 @@ class Preprocess:
             steps.append(f"resize to {self.resize[0]}x{self.resize[1]}")
         elif self.resize_shorter:
             steps.append(f"resize shorter side to {self.resize_shorter}")
+        elif not self.crop_hw and len(self.shape) == 4 and min(self.shape[2:]) > 0:
+            steps.append(f"resize to {self.shape[2]}x{self.shape[3]}")
         if self.crop_hw:
             steps.append(f"centre crop {self.crop_hw[0]}x{self.crop_hw[1]}")
         steps.append(self.channel_order.upper() if self.channels == 3 else "gray")

@@ -1,0 +1,106 @@
+"""--embed-preprocess: the graph's own preprocessing equals protonet.images.preprocess_image
+followed by the plain model (fixed image sizes: exactly, OpenCV's 8-bit resize in int32 nodes;
+any image size: ONNX Resize in floating point, against the float resize)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from protonet.cli import main
+from protonet.errors import ProtonetError
+from protonet.frontend.preprocess import Preprocess
+from protonet.images import preprocess_image
+
+NET = """name: "tiny"
+input: "data"
+input_shape { dim: 1 dim: 3 dim: 8 dim: 10 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc"
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } }
+"""
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    d = tmp_path_factory.mktemp("embed")
+    (d / "net.prototxt").write_text(NET)
+    assert main(["compile", str(d / "net.prototxt"), "-o", str(d / "plain.onnx")]) == 0
+    return d
+
+
+def _image(h, w, seed=1):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+CASES = [  # flags, image size
+    (["--mean", "104,117,123", "--resize", "8,10"], (37, 53)),  # enlarge/shrink to exactly 8x10
+    (["--mean", "1,2,3", "--scale", "0.017", "--resize", "12,14", "--crop", "8,10", "--channels", "RGB"], (5, 4)),
+    (["--scale", "1/255", "--resize", "12", "--crop", "8,10"], (41, 23)),  # shorter side by a factor
+    (["--mean", "128"], (8, 10)),  # the net's size: no resize
+]
+
+
+@pytest.mark.parametrize("flags,size", CASES)
+def test_fixed_size_equals_numpy_then_plain_model(plain, tmp_path, flags, size):
+    out = tmp_path / "e.onnx"
+    assert main(["compile", str(plain / "net.prototxt"), "-o", str(out), "--embed-preprocess",
+                 "--image-size", f"{size[0]},{size[1]}", *flags]) == 0
+    model = onnx.load(str(out))
+    meta = Preprocess.from_json({p.key: p.value for p in model.metadata_props}["protonet.preprocess"])
+    assert meta.embedded
+    inp = model.graph.input[0]
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_value for d in inp.type.tensor_type.shape.dim] == [1, *size, 3]
+    img = _image(*size)
+    got = _session(out).run(None, {"data": img[None]})[0]
+    x = preprocess_image(img, meta, (1, 3, 8, 10))
+    want = _session(plain / "plain.onnx").run(None, {"data": x})[0]
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_any_size_uses_onnx_resize(plain, tmp_path):
+    out = tmp_path / "d.onnx"
+    assert main(["compile", str(plain / "net.prototxt"), "-o", str(out), "--embed-preprocess",
+                 "--mean", "104,117,123", "--resize", "8,10"]) == 0
+    model = onnx.load(str(out))
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, "height", "width", 3]
+    assert any(n.op_type == "Resize" for n in model.graph.node)
+    meta = Preprocess.from_json({p.key: p.value for p in model.metadata_props}["protonet.preprocess"])
+    sess = _session(out)
+    for size in [(37, 53), (8, 10), (3, 100)]:
+        img = _image(*size, seed=size[0])
+        got = sess.run(None, {"data": img[None]})[0]
+        x = preprocess_image(img.astype(np.float32), meta, (1, 3, 8, 10))  # the float resize
+        want = _session(plain / "plain.onnx").run(None, {"data": x})[0]
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+
+
+def test_infer_feeds_the_photo_to_an_embedded_model(plain, tmp_path, capsys):
+    out = tmp_path / "e.onnx"
+    assert main(["compile", str(plain / "net.prototxt"), "-o", str(out), "--embed-preprocess", "--image-size",
+                 "20,30", "--mean", "104,117,123"]) == 0
+    img = _image(20, 30)
+    Image.fromarray(img).save(tmp_path / "p.png")
+    capsys.readouterr()
+    assert main(["infer", str(out), "--input", str(tmp_path / "p.png"), "-o", str(tmp_path / "o.npz")]) == 0
+    said = capsys.readouterr().out
+    assert "preprocessing: data: resize to 8x10, BGR, mean 104,117,123, scale 1 (in the graph" in said
+    Image.fromarray(_image(21, 30)).save(tmp_path / "q.png")
+    assert main(["infer", str(out), "--input", str(tmp_path / "q.png")]) == 2
+    assert "the model takes 20x30 images" in capsys.readouterr().err
+
+
+def test_nothing_to_embed_is_an_error(plain, tmp_path, capsys):
+    assert main(["compile", str(plain / "net.prototxt"), "-o", str(tmp_path / "x.onnx"), "--embed-preprocess"]) == 2
+    assert "no preprocessing to embed" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
