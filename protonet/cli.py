@@ -289,6 +289,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("layers", help="list the supported layer types and their facets")
     p.add_argument("--format", choices=["markdown", "names"], default="markdown")
 
+    p = sub.add_parser("serve", help="serve models over HTTP/gRPC with Triton Inference Server (protonet[serve])")
+    p.add_argument("models", nargs="+", metavar="MODEL.onnx|NET.prototxt")
+    p.add_argument("-w", "--weights", action="append", default=[], metavar="W.caffemodel",
+                   help="weights of the net definitions, one per definition in order (default: fillers)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: localhost only)")
+    p.add_argument("--http-port", type=_int_in(1, 65535), default=8000)
+    p.add_argument("--grpc-port", type=_int_in(1, 65535), default=8001)
+    p.add_argument("--metrics-port", type=_int_in(1, 65535), default=8002)
+    p.add_argument("--max-batch", type=_int_in(1, 1 << 16), default=8,
+                   help="the largest batch Triton forms from queued requests (dynamic-batch models)")
+    p.add_argument("--queue-delay-us", type=_int_in(0, 10 ** 7), default=0, metavar="US",
+                   help="how long Triton may hold a request to gather a larger batch (default 0: batch what is queued)")
+    p.add_argument("--instances", type=_int_in(1, 64), default=1, help="model instances (one session each)")
+    p.add_argument("--provider", default="auto", choices=["auto", "cuda", "cpu"])
+
     p = sub.add_parser("demo", help="compile, verify and run the embedded default net (GoogLeNet)")
     p.add_argument("--net", help=f"net to use (default: the packaged {DEMO_NET})")
     p.add_argument("-o", "--out", default="demo.onnx", metavar="OUT.onnx")
@@ -597,9 +612,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_infer(build_parser().parse_args(["infer", args.out, "--input", "random"]))
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import ServeOptions, serve
+
+    opts = ServeOptions(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+                        metrics_port=args.metrics_port, max_batch=args.max_batch, instances=args.instances,
+                        provider=args.provider, queue_delay_us=args.queue_delay_us)
+
+    def ready(server: Any) -> None:
+        for m, prov in zip(server.models, server.providers):
+            sig = ", ".join(f"{t.name} {np.dtype(t.dtype).name}[{','.join(map(str, t.shape))}]" for t in m.inputs)
+            how = f"batched up to {opts.max_batch}" if m.batched else "unbatched (fixed batch)"
+            _say(f"serve: {m.name} ({m.source}; {sig}; {how}; {opts.instances} instance(s) on {prov})")
+        _say(f"serve: ready: HTTP {opts.host}:{opts.http_port}, gRPC {opts.host}:{opts.grpc_port}, "
+             f"metrics http://{opts.host}:{opts.metrics_port}/metrics")
+
+    stopped = serve(args.models, args.weights, opts, on_ready=ready)
+    _say("serve: stopped" if stopped else "serve: Triton exited on its own")
+    return 0 if stopped else EXIT_INTERNAL
+
+
 COMMANDS = {"compile": cmd_compile, "verify": cmd_verify, "infer": cmd_infer, "bench": cmd_bench,
             "summary": cmd_summary,
-            "upgrade": cmd_upgrade, "layers": cmd_layers, "demo": cmd_demo}
+            "upgrade": cmd_upgrade, "layers": cmd_layers, "demo": cmd_demo, "serve": cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
