@@ -62,7 +62,7 @@ class CompileOptions:
     """The options of ``protonet compile`` that shape the model (see :func:`compile`)."""
 
     weights: str | None = None
-    batch: int | None = None
+    batch: int | str | None = None  # "dynamic": a symbolic batch dimension
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     optimize: bool = True
     passes: tuple[str, ...] | None = None
@@ -94,7 +94,7 @@ def _shapes(spec: Mapping[str, Sequence[int]] | Sequence[int] | None) -> tuple[t
     return tuple(out)
 
 
-def compile(net: PathLike, weights: PathLike | None = None, *, batch: int | None = None,
+def compile(net: PathLike, weights: PathLike | None = None, *, batch: int | str | None = None,
             input_shapes: Mapping[str, Sequence[int]] | Sequence[int] | None = None, optimize: bool = True,
             passes: Sequence[str] | None = None, outputs: Sequence[str] | None = None, opset: int | None = None,
             caffe_proto: PathLike | None = None, ignore_fields: Sequence[str] = (), seed: int = 0,
@@ -102,14 +102,16 @@ def compile(net: PathLike, weights: PathLike | None = None, *, batch: int | None
     """Compile a net definition (any Caffe format, or a .caffemodel alone), as ``protonet compile``.
 
     ``weights``: the trained .caffemodel (default: Caffe's fillers, seeded by ``seed``);
-    ``batch``: the batch dimension of every input; ``input_shapes``: ``{name: shape}`` (or one
+    ``batch``: the batch dimension of every input (``"dynamic"``: a symbolic one, see
+    :mod:`protonet.dynamic`); ``input_shapes``: ``{name: shape}`` (or one
     shape for the first input) for data layers or inputs without a shape; ``optimize``: run the
     optimizer passes (all, or ``passes`` in that order); ``outputs``: keep only these network
     outputs; ``opset``: target another ONNX opset; ``caffe_proto``: read the files through a
     fork's own caffe.proto; ``ignore_fields``: fork fields (``MSG.FIELD``) to run without;
     ``strict``: a layer missing from the weights is an error."""
     opts = CompileOptions(
-        weights=None if weights is None else str(weights), batch=None if batch is None else _dim(batch, "batch"),
+        weights=None if weights is None else str(weights),
+        batch=batch if batch is None or batch == "dynamic" else _dim(batch, "batch"),
         input_shapes=_shapes(input_shapes), optimize=bool(optimize),
         passes=None if passes is None else tuple(passes), outputs=tuple(outputs or ()),
         opset=None if opset is None else _dim(opset, "opset"),
@@ -175,8 +177,9 @@ class Model:
         from .build import BuildOptions
         from .pipeline import compile_net
 
-        build = BuildOptions(batch=opts.batch, seed=opts.seed, strict=opts.strict,
-                             input_shapes=dict(opts.input_shapes))
+        dynamic = opts.batch == "dynamic"
+        build = BuildOptions(batch=None if dynamic else opts.batch, dynamic_batch=dynamic, seed=opts.seed,  # type: ignore[arg-type]
+                             strict=opts.strict, input_shapes=dict(opts.input_shapes))
         m = cls()
         m.net, m.options = net, opts
         m._compiled = compile_net(net, opts.weights, build, optimize=opts.optimize,
@@ -224,10 +227,10 @@ class Model:
         return self._proto if self._proto is not None else self.built.to_model()
 
     def _io(self, kind: str) -> dict[str, tuple[int, ...]]:
-        if self._compiled is not None and self._proto is None:
+        if self._compiled is not None and self._proto is None and self._compiled.probe is None:
             values = self._compiled.graph.inputs if kind == "input" else self._compiled.graph.outputs
             return {v.name: tuple(v.shape) for v in values}
-        g = self.onnx.graph
+        g = (self._proto if self._proto is not None else self.built.structure).graph
         inits = {t.name for t in g.initializer}
         return {v.name: tuple(d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim)
                 for v in (g.input if kind == "input" else g.output) if v.name not in inits}
@@ -311,12 +314,17 @@ class Model:
         (default: seeded noise) and compare every blob, as ``protonet verify``. Returns the result
         (``ok``, ``blobs``: one row per blob with its error and tolerance ratio, ``worst``,
         ``provider``); ``check=True`` raises :class:`protonet.VerificationError` on a mismatch."""
-        from .pipeline import random_inputs, verify_model
+        from .pipeline import at_batch, random_inputs, verify_batches, verify_model
 
         c = self.compiled
-        feeds = random_inputs(c.graph, self.options.seed) if inputs is None else self.feeds(inputs)
         model = self.path if self._proto is not None else self.built
-        res = verify_model(c, model, feeds, provider, src=self.path or "model")
+        if c.probe is not None and inputs is None:  # --batch dynamic: at batch 1, 3 and 8
+            res = verify_batches(c, model, provider=provider, src=self.path or "model", seed=self.options.seed)
+        else:
+            feeds = random_inputs(c.graph, self.options.seed) if inputs is None else self.feeds(inputs)
+            if c.probe is not None:  # the reference at the batch of the given inputs
+                c = at_batch(c, next(iter(feeds.values())).shape[0])
+            res = verify_model(c, model, feeds, provider, src=self.path or "model")
         err = mismatch_error(res)
         if check and err is not None:
             raise err
@@ -349,7 +357,8 @@ def read_inputs(spec: str, names: list[str], shapes: Mapping[str, tuple[int, ...
     An array's header (dtype, shape) is checked against the model before its data is read."""
     if spec == "random":
         rng = np.random.default_rng(seed)
-        dynamic = [n for n in names if any(d <= 0 for d in shapes[n])]
+        shapes = {n: (1,) + tuple(shapes[n][1:]) if shapes[n] and shapes[n][0] <= 0 else shapes[n] for n in names}
+        dynamic = [n for n in names if any(d <= 0 for d in shapes[n])]  # a dynamic batch runs at 1
         if dynamic:
             raise ProtonetError(f"input '{dynamic[0]}' has a dynamic shape {shapes[dynamic[0]]}: give an input file")
         return {n: rng.standard_normal(shapes[n]).astype(np.float32) for n in names}

@@ -52,6 +52,9 @@ class WeightReport:
 @dataclass
 class BuildOptions:
     batch: int | None = None
+    #: --batch dynamic: the model's batch dimension is symbolic (see :mod:`protonet.dynamic`); the
+    #: IR is built at ``batch`` (1 unless given)
+    dynamic_batch: bool = False
     seed: int = 0
     #: "filler": Caffe's fillers; "random": well-scaled random values for every blob (tests)
     init: str = "filler"
@@ -100,8 +103,11 @@ def node_names(loaded: LoadedNet) -> list[str]:
     return out
 
 
-def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | None = None) -> tuple[Graph, WeightReport]:
-    """Build the IR for a loaded (upgraded, filtered) net."""
+def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | None = None,
+                reuse: Graph | None = None) -> tuple[Graph, WeightReport]:
+    """Build the IR for a loaded (upgraded, filtered) net. ``reuse``: the same net built before
+    (at another batch size, unoptimized): a layer whose blobs have the same names and shapes there
+    takes those arrays instead of reading or filling its own."""
     opts = options or BuildOptions()
     if not loaded.net.layer:
         raise ProtonetError("the file defines no layers", Location(loaded.path))
@@ -116,6 +122,7 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
     counter = 0
     lim = limits.current()
     total = 0  # values in all blobs so far (limits.max_total_elements)
+    reused = {n.name: n for n in reuse.nodes} if reuse is not None else {}
 
     for index, lp in enumerate(loaded.net.layer):
         loc = loaded.loc(lp, index)
@@ -160,7 +167,8 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
         limits.check_total(ctx, total, lim)
         _check_tops(lp, inputs, shapes, current, ctx)
         specs = layer.weights(attrs, in_shapes)
-        node_weights = _weights_for(lp, specs, weights if last_of[lp.name] == index else None, opts, report, ctx,
+        node_weights = _reused(reused.get(names[index]), specs) if reuse is not None else None
+        node_weights = node_weights if node_weights is not None else _weights_for(lp, specs, weights if last_of[lp.name] == index else None, opts, report, ctx,
                                     shared, lim)
         outputs = []
         for top, shape in zip(lp.top, shapes):
@@ -194,6 +202,18 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
         raise ProtonetError("the net has no outputs", Location(loaded.path))
     g.lint()
     return g, report
+
+
+def _reused(node: Node | None, specs: list) -> dict[str, np.ndarray] | None:
+    """``node``'s arrays (a node of an earlier build) when they are the blobs ``specs`` describes."""
+    if not specs:
+        return {}
+    if node is None:
+        return None
+    have = node.weights
+    if [s.name for s in specs] != list(have) or any(tuple(have[s.name].shape) != tuple(s.shape) for s in specs):
+        return None
+    return dict(have)
 
 
 def _name_versions(g: Graph, versions: dict[str, list[Value]]) -> None:

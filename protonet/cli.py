@@ -45,6 +45,11 @@ def _positive(text: str) -> int:
     return n
 
 
+def _batch(text: str) -> int | str:
+    """--batch: a positive integer, or ``dynamic`` (a symbolic batch dimension)."""
+    return "dynamic" if text == "dynamic" else _positive(text)
+
+
 def _int_in(lo: int, hi: int) -> Any:
     """An argparse type: an integer in [lo, hi]."""
     def parse(text: str) -> int:
@@ -82,7 +87,9 @@ def _add_net_options(p: argparse.ArgumentParser, weights: bool = True) -> None:
     _add_schema_options(p)
     if weights:
         p.add_argument("-w", "--weights", metavar="W.caffemodel", help="trained weights (default: fillers)")
-    p.add_argument("--batch", type=_positive, metavar="N", help="override the batch dimension of every input")
+    p.add_argument("--batch", type=_batch, metavar="N|dynamic",
+                   help="override the batch dimension of every input; 'dynamic': a symbolic batch dimension N "
+                        "(the model runs at any batch size; verified at batch 1, 3 and 8)")
     p.add_argument("--seed", type=_int_in(0, 2 ** 63 - 1), default=0,
                    help="seed for filler-generated weights (default 0)")
     p.add_argument("--input-shape", type=_parse_shape, action="append", default=[], metavar="[NAME=]N,C,H,W",

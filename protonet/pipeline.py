@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Mapping
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -28,6 +28,14 @@ class Compiled:
     report: WeightReport
     passes: list[Any] = field(default_factory=list)  # pass results, when optimized
     unoptimized: Graph | None = None  # the graph before the passes, when optimized
+    #: how the graph was built (to build it again at another batch size: :func:`at_batch`)
+    options: Any = None
+    optimize: bool = False
+    pass_names: list[str] | None = None
+    output_names: list[str] | None = None
+    src: str = ""
+    #: --batch dynamic: the same net built at batch 2 (:mod:`protonet.dynamic`)
+    probe: Graph | None = None
 
 
 def load_weights(path: str | Path | None, only: Collection[str] | None = None, data: bytes | None = None) -> Any:
@@ -68,10 +76,24 @@ def compile_net(net: str | Path, weights: str | Path | None = None, options: Bui
         loaded = load_net(net, input_shapes=opts.input_shapes, schema=schema, ignore_fields=ignore_fields,
                           data=data)
     wfile = load_weights(weights, {lp.name for lp in loaded.net.layer}, wdata)
-    graph, report = build_graph(loaded, wfile, opts)
+    if opts.dynamic_batch:
+        from dataclasses import replace
+
+        from .dynamic import PROBE_BATCHES
+
+        opts = replace(opts, batch=opts.batch or PROBE_BATCHES[0])
+    c = _build(loaded, wfile, opts, optimize, passes, outputs, str(net))
+    if opts.dynamic_batch:
+        c.probe = probe_graph(c)
+    return c
+
+
+def _build(loaded: LoadedNet, wfile: Any, opts: BuildOptions, optimize: bool, passes: list[str] | None,
+           outputs: list[str] | None, src: str, reuse: Graph | None = None) -> Compiled:
+    graph, report = build_graph(loaded, wfile, opts, reuse)
     graph.metadata.update(loaded.preprocess)
     if outputs:
-        select_outputs(graph, outputs, str(net))
+        select_outputs(graph, outputs, src)
     unoptimized = None
     results: list[Any] = []
     if optimize:
@@ -79,7 +101,57 @@ def compile_net(net: str | Path, weights: str | Path | None = None, options: Bui
 
         unoptimized = graph.copy()
         results = run_passes(graph, passes)
-    return Compiled(graph, loaded, report, results, unoptimized)
+    return Compiled(graph, loaded, report, results, unoptimized, opts, optimize, passes, outputs, src)
+
+
+def at_batch(c: Compiled, batch: int) -> Compiled:
+    """The net of ``c`` built again as it was (options, passes, outputs, the same weight arrays)
+    with every input's batch dimension set to ``batch``."""
+    from dataclasses import replace
+
+    if c.options is None:
+        raise ProtonetError("internal error: the compiled net does not record how it was built")
+    if c.graph.inputs and all(v.shape and v.shape[0] == batch for v in c.graph.inputs):
+        return c
+    notes = list(c.loaded.notes)
+    try:
+        return _build(c.loaded, None, replace(c.options, batch=batch, dynamic_batch=False), c.optimize,
+                      c.pass_names, c.output_names, c.src, reuse=c.unoptimized or c.graph)
+    finally:
+        c.loaded.notes[:] = notes
+
+
+def probe_graph(c: Compiled) -> Graph:
+    """--batch dynamic: the net of ``c`` built at the probe batch (:mod:`protonet.dynamic`); a layer
+    that refuses that batch is reported as refusing --batch dynamic, at its location."""
+    from .dynamic import PROBE_BATCHES, check_layers
+
+    check_layers(c.graph)
+    try:
+        return at_batch(c, PROBE_BATCHES[1]).graph
+    except ProtonetError as e:
+        raise ProtonetError(f"--batch dynamic: the net must run at any batch size, but at batch "
+                            f"{PROBE_BATCHES[1]}: {e.message}", e.loc) from None
+
+
+def verify_batches(c: Compiled, model: Any, batches: Sequence[int] | None = None, provider: str = "auto",
+                   src: str = "model", seed: int = 0, blobs: bool = True) -> "VerifyResult":
+    """Verify a dynamic model at several batch sizes (default :data:`protonet.dynamic.VERIFY_BATCHES`):
+    at each, the net built at that batch (:func:`at_batch`) gives the float64 reference and the
+    inputs, and the one ``model`` runs on them (:func:`verify_model`). The checks of all batches
+    are returned together, each blob's source naming its batch; ``blobs`` False compares the
+    network outputs only (no debug export)."""
+    from dataclasses import replace
+
+    from .dynamic import VERIFY_BATCHES
+
+    checks: list[BlobCheck] = []
+    results = []
+    for b in batches or VERIFY_BATCHES:
+        cb = at_batch(c, b)
+        results.append(verify_model(cb, model, random_inputs(cb.graph, seed), provider, src, blobs=blobs))
+        checks += [replace(x, source=f"{x.source}, batch {b}") for x in results[-1].blobs]
+    return VerifyResult(checks, results[-1].provider, results[-1].outputs)
 
 
 def select_outputs(graph: Graph, names: list[str], src: str) -> None:
@@ -176,8 +248,14 @@ class VerifyResult:
 def build_model(c: Compiled, opset: int | None = None) -> Built:
     """The ONNX model that ``compile`` writes: the checked export at the default opset (its
     weights still the graph's arrays, see :class:`protonet.export.Built`), or, with ``opset``,
-    that model converted and proven against it (``protonet.opset.convert_opset``)."""
-    built = build(c.graph)
+    that model converted and proven against it (``protonet.opset.convert_opset``). A net compiled
+    with --batch dynamic gives the model with a symbolic batch (:func:`protonet.dynamic.build_dynamic`)."""
+    if c.probe is not None:
+        from .dynamic import build_dynamic
+
+        built = build_dynamic(c.graph, c.probe)
+    else:
+        built = build(c.graph)
     built.check()
     if opset is not None:
         from .opset import convert_opset
@@ -187,19 +265,23 @@ def build_model(c: Compiled, opset: int | None = None) -> Built:
 
 
 def verify_model(c: Compiled, model: Any, feeds: Mapping[str, np.ndarray], provider: str = "auto",
-                 src: str = "model") -> VerifyResult:
+                 src: str = "model", blobs: bool = True) -> VerifyResult:
     """Verify an artifact: ``model`` (a Built, a ModelProto, its bytes, or a path: what compile writes)
     runs in onnxruntime and its network outputs are compared with the float64 reference; the
-    intermediate blobs come from a debug export of the same graph (every blob an output). When
-    passes ran, the outputs are also compared with the reference run of the unoptimized graph."""
+    intermediate blobs come from a debug export of the same graph (every blob an output; not
+    with ``blobs`` False). When passes ran, the outputs are also compared with the reference run
+    of the unoptimized graph. A model with a symbolic (dynamic) dimension runs at the graph's."""
     sess = make_session(model, provider)
     _check_interface(c.graph, sess, src)
     got = sess.run(feeds)
     ref = ReferenceInterpreter(c.graph).run(feeds, keep_all=True)
     checks = [BlobCheck(v.name, compare(got[v.name], ref[v.name])) for v in c.graph.outputs]
-    res = verify_graph(c.graph, feeds, provider, ref=ref)
     outs = {v.name for v in c.graph.outputs}
-    res.blobs = checks + [b for b in res.blobs if b.name not in outs]
+    if blobs:
+        res = verify_graph(c.graph, feeds, provider, ref=ref)
+        res.blobs = checks + [b for b in res.blobs if b.name not in outs]
+    else:
+        res = VerifyResult(checks, sess.provider)
     res.outputs = {v.name: got[v.name] for v in c.graph.outputs}
     if c.unoptimized is not None:
         before = ReferenceInterpreter(c.unoptimized).run(feeds)
@@ -217,12 +299,13 @@ def verify_compiled(c: Compiled, feeds: Mapping[str, np.ndarray], provider: str 
 
 def _check_interface(graph: Graph, sess: Any, src: str) -> None:
     """The model's inputs and outputs are the net's, by name and shape (else it was compiled from
-    another net or with other options)."""
+    another net or with other options); a symbolic dimension of the model matches any size."""
     io = sess.session
     for kind, want, have in (("inputs", graph.inputs, io.get_inputs()), ("outputs", graph.outputs, io.get_outputs())):
         w = [(v.name, tuple(v.shape)) for v in want]
         h = [(x.name, tuple(d if isinstance(d, int) else -1 for d in x.shape)) for x in have]
-        if w != h:
+        if len(w) != len(h) or any(wn != hn or len(ws) != len(hs) or any(b not in (a, -1) for a, b in zip(ws, hs))
+                                   for (wn, ws), (hn, hs) in zip(w, h)):
             raise ProtonetError(f"the model's {kind} {_io(h)} are not the net's {_io(w)} (compiled from "
                                 "another net, or with other --batch/--input-shape/--output options?)",
                                 Location(src))

@@ -44,11 +44,12 @@ def example_inputs(graph, ex: Example, seed: int = 1) -> dict[str, np.ndarray]:
 
 
 def onnx_inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
-    """Shapes that onnx.shape_inference derives on its own (declared output shapes removed)."""
+    """Shapes that onnx.shape_inference derives on its own (declared output shapes removed), with
+    data propagation: a shape built from the input's own (Shape, Concat) as batch-agnostic lowerings do."""
     m = copy.deepcopy(model)
     for o in m.graph.output:
         o.type.tensor_type.ClearField("shape")
-    inferred = onnx.shape_inference.infer_shapes(m, strict_mode=True)
+    inferred = onnx.shape_inference.infer_shapes(m, strict_mode=True, data_prop=True)
     out = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
         t = vi.type.tensor_type

@@ -111,6 +111,9 @@ class Layer:
     #: how many bottoms are accepted (min, max); max None = any
     num_bottoms: ClassVar[tuple[int, int | None]] = (1, 1)
     examples: ClassVar[tuple[Example, ...]] = ()
+    #: why the layer needs its bottoms' axis 0 fixed (it is not a free batch axis there), which
+    #: --batch dynamic then refuses at the layer; empty: a batch-agnostic lowering
+    fixed_batch: ClassVar[str] = ""
 
     # -- traits the optimizer reads (see the module docstring) --
     #: an element-wise map of one bottom to one top of its shape, without weights, whose

@@ -367,7 +367,7 @@ class Power(_Pointwise):
     def lower(self, a: PowerAttrs, g: Lowering) -> None:
         c = a.constant
         if c is not None:
-            g.op("Expand", [_scalar(g, c, "value"), g.int64s(g.out_shapes[0], "shape")], g.outputs)
+            g.op("Expand", [_scalar(g, c, "value"), g.op("Shape", [g.inputs[0]])], g.outputs)
             return
         y = g.inputs[0]
         steps: list[tuple[str, float]] = []

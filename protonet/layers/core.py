@@ -1077,18 +1077,14 @@ class Flatten(Layer):
         return [xs[0].reshape(self.out_shape(a, xs[0].shape))]
 
     def lower(self, a: FlattenAttrs, g: Lowering) -> None:
-        lower_reshape(g, g.out_shapes[0], keep_leading=a.axis)
+        # the leading dims copied (0), the merged one inferred (-1): no batch size in the model
+        s = g.in_shapes[0]
+        g.op("Reshape", [g.inputs[0], g.int64s([0] * a.axis + [-1] + list(s[a.end_axis + 1:]), "shape")], g.outputs)
 
 
 def same_shape(type_name: str, ins: Sequence[Shape], outs: Sequence[Shape]) -> str | None:
     """A reshape is the identity when it keeps the shape."""
     return f"{type_name} to the same shape {tuple(ins[0])}" if tuple(outs[0]) == tuple(ins[0]) else None
-
-
-def lower_reshape(g: Lowering, out: Shape, keep_leading: int) -> None:
-    """Reshape to ``out``, copying (0) the first ``keep_leading`` dims so the batch axis stays free."""
-    dims = [0] * keep_leading + list(out[keep_leading:])
-    g.op("Reshape", [g.inputs[0], g.int64s(dims, "shape")], g.outputs)
 
 
 @dataclass(frozen=True)
@@ -1163,6 +1159,17 @@ class Reshape(Layer):
         return [xs[0].reshape(a.out)]
 
     def lower(self, a: ReshapeAttrs, g: Lowering) -> None:
-        # the batch axis is copied when the reshape leaves it alone or copies it explicitly
-        keep = 1 if a.axis >= 1 or (a.dims and a.dims[0] == 0) else 0
-        lower_reshape(g, g.out_shapes[0], keep_leading=keep)
+        """Caffe's dims as ONNX Reshape reads them: ONNX's 0 copies the input dim at the same
+        index and -1 is inferred, as Caffe's do once the axes before the span are copied (0) and
+        those after it written out; so a batch axis that the reshape copies or infers stays free.
+        A span inserted before axis 0 (``axis: 0 num_axes: 0``) moves every input dim: the
+        shape is then built from the input's own."""
+        s = g.in_shapes[0]
+        start, end = a.axis, a.axis + a.num_axes
+        if end == 0 and a.dims:
+            lead = g.int64s(g.out_shapes[0][:len(a.dims)], "lead")
+            shape = g.op("Concat", [lead, g.op("Shape", [g.inputs[0]])], axis=0)
+            g.op("Reshape", [g.inputs[0], shape], g.outputs)
+            return
+        dims = [0] * start + list(a.dims) + list(s[end:])
+        g.op("Reshape", [g.inputs[0], g.int64s(dims, "shape")], g.outputs)

@@ -162,6 +162,7 @@ class Proposal(Layer):
 
     type_name = "Proposal"
     num_bottoms = (3, 3)
+    fixed_batch = "it handles one image (batch size 1), as py-faster-rcnn's proposal layer asserts"
     examples = (
         Example('layer { name: "p" type: "Proposal" bottom: "in0" bottom: "in1" bottom: "in2" top: "rois" '
                 'proposal_param { feat_stride: 16 } }', ((1, 18, 5, 6), (1, 36, 5, 6), (1, 3)), "defaults",
@@ -390,10 +391,10 @@ class PSROIPooling(Layer):
         return random_rois(in_shapes[0], in_shapes[1], a.spatial_scale, rng) if i == 1 else None
 
     def lower(self, a: PSROIPoolAttrs, g: Lowering) -> None:
-        (n, _, height, width), r_shape = g.in_shapes
+        (_, _, height, width) = g.in_shapes[0]
         x, rois = g.inputs
-        gs, co, r = a.group_size, a.output_dim, r_shape[0]
-        rois = g.op("Reshape", [rois, g.int64s([r, 5], "rois2d")])
+        gs, co = a.group_size, a.output_dim
+        rois = g.op("Reshape", [rois, g.int64s([-1, 5], "rois2d")])
         b, x1, y1, x2, y2 = g.op("Split", [rois], n_out=5, axis=1)  # (R, 1) each
         scale, one = g.const(a.spatial_scale, "scale"), g.const(1.0, "one")
 
@@ -431,15 +432,15 @@ class PSROIPooling(Layer):
 
         mh, mw = mask(hs, he, height, "h"), mask(ws, we, width, "w")
         # rows: (G_i, H, N·Co·G_j·W) against (G_i, R, H)
-        x6 = g.op("Reshape", [x, g.int64s([n, co, gs, gs, height, width], "x6")])
+        x6 = g.op("Reshape", [x, g.int64s([-1, co, gs, gs, height, width], "x6")])
         xr = g.op("Reshape", [g.op("Transpose", [x6], perm=[2, 4, 0, 1, 3, 5]),
-                              g.int64s([gs, height, n * co * gs * width], "x_rows")])
+                              g.int64s([gs, height, -1], "x_rows")])
         rows = g.op("MatMul", [g.op("Transpose", [mh], perm=[1, 0, 2]), xr])  # (G_i, R, N·Co·G_j·W)
-        rows = g.op("Reshape", [rows, g.int64s([gs, r, n, co, gs, width], "rows6")])
+        rows = g.op("Reshape", [rows, g.int64s([gs, 0, -1, co, gs, width], "rows6")])
         rows = g.op("Reshape", [g.op("Transpose", [rows], perm=[1, 4, 0, 2, 3, 5]),
-                                g.int64s([r, gs, gs * n * co, width], "rows4")])  # (R, G_j, G_i·N·Co, W)
+                                g.int64s([0, gs, -1, width], "rows4")])  # (R, G_j, G_i·N·Co, W)
         sums = g.op("MatMul", [rows, g.op("Unsqueeze", [mw, g.int64s([-1], "last")])])  # (R, G_j, G_i·N·Co, 1)
-        sums = g.op("Reshape", [sums, g.int64s([r, gs, gs, n, co], "sums5")])
+        sums = g.op("Reshape", [sums, g.int64s([0, gs, gs, -1, co], "sums5")])
         sums = g.op("Transpose", [sums], perm=[0, 3, 4, 2, 1])  # (R, N, Co, G_i, G_j)
         image = g.cast(b, np.int64)  # (R, 1); float -> int truncates, as C does
         sums = g.op("GatherND", [sums, image], batch_dims=1)  # (R, Co, G_i, G_j)

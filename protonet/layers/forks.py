@@ -161,7 +161,7 @@ class Upsample(Layer):
             return
         data = g.op("Reshape", [g.inputs[0], g.int64s([0, 0, -1], "flat")])
         idx = g.cast(g.op("Reshape", [g.inputs[1], g.int64s([0, 0, -1], "flat")]), np.int64)
-        base = g.op("ConstantOfShape", [g.int64s([s[0], s[1], out[2] * out[3]], "zeros_shape")],
+        base = g.op("ConstantOfShape", [g.shape_from(g.inputs[0], 2, [out[2] * out[3]], "zeros_shape")],
                     value=np.zeros(1, dtype=np.float32))
         y = g.op("ScatterElements", [base, idx, data], axis=2)
         g.op("Reshape", [y, g.int64s([0, 0, out[2], out[3]], "shape")], g.outputs)
@@ -283,7 +283,7 @@ class Interp(Layer):
             c0 = -a.pad_beg
             x = g.op("Slice", [x, g.int64s([c0, c0], "starts"), g.int64s([c0 + hin, c0 + win], "ends"),
                                g.int64s([2, 3], "axes")])
-        sizes = g.int64s(list(g.out_shapes[0]), "sizes")
+        sizes = g.shape_from(x, 2, list(g.out_shapes[0][2:]), "sizes")
         g.op("Resize", [x, "", "", sizes], g.outputs, mode="linear", coordinate_transformation_mode="align_corners")
 
 
@@ -811,11 +811,11 @@ class ROIPooling(Layer):
         s, r = g.in_shapes
         x, rois = g.inputs
         if len(r) != 2:
-            rois = g.op("Reshape", [rois, g.int64s([r[0], 5], "rois2d")])
+            rois = g.op("Reshape", [rois, g.int64s([-1, 5], "rois2d")])
         attrs = dict(pooled_shape=[a.pooled_h, a.pooled_w], spatial_scale=a.spatial_scale)
         low = g.op("Sub", [g.op("ReduceMin", [x], keepdims=1), g.const(1.0, "one")])
         pooled = g.op("MaxRoiPool", [g.op("Sub", [x, low]), rois], **attrs)
-        ones = g.op("ConstantOfShape", [g.int64s([s[0], 1, s[2], s[3]], "ones_shape")],
+        ones = g.op("ConstantOfShape", [g.shape_from(x, 1, [1, s[2], s[3]], "ones_shape")],
                     value=np.ones(1, dtype=np.float32))
         nonempty = g.op("MaxRoiPool", [ones, rois], **attrs)
         g.op("Mul", [g.op("Add", [pooled, low]), nonempty], g.outputs)

@@ -62,3 +62,10 @@ class Lowering(ABC):
 
     def int64s(self, values: Sequence[int], hint: str) -> str:
         return self.const(np.asarray(list(values), dtype=np.int64), hint, np.int64)
+
+    def shape_from(self, x: str, keep: int, rest: Sequence[int], hint: str) -> str:
+        """A 1-D int64 shape: the first ``keep`` dims of ``x`` as it runs, then the literal ``rest``.
+        Lowerings build shapes this way where a dim is the batch (or another input-driven count),
+        so that the model runs at any batch size (--batch dynamic)."""
+        lead = self.op("Shape", [x], end=keep)
+        return self.op("Concat", [lead, self.int64s(rest, hint)], axis=0) if rest else lead

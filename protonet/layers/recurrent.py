@@ -57,6 +57,8 @@ class _Recurrent(Layer):
 
     #: names of the recurrent state blobs (h_0; h_0, c_0), exposed with expose_hidden
     state_names: tuple[str, ...] = ()
+    fixed_batch = ("its bottoms are (T, N, ...) with time on axis 0, and the lowering unrolls the T steps; "
+                   "--batch sets axis 0 (T here)")
 
     def parse(self, layer: Any, ctx: LayerContext) -> RecurrentAttrs:
         p = layer.recurrent_param
@@ -344,6 +346,7 @@ class LSTMUnit(Layer):
 
     type_name = "LSTMUnit"
     num_bottoms = (3, 3)
+    fixed_batch = "its bottoms are one time step (1, N, ...): axis 0 is not a batch axis"
     examples = (
         Example('layer { name: "u" type: "LSTMUnit" bottom: "in0" bottom: "in1" bottom: "in2" '
                 'top: "c" top: "h" }', ((1, 3, 4), (1, 3, 16), (1, 3)), "basic", {2: 2}),

@@ -405,13 +405,12 @@ class DetectionOutput(Layer):
         return g.op("Concat", parts, axis=-1)
 
     def lower(self, a: DetectionOutputAttrs, g: Lowering) -> None:
-        n = g.in_shapes[0][0]
         geo = a.geometry
         p, lc, c, k = geo.num_priors, geo.loc_classes, a.num_classes, geo.rows
         loc, conf, prior = g.inputs
         i64 = np.int64
-        boxes = self._decode_onnx(a, g, g.op("Reshape", [loc, g.int64s([n, p, lc, 4], "loc_shape")]), prior, p)
-        scores = g.op("Transpose", [g.op("Reshape", [conf, g.int64s([n, p, c], "conf_shape")])], perm=[0, 2, 1])
+        boxes = self._decode_onnx(a, g, g.op("Reshape", [loc, g.int64s([-1, p, lc, 4], "loc_shape")]), prior, p)
+        scores = g.op("Transpose", [g.op("Reshape", [conf, g.int64s([-1, p, c], "conf_shape")])], perm=[0, 2, 1])
         neg_inf = g.const(-np.inf, "neg_inf")
         # the background class never scores
         if 0 <= a.background_label_id < c:
@@ -433,12 +432,12 @@ class DetectionOutput(Layer):
         inverted = g.op("Or", [g.op("Less", [bx1, bx0]), g.op("Less", [by1, by0])])
         nms_input = g.op("Where", [inverted, g.const(0.0, "zero"), boxes])
         if a.share_location:
-            nms_boxes = g.op("Reshape", [nms_input, g.int64s([n, p, 4], "nms_boxes")])
+            nms_boxes = g.op("Reshape", [nms_input, g.int64s([-1, p, 4], "nms_boxes")])
             nms_scores = scores
         else:
             per_class = g.op("Transpose", [nms_input], perm=[0, 2, 1, 3])  # (N, C, P, 4)
-            nms_boxes = g.op("Reshape", [per_class, g.int64s([n * c, p, 4], "nms_boxes")])
-            nms_scores = g.op("Reshape", [scores, g.int64s([n * c, 1, p], "nms_scores")])
+            nms_boxes = g.op("Reshape", [per_class, g.int64s([-1, p, 4], "nms_boxes")])
+            nms_scores = g.op("Reshape", [scores, g.int64s([-1, 1, p], "nms_scores")])
         sel = g.op("NonMaxSuppression", [nms_boxes, nms_scores, g.int64s([p], "max_per_class"),
                                          g.const([a.nms_threshold], "iou"),
                                          g.const([a.confidence_threshold], "score_threshold")])
@@ -448,9 +447,9 @@ class DetectionOutput(Layer):
             sel = g.op("Concat", [g.op("Div", [b, cc]), g.op("Mod", [b, cc]), box], axis=1)
         # dense (N, C·P) score table of the survivors, -inf elsewhere; the best k per image
         sel_scores = g.op("GatherND", [scores, sel])
-        empty = g.op("ConstantOfShape", [g.int64s([n, c, p], "table_shape")], value=np.full(1, -np.inf, np.float32))
+        empty = g.op("ConstantOfShape", [g.op("Shape", [scores])], value=np.full(1, -np.inf, np.float32))
         table = g.op("ScatterND", [empty, sel, sel_scores])
-        table = g.op("Reshape", [table, g.int64s([n, c * p], "table")])
+        table = g.op("Reshape", [table, g.int64s([-1, c * p], "table")])
         best, flat = g.op("TopK", [table, g.int64s([k], "keep")], n_out=2, axis=1, largest=1, sorted=1)
         valid = g.op("Greater", [best, neg_inf])
         pp = g.int64s([p], "num_priors")
@@ -465,11 +464,14 @@ class DetectionOutput(Layer):
         best = g.op("GatherElements", [best, order], axis=1)
         valid = g.op("GatherElements", [valid, order], axis=1)
         # gather the decoded boxes
-        image = g.op("Expand", [g.op("Reshape", [_arange(g, n, i64, "image"), g.int64s([n, 1, 1], "image_shape")]),
-                                g.int64s([n, k, 1], "rows_shape")])  # (N, k, 1): each row's image index
+        n = g.op("Shape", [loc], end=1)  # the batch size as the model runs
+        count = g.op("Range", [g.const(0, "start", i64),
+                               g.op("Squeeze", [n, g.int64s([0], "axis0")]), g.const(1, "step", i64)])
+        image = g.op("Expand", [g.op("Reshape", [count, g.int64s([-1, 1, 1], "image_shape")]),
+                                g.shape_from(loc, 1, [k, 1], "rows_shape")])  # (N, k, 1): each row's image index
         if a.share_location:
             where = g.op("Concat", [image, g.op("Unsqueeze", [box_idx, g.int64s([-1], "last")])], axis=-1)
-            det_boxes = g.op("GatherND", [g.op("Reshape", [boxes, g.int64s([n, p, 4], "boxes")]), where])
+            det_boxes = g.op("GatherND", [g.op("Reshape", [boxes, g.int64s([-1, p, 4], "boxes")]), where])
         else:
             where = g.op("Concat", [image, g.op("Unsqueeze", [label, g.int64s([-1], "last")]),
                                     g.op("Unsqueeze", [box_idx, g.int64s([-1], "last")])], axis=-1)
@@ -480,5 +482,5 @@ class DetectionOutput(Layer):
                                g.op("Unsqueeze", [g.cast(label, np.float32), unsq]),
                                g.op("Unsqueeze", [best, unsq]), det_boxes], axis=-1)
         rows = g.op("Where", [g.op("Unsqueeze", [valid, unsq]), rows, g.const(-1.0, "minus_one")])
-        g.op("Reshape", [rows, g.int64s([1, 1, n * k, 7], "out_shape")], g.outputs)
+        g.op("Reshape", [rows, g.int64s([1, 1, -1, 7], "out_shape")], g.outputs)
 
