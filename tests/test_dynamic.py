@@ -172,3 +172,15 @@ def test_build_dynamic_rejects_a_batch_baked_graph():
     with pytest.raises(ProtonetError, match="layer 'b' \\(Bias\\): --batch dynamic"):
         c = compile_text(text)
         build_dynamic(c.graph, c.probe)
+
+
+def test_api_compile_dynamic_runs_any_batch():
+    import protonet
+
+    m = protonet.compile(NETS / "lenet.prototxt", batch="dynamic")
+    assert m.inputs == {"data": (-1, 1, 28, 28)} and m.outputs == {"prob": (-1, 10)}
+    x = np.random.default_rng(1).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    assert m.run(x)["prob"].shape == (4, 10)
+    res = m.verify()
+    assert res.ok and {b.source for b in res.blobs} >= {"model, batch 1", "model, batch 3", "model, batch 8"}
+    assert m.verify({"data": x}).blobs[0].shape == (4, 10)
