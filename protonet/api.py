@@ -339,6 +339,13 @@ class Model:
         c = self.compiled
         return summarize(c.graph if optimized or c.unoptimized is None else c.unoptimized)
 
+    def draw(self, path: PathLike) -> Path:
+        """Write a picture of the net (its graph: optimized when the passes ran) as SVG, PNG or a
+        self-contained HTML page by ``path``'s extension, as ``protonet draw``."""
+        from .draw import draw
+
+        return draw(self.graph, path, self.summary(), inputs=[self.net, self.options.weights, self.path])
+
 
 def mismatch_error(res: "VerifyResult") -> VerificationError | None:
     """The error a verification with a mismatch raises (None when every blob is within tolerance)."""

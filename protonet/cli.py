@@ -288,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.add_argument("--compare", action="store_true", help="the networks side by side")
 
+    p = sub.add_parser("draw", help="a picture of the net: SVG, PNG, or an HTML page with pan, zoom and details")
+    p.add_argument("net", help="prototxt (any Caffe format) or a .caffemodel")
+    p.add_argument("-o", "--out", required=True, metavar="net.svg|net.png|net.html")
+    _add_net_options(p)
+    _add_opt_options(p, default_on=False)
+
     p = sub.add_parser("upgrade", help="rewrite a legacy (V0/V1) definition or caffemodel in the current format")
     p.add_argument("old")
     p.add_argument("-o", "--out", required=True, metavar="NEW")
@@ -576,6 +582,15 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_draw(args: argparse.Namespace) -> int:
+    m = _model(args, args.net, optimize=args.optimized)
+    if m.compiled.loaded.upgrades:
+        _say(f"upgraded from a legacy format: {'; '.join(m.compiled.loaded.upgrades)}")
+    m.draw(args.out)
+    _say(f"wrote {args.out}: {len(m.graph.nodes)} layers")
+    return 0
+
+
 def cmd_upgrade(args: argparse.Namespace) -> int:
     from .frontend import upgrade_file
 
@@ -640,7 +655,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"compile": cmd_compile, "verify": cmd_verify, "infer": cmd_infer, "bench": cmd_bench,
-            "summary": cmd_summary,
+            "summary": cmd_summary, "draw": cmd_draw,
             "upgrade": cmd_upgrade, "layers": cmd_layers, "demo": cmd_demo, "serve": cmd_serve}
 
 
