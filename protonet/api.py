@@ -26,6 +26,7 @@ This module imports the compiler (onnx, onnxruntime) only when a function is cal
 """
 from __future__ import annotations
 
+import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,12 +41,15 @@ from .fileio import is_regular_file, note_input
 if TYPE_CHECKING:
     from .analysis import Summary
     from .export import Built
-    from .frontend.preprocess import Preprocess
+    from .frontend.preprocess import Preprocess, PreprocessOptions
     from .ir import Graph
     from .pipeline import Compiled, VerifyResult
     from .runtime import Session
 
-__all__ = ["Model", "compile", "load", "upgrade", "read_inputs", "check_input_shapes", "mismatch_error"]
+log = logging.getLogger(__name__)
+
+__all__ = ["Model", "compile", "load", "upgrade", "read_inputs", "check_input_shapes", "mismatch_error",
+           "preprocess_options", "store_preprocess"]
 
 PathLike = Union[str, Path]
 #: what :meth:`Model.run` takes: arrays by input name, one array (a single-input net), or a file
@@ -72,6 +76,48 @@ class CompileOptions:
     ignore_fields: tuple[str, ...] = ()
     seed: int = 0
     strict: bool = False
+    preprocess: "PreprocessOptions | None" = None
+
+
+def preprocess_options(mean: Sequence[float] | float | None = None, mean_file: PathLike | None = None,
+                       scale: float | None = None, resize: int | Sequence[int] | None = None,
+                       crop: int | Sequence[int] | None = None, channels: str | None = None) -> "PreprocessOptions":
+    """The photo preprocessing options (``--mean``, ``--mean-file``, ``--scale``, ``--resize``,
+    ``--crop``, ``--channels``): ``resize`` is (H, W) or the shorter side S; ``crop`` is (H, W)
+    or S for S x S; ``mean`` is in the net's channel order."""
+    from .frontend.preprocess import PreprocessOptions
+
+    def sides(v: int | Sequence[int] | None, what: str) -> tuple[int, ...] | None:
+        if v is None:
+            return None
+        t = (v,) if isinstance(v, (int, np.integer)) else tuple(v)
+        if len(t) not in (1, 2):
+            raise ProtonetError(f"{what}: give H,W or S")
+        return tuple(_dim(d, what) for d in t)
+
+    rs, cr = sides(resize, "resize"), sides(crop, "crop")
+    return PreprocessOptions(
+        mean=None if mean is None else tuple(float(v) for v in np.atleast_1d(np.asarray(mean, dtype=float))),
+        mean_file=None if mean_file is None else str(mean_file), scale=None if scale is None else float(scale),
+        resize=rs if rs and len(rs) == 2 else None, resize_shorter=rs[0] if rs and len(rs) == 1 else None,
+        crop=(cr * 2 if len(cr) == 1 else cr) if cr else None, channels=channels)
+
+
+def store_preprocess(c: "Compiled", opts: "PreprocessOptions | None", src: str) -> "Preprocess | None":
+    """Put the preprocessing options into the compiled graph's metadata (over what a data layer
+    said); returns the Preprocess the model then carries (None: none)."""
+    from .frontend.deploy import METADATA_KEY
+    from .frontend.preprocess import image_input
+
+    carried = c.graph.metadata.get(METADATA_KEY)
+    given = opts is not None and opts.given
+    if not given and not carried:
+        return None
+    name, shape, meta = image_input([(v.name, v.shape) for v in c.graph.inputs], carried, src)
+    if given:
+        meta = opts.apply(meta, name, shape)
+        c.graph.metadata[METADATA_KEY] = meta.to_json()
+    return meta
 
 
 def _dim(n: Any, what: str) -> int:
@@ -98,7 +144,9 @@ def compile(net: PathLike, weights: PathLike | None = None, *, batch: int | str 
             input_shapes: Mapping[str, Sequence[int]] | Sequence[int] | None = None, optimize: bool = True,
             passes: Sequence[str] | None = None, outputs: Sequence[str] | None = None, opset: int | None = None,
             caffe_proto: PathLike | None = None, ignore_fields: Sequence[str] = (), seed: int = 0,
-            strict: bool = False) -> "Model":
+            strict: bool = False, mean: Sequence[float] | float | None = None, mean_file: PathLike | None = None,
+            scale: float | None = None, resize: int | Sequence[int] | None = None,
+            crop: int | Sequence[int] | None = None, channels: str | None = None) -> "Model":
     """Compile a net definition (any Caffe format, or a .caffemodel alone), as ``protonet compile``.
 
     ``weights``: the trained .caffemodel (default: Caffe's fillers, seeded by ``seed``);
@@ -108,7 +156,11 @@ def compile(net: PathLike, weights: PathLike | None = None, *, batch: int | str 
     optimizer passes (all, or ``passes`` in that order); ``outputs``: keep only these network
     outputs; ``opset``: target another ONNX opset; ``caffe_proto``: read the files through a
     fork's own caffe.proto; ``ignore_fields``: fork fields (``MSG.FIELD``) to run without;
-    ``strict``: a layer missing from the weights is an error."""
+    ``strict``: a layer missing from the weights is an error. The photo preprocessing the model
+    carries (applied by :meth:`Model.run` to a photo; see :func:`preprocess_options`): ``mean``
+    (in the net's channel order) or ``mean_file``, ``scale``, ``resize`` ((H, W) or the shorter
+    side), ``crop`` (centre; (H, W) or S), ``channels`` ("BGR" or "RGB"), with OpenCV
+    ``blobFromImage`` semantics; each replaces what a train_val's data layer said."""
     opts = CompileOptions(
         weights=None if weights is None else str(weights),
         batch=batch if batch is None or batch == "dynamic" else _dim(batch, "batch"),
@@ -116,7 +168,8 @@ def compile(net: PathLike, weights: PathLike | None = None, *, batch: int | str 
         passes=None if passes is None else tuple(passes), outputs=tuple(outputs or ()),
         opset=None if opset is None else _dim(opset, "opset"),
         caffe_proto=None if caffe_proto is None else str(caffe_proto), ignore_fields=tuple(ignore_fields),
-        seed=int(seed), strict=bool(strict))
+        seed=int(seed), strict=bool(strict),
+        preprocess=preprocess_options(mean, mean_file, scale, resize, crop, channels))
     if not 0 <= opts.seed < 2 ** 63:
         raise ProtonetError(f"seed: {seed} is not in [0, 2^63)")
     return Model._from_net(str(net), opts)
@@ -186,6 +239,7 @@ class Model:
                                   passes=None if opts.passes is None else list(opts.passes),
                                   outputs=list(opts.outputs) or None, schema=opts.caffe_proto,
                                   ignore_fields=opts.ignore_fields)
+        store_preprocess(m._compiled, opts.preprocess, net)
         return m
 
     def __repr__(self) -> str:
@@ -283,6 +337,10 @@ class Model:
         shapes = self.inputs
         seed = self.options.seed if seed is None else seed
         if isinstance(inputs, (str, Path)):
+            if Path(inputs).suffix.lower() in IMAGE_SUFFIXES and self.preprocess is None:
+                log.warning("%s carries no preprocessing: feeding the raw pixels (0-255, BGR, resized to the "
+                            "input's size); compile with mean=, scale=, resize=, crop=, channels=",
+                            self.path or self.net)
             feeds = read_inputs(str(inputs), list(shapes), shapes, self.preprocess, seed)
             src = str(inputs)
         else:

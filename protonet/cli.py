@@ -150,14 +150,16 @@ def _add_preprocess_options(p: argparse.ArgumentParser, compiling: bool) -> None
                        "the model takes (default: any size with --resize H,W, else the net's input size)")
 
 
-def _preprocess_options(args: argparse.Namespace) -> Any:
-    from .frontend.preprocess import PreprocessOptions
+def _preprocess_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The command's photo preprocessing options as :func:`protonet.api.compile`'s keywords."""
+    return dict(mean=args.mean, mean_file=args.mean_file, scale=args.scale, resize=args.resize, crop=args.crop,
+                channels=args.channels)
 
-    resize, crop = args.resize, args.crop
-    return PreprocessOptions(mean=args.mean, mean_file=args.mean_file, scale=args.scale,
-                             resize=resize if resize and len(resize) == 2 else None,
-                             resize_shorter=resize[0] if resize and len(resize) == 1 else None,
-                             crop=(crop * 2 if len(crop) == 1 else crop) if crop else None, channels=args.channels)
+
+def _preprocess_options(args: argparse.Namespace) -> Any:
+    from .api import preprocess_options
+
+    return preprocess_options(**_preprocess_kwargs(args))
 
 
 def _add_opt_options(p: argparse.ArgumentParser, default_on: bool) -> None:
@@ -325,11 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- helpers -----------------------------------------------------------------------------------
 
-def _model(args: argparse.Namespace, net: str, optimize: bool, opset: int | None = None) -> Any:
+def _model(args: argparse.Namespace, net: str, optimize: bool, opset: int | None = None, **more: Any) -> Any:
     """The net compiled with the command's options (:func:`protonet.api.compile`)."""
     from .api import compile
 
-    return compile(net, **_net_kwargs(args), optimize=optimize, opset=opset)
+    return compile(net, **_net_kwargs(args), optimize=optimize, opset=opset, **more)
 
 
 def _net_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -363,10 +365,12 @@ def _print_outputs(outs: dict[str, np.ndarray]) -> None:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    m = _model(args, args.net, optimize=not args.no_optimize, opset=args.opset)
+    m = _model(args, args.net, optimize=not args.no_optimize, opset=args.opset, **_preprocess_kwargs(args))
     c = m.compiled
     _report_loaded(c)
-    meta = _store_preprocess(c, _preprocess_options(args), args.net)
+    meta = m.preprocess
+    if meta is not None:
+        _say(f"preprocessing: {meta.describe()}")
     if c.passes:
         from .passes import explain
 
@@ -405,23 +409,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
          f"{size / 1e6:.1f} MB, inputs {', '.join(v.name for v in c.graph.inputs)}, outputs "
          f"{', '.join(v.name for v in c.graph.outputs)} ({time.perf_counter() - t0:.1f}s)")
     return 0
-
-
-def _store_preprocess(c: Any, opts: Any, src: str) -> Any:
-    """Put the command line's preprocessing options into the compiled graph's metadata (over
-    what a data layer said); returns the Preprocess the model carries (None: none) and says it."""
-    from .frontend.deploy import METADATA_KEY
-    from .frontend.preprocess import image_input
-
-    carried = c.graph.metadata.get(METADATA_KEY)
-    if not opts.given and not carried:
-        return None
-    name, shape, meta = image_input([(v.name, v.shape) for v in c.graph.inputs], carried, src)
-    if opts.given:
-        meta = opts.apply(meta, name, shape)
-        c.graph.metadata[METADATA_KEY] = meta.to_json()
-    _say(f"preprocessing: {meta.describe()}")
-    return meta
 
 
 def _reduce_precision(args: argparse.Namespace, c: Any, built: Any) -> Any:

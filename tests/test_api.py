@@ -101,6 +101,29 @@ def test_run_on_a_photo_applies_the_model_preprocessing(tmp_path):
     np.testing.assert_array_equal(protonet.load(tmp_path / "tv.onnx").run(str(tmp_path / "p.png"))["pool"], want)
 
 
+def test_compile_takes_the_preprocessing_options(tmp_path, caplog):
+    """compile(mean=, scale=, channels=) stores the preprocessing as ``protonet compile --mean
+    --scale --channels`` does: a one-colour photo (R, G, B) = (11, 22, 33) through mean (1, 2, 3)
+    in RGB order and scale 0.5 gives ((R - 1), (G - 2), (B - 3)) * 0.5 = (5, 10, 15)."""
+    net = tmp_path / "d.prototxt"
+    net.write_text('input: "data"\ninput_shape { dim: 1 dim: 3 dim: 2 dim: 2 }\n'
+                   'layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" pooling_param { pool: MAX kernel_size: 1 } }\n')
+    Image.new("RGB", (2, 2), (11, 22, 33)).save(tmp_path / "p.png")
+    m = protonet.compile(net, mean=(1, 2, 3), scale=0.5, channels="RGB")
+    want = np.broadcast_to(np.array([5, 10, 15], np.float32)[None, :, None, None], (1, 3, 2, 2))
+    np.testing.assert_array_equal(m.run(tmp_path / "p.png")["pool"], want)
+    m.save(tmp_path / "m.onnx")
+    assert cli.main(["compile", str(net), "-o", str(tmp_path / "c.onnx"), "--mean", "1,2,3", "--scale", "0.5",
+                     "--channels", "RGB"]) == 0
+    assert protonet.load(tmp_path / "m.onnx").preprocess == protonet.load(tmp_path / "c.onnx").preprocess
+    with caplog.at_level("WARNING", logger="protonet"):
+        raw = protonet.compile(net).run(tmp_path / "p.png")["pool"]
+    assert "carries no preprocessing: feeding the raw pixels" in caplog.text
+    np.testing.assert_array_equal(raw[0, :, 0, 0], [33, 22, 11])  # BGR, as Caffe reads photos
+    with pytest.raises(protonet.ProtonetError, match="give --mean or --mean-file, not both"):
+        protonet.compile(net, mean=1, mean_file="m.binaryproto")
+
+
 def test_verify_returns_rows_and_raises_only_when_asked(lenet, tmp_path):
     """A model whose ip2 weights were changed after compiling is caught: verify returns ok False
     with the output row failing; check=True raises VerificationError (the CLI's exit 3, same text)."""
