@@ -519,8 +519,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _photo_feeds(args: argparse.Namespace, m: Any) -> dict[str, np.ndarray]:
     """A photo's feed: the model's preprocessing (the command line's options over it), said in one
-    line; a model that carries none gets the raw pixels, with a warning; a model with embedded
-    preprocessing gets the decoded uint8 image."""
+    line once the photo is read; a model that carries none gets the raw pixels, with a warning; a
+    model with embedded preprocessing gets the decoded uint8 image."""
     from .api import check_input_shapes
     from .frontend.preprocess import image_input
     from .images import photo_feed
@@ -534,19 +534,19 @@ def _photo_feeds(args: argparse.Namespace, m: Any) -> dict[str, np.ndarray]:
     if meta is not None and meta.embedded:
         if opts.given:
             raise ProtonetError(f"{src}: the model's preprocessing is in its graph; it takes no preprocessing options")
-        _say(f"preprocessing: {meta.describe()}")
+        said = f"preprocessing: {meta.describe()}"
     elif opts.given:
         meta = opts.apply(meta, name, shape)
-        _say(f"preprocessing: {meta.describe()} (from the command line" + (" over the model's)" if carried else ")"))
+        said = f"preprocessing: {meta.describe()} (from the command line" + (" over the model's)" if carried else ")")
     elif meta is not None:
-        _say(f"preprocessing: {meta.describe()} (carried by the model)")
+        said = f"preprocessing: {meta.describe()} (carried by the model)"
     else:
         h, w = (shape[2], shape[3]) if len(shape) == 4 else ("H", "W")
-        print(f"protonet: warning: {src} carries no preprocessing: feeding the raw pixels (0-255, BGR, resized "
-              f"to the net's {h}x{w}); give --mean, --scale, --resize, --crop, --channels (to compile or infer)",
-              file=sys.stderr)
+        said = (f"protonet: warning: {src} carries no preprocessing: feeding the raw pixels (0-255, BGR, resized "
+                f"to the net's {h}x{w}); give --mean, --scale, --resize, --crop, --channels (to compile or infer)")
     feeds = {name: photo_feed(args.input, meta, shape)}
     check_input_shapes(feeds, m.inputs, args.input)
+    print(said, file=sys.stderr if meta is None else sys.stdout, flush=True)
     return feeds
 
 

@@ -56,13 +56,14 @@ def embed_preprocess(built: Built, meta: Preprocess | None, image_size: tuple[in
     inputs = {v.name: v for v in g.input}
     if meta.input not in inputs:
         raise ProtonetError(f"--embed-preprocess: the model has no input {meta.input!r}")
-    n, c, h, w = (int(d) for d in meta.shape) if len(meta.shape) == 4 else (0, 0, 0, 0)
+    n, c, h, w = (int(d) for d in meta.shape) if len(meta.shape) == 4 else (0, 0, 0, 0)  # N <= 0: dynamic
     if c not in (1, 3) or h <= 0 or w <= 0:
         raise ProtonetError(f"--embed-preprocess: input {meta.input!r} of shape {meta.shape} is not a fixed "
                             f"N x 1|3 x H x W image input")
     if meta.crop_hw and meta.crop_hw != (h, w):
         raise ProtonetError(f"--embed-preprocess: the centre crop {meta.crop_hw[0]}x{meta.crop_hw[1]} differs from "
                             f"the input's {h}x{w}")
+    batch: int | str = n if n > 0 else "N"
     dynamic = image_size is None and meta.resize is not None
     if image_size is None and not dynamic:
         if meta.resize_shorter or (meta.crop_hw and meta.crop_hw != (h, w)) or \
@@ -110,7 +111,7 @@ def embed_preprocess(built: Built, meta: Preprocess | None, image_size: tuple[in
         sizes = op("Concat", [head, const("hw", np.array([th, tw], np.int64))], axis=0)
         x = op("Resize", [x, "", "", sizes], mode="linear", coordinate_transformation_mode="half_pixel")
         x = _crop(op, const, x, top, left, h, w)
-        dims: list[int | str] = [n, "height", "width", c]
+        dims: list[int | str] = [batch, "height", "width", c]
     elif (th, tw) != tuple(image_size):  # OpenCV's 8-bit resize, only the crop window's pixels
         sy, sx = scale if scale is not None else (th / image_size[0], tw / image_size[1])
         y0, y1, b0, b1 = (a[top:top + h] for a in opencv_taps(image_size[0], th, sy, clamp=False))
@@ -128,10 +129,10 @@ def embed_preprocess(built: Built, meta: Preprocess | None, image_size: tuple[in
         x = op("Div", [op("Add", [t, const("two", np.array(2, np.int32))]), const("four", np.array(4, np.int32))])
         x = op("Clip", [x, const("lo", np.array(0, np.int32)), const("hi", np.array(255, np.int32))])
         x = op("Cast", [x], to=TensorProto.FLOAT)
-        dims = [n, *image_size, c]
+        dims = [batch, *image_size, c]
     else:
         x = _crop(op, const, op("Cast", [x], to=TensorProto.FLOAT), top, left, h, w)
-        dims = [n, *image_size, c]
+        dims = [batch, *image_size, c]
     mean = mean_for(meta, (th, tw), (top, left), (c, h, w), Location(None))
     if np.any(mean != 0):
         x = op("Sub", [x, const("mean", np.ascontiguousarray(mean[None], dtype=np.float32))])

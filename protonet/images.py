@@ -78,11 +78,19 @@ def resize_bilinear(image: np.ndarray, size: tuple[int, int],
         scale = (h / image.shape[0], w / image.shape[1])
     y0, y1, wy = _axis_weights(image.shape[0], h, scale[0])
     x0, x1, wx = _axis_weights(image.shape[1], w, scale[1])
-    src = np.asarray(image, dtype=np.float64)
+    (r0, r1), src = _needed_rows(np.asarray(image), y0, y1)
     extra = (None,) * (src.ndim - 2)
-    rows = src[y0] * (1.0 - wy)[(slice(None), None, *extra)] + src[y1] * wy[(slice(None), None, *extra)]
-    out = rows[:, x0] * (1.0 - wx)[(slice(None), *extra)] + rows[:, x1] * wx[(slice(None), *extra)]
+    cols = np.take(src, x0, axis=1).astype(np.float64) * (1.0 - wx)[(slice(None), *extra)] + \
+        np.take(src, x1, axis=1).astype(np.float64) * wx[(slice(None), *extra)]
+    out = cols[r0] * (1.0 - wy)[(slice(None), None, *extra)] + cols[r1] * wy[(slice(None), None, *extra)]
     return out.astype(np.float32)
+
+
+def _needed_rows(image: np.ndarray, y0: np.ndarray, y1: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """Only the source rows the output reads (a large photo shrunk reads few): their pixels, and
+    ``y0``, ``y1`` as positions among them."""
+    rows = np.unique(np.concatenate([y0, y1]))
+    return (np.searchsorted(rows, y0), np.searchsorted(rows, y1)), image[rows]
 
 
 #: OpenCV's fixed-point resize: weights in 1/2048 (INTER_RESIZE_COEF_BITS = 11)
@@ -123,10 +131,12 @@ def resize_bilinear_u8(image: np.ndarray, size: tuple[int, int],
         scale = (h / image.shape[0], w / image.shape[1])
     y0, y1, b0, b1 = opencv_taps(image.shape[0], h, scale[0], clamp=False)
     x0, x1, a0, a1 = opencv_taps(image.shape[1], w, scale[1], clamp=True)
-    src = np.asarray(image, dtype=np.int64)
+    (r0, r1), src = _needed_rows(np.asarray(image, dtype=np.uint8), y0, y1)
     extra = (None,) * (src.ndim - 2)
-    rows = (src[:, x0] * a0[(None, slice(None), *extra)] + src[:, x1] * a1[(None, slice(None), *extra)]) >> 4
-    t = ((rows[y0] * b0[(slice(None), None, *extra)]) >> 16) + ((rows[y1] * b1[(slice(None), None, *extra)]) >> 16)
+    a0, a1, b0, b1 = (a.astype(np.int32) for a in (a0, a1, b0, b1))  # every sum fits: 255 * 2049 * 2048 < 2^31
+    rows = (np.take(src, x0, axis=1).astype(np.int32) * a0[(None, slice(None), *extra)]
+            + np.take(src, x1, axis=1).astype(np.int32) * a1[(None, slice(None), *extra)]) >> 4
+    t = ((rows[r0] * b0[(slice(None), None, *extra)]) >> 16) + ((rows[r1] * b1[(slice(None), None, *extra)]) >> 16)
     return np.clip((t + 2) >> 2, 0, 255).astype(np.uint8)
 
 

@@ -104,3 +104,53 @@ def test_nothing_to_embed_is_an_error(plain, tmp_path, capsys):
     assert main(["compile", str(plain / "net.prototxt"), "-o", str(tmp_path / "x.onnx"), "--embed-preprocess"]) == 2
     assert "no preprocessing to embed" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--mean", "1,2,3", "--mean-file", "m.binaryproto"], "give --mean or --mean-file, not both"),
+    (["--mean", "1,2"], "--mean gives 2 values for a 3-channel input 'data'; give 1 or 3"),
+    (["--crop", "5,5"], "--crop 5,5: input 'data' is 8x10"),
+    (["--mean-file", "missing.binaryproto"], "missing.binaryproto"),
+    (["--image-size", "4,4"], "--image-size is the size of the image an embedded preprocessing takes"),
+    (["--embed-preprocess", "--resize", "12", "--crop", "8,10"], "give it with --image-size H,W"),
+])
+def test_bad_preprocessing_flags(plain, tmp_path, capsys, flags, message):
+    out = tmp_path / "x.onnx"
+    assert main(["compile", str(plain / "net.prototxt"), "-o", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--mean", "1,x"), ("--scale", "0"), ("--resize", "1,2,3"),
+                                        ("--channels", "BRG"), ("--scale", "inf")])
+def test_unparsable_flags_exit_2(plain, tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        main(["compile", str(plain / "net.prototxt"), "-o", str(tmp_path / "x.onnx"), flag, value])
+    assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_mean_file_under_the_crop(plain, tmp_path):
+    """A 12x14 mean image, the photo resized to 12x14 and cropped to 8x10 at (2, 2): the mean's
+    pixels at the same offset are subtracted, in the graph as in numpy."""
+    from protonet.frontend.schema import pb
+
+    mean = np.arange(3 * 12 * 14, dtype=np.float32).reshape(3, 12, 14) / 7
+    blob = pb.BlobProto()
+    blob.shape.dim.extend([1, 3, 12, 14])
+    blob.data.extend(mean.ravel().tolist())
+    (tmp_path / "mean.binaryproto").write_bytes(blob.SerializeToString())
+    out = tmp_path / "m.onnx"
+    assert main(["compile", str(plain / "net.prototxt"), "-o", str(out), "--mean-file", str(tmp_path / "mean.binaryproto"),
+                 "--resize", "12,14", "--crop", "8,10", "--embed-preprocess", "--image-size", "30,20"]) == 0
+    model = onnx.load(str(out))
+    meta = Preprocess.from_json({p.key: p.value for p in model.metadata_props}["protonet.preprocess"])
+    img = _image(30, 20)
+    x = preprocess_image(img, meta, (1, 3, 8, 10))
+    from protonet.images import resize_bilinear_u8
+
+    np.testing.assert_array_equal(x[0], resize_bilinear_u8(img, (12, 14))[2:10, 2:12, ::-1].transpose(2, 0, 1)
+                                  - mean[:, 2:10, 2:12])
+    got = _session(out).run(None, {"data": img[None]})[0]
+    want = _session(plain / "plain.onnx").run(None, {"data": x})[0]
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)

@@ -205,6 +205,9 @@ class PreprocessOptions:
         if self.resize_shorter is not None:
             p = replace(p, resize=None, resize_shorter=int(self.resize_shorter))
         if self.crop is not None:
+            if len(shape) == 4 and min(shape[2:]) > 0 and tuple(self.crop) != tuple(shape[2:]):
+                raise ProtonetError(f"--crop {self.crop[0]},{self.crop[1]}: input '{input}' is {shape[2]}x{shape[3]}; "
+                                    f"the centre crop gives the input its size")
             p = replace(p, crop=tuple(self.crop), crop_size=0)
         if self.channels is not None:
             p = replace(p, channel_order=self.channels.upper())
