@@ -402,7 +402,16 @@ class Model:
         self-contained HTML page by ``path``'s extension, as ``protonet draw``."""
         from .draw import draw
 
-        return draw(self.graph, path, self.summary(), inputs=[self.net, self.options.weights, self.path])
+        c = self.compiled
+        symbolic = None
+        if c.probe is not None:  # --batch dynamic: the batch dimensions drawn as N
+            from .dynamic import symbolic_dims
+
+            probe = c.probe.values
+            symbolic = {name: symbolic_dims(v.shape, probe[name].shape) for name, v in c.graph.values.items()
+                        if name in probe}
+        return draw(c.graph, path, self.summary(), inputs=[self.net, self.options.weights, self.path],
+                    symbolic=symbolic)
 
 
 def mismatch_error(res: "VerifyResult") -> VerificationError | None:

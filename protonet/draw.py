@@ -24,7 +24,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 from xml.sax.saxutils import escape, quoteattr
 
 from .analysis import Summary, human, human_bytes, summarize
@@ -82,7 +82,7 @@ class Edge:
     src: int
     dst: int
     blob: str
-    shape: tuple[int, ...]
+    shape: str
     points: list[tuple[float, float]] = field(default_factory=list)
 
 
@@ -103,15 +103,16 @@ def _in_place(node: Node) -> bool:
             and node.outputs[0].blob == node.inputs[0].blob)
 
 
-def _shape(shape: Sequence[int]) -> str:
-    return "x".join(str(d) for d in shape)
+def _shape(shape: Sequence[int], names: Sequence[str | None] = ()) -> str:
+    """``1x3x224x224``; a dimension with a symbolic name (``--batch dynamic``) shows the name."""
+    return "x".join(names[i] if i < len(names) and names[i] else str(d) for i, d in enumerate(shape))
 
 
-def _layer_lines(node: Node, stats: Any) -> list[str]:
+def _layer_lines(node: Node, stats: Any, shapes: Callable[[Any], str]) -> list[str]:
     kind = node.type + "".join(f"+{p.type}" for p in node.post_ops)
     lines = [printable(node.name), printable(kind)]
     if stats is not None:
-        lines.append(", ".join(_shape(s) for s in stats.output_shapes))
+        lines.append(", ".join(shapes(v) for v in node.outputs))
         cost = []
         if stats.params:
             cost.append(f"{human(stats.params)} params")
@@ -122,7 +123,7 @@ def _layer_lines(node: Node, stats: Any) -> list[str]:
     return lines
 
 
-def _details(node: Node, stats: Any) -> dict[str, Any]:
+def _details(node: Node, stats: Any, shapes: Callable[[Any], str]) -> dict[str, Any]:
     attrs = {}
     if dataclasses.is_dataclass(node.attrs):
         for f in dataclasses.fields(node.attrs):
@@ -130,8 +131,8 @@ def _details(node: Node, stats: Any) -> dict[str, Any]:
             attrs[f.name] = text if len(text) <= 120 else text[:117] + "..."
     d: dict[str, Any] = {
         "name": node.name, "type": node.type, "line": node.loc.line,
-        "inputs": [[v.blob or v.name, list(v.shape)] for v in node.inputs],
-        "outputs": [[v.blob or v.name, list(v.shape)] for v in node.outputs],
+        "inputs": [[v.blob or v.name, shapes(v)] for v in node.inputs],
+        "outputs": [[v.blob or v.name, shapes(v)] for v in node.outputs],
         "fused": [f"{p.name} ({p.type})" for p in node.post_ops], "attrs": attrs,
     }
     if stats is not None:
@@ -141,15 +142,22 @@ def _details(node: Node, stats: Any) -> dict[str, Any]:
 
 
 def picture(graph: Graph, summary: Summary | None = None,
-            measure: Callable[[str], float] = lambda s: len(s) * MONO_CHAR) -> Picture:
-    """Lay out ``graph`` (``measure``: a text line's width in pixels at :data:`FONT_SIZE`)."""
+            measure: Callable[[str], float] = lambda s: len(s) * MONO_CHAR,
+            symbolic: Mapping[str, Sequence[str | None]] | None = None) -> Picture:
+    """Lay out ``graph`` (``measure``: a text line's width in pixels at :data:`FONT_SIZE`;
+    ``symbolic``: value name -> a name per dimension, or None where it is fixed, for a model
+    with a dynamic batch)."""
     stats = {r.name: r for r in (summary or summarize(graph)).layers}
+    sym = symbolic or {}
+
+    def shapes(v: Any) -> str:
+        return _shape(v.shape, sym.get(v.name, ()))
     boxes: list[Box] = []
     box_of: dict[str, int] = {}  # layer name -> box index
     details: dict[str, dict[str, Any]] = {}
     for node in graph.nodes:
         s = stats.get(node.name)
-        details[node.name] = _details(node, s)
+        details[node.name] = _details(node, s, shapes)
         v = node.inputs[0] if node.inputs else None
         if _in_place(node) and v is not None and v.producer is not None and len(v.users) == 1:
             band = Band(node.name, [f"{printable(node.name)} ({printable(node.type)})"], NEURON_COLOR)
@@ -159,7 +167,7 @@ def picture(graph: Graph, summary: Summary | None = None,
             continue
         color = NEURON_COLOR if _in_place(node) else TYPE_COLORS.get(node.type, DEFAULT_COLOR)
         box_of[node.name] = len(boxes)
-        boxes.append(Box(f"n{len(boxes)}", [Band(node.name, _layer_lines(node, s), color)]))
+        boxes.append(Box(f"n{len(boxes)}", [Band(node.name, _layer_lines(node, s, shapes), color)]))
         for p in node.post_ops:
             boxes[-1].bands.append(Band(p.name, [f"{printable(p.name)} ({printable(p.type)}, fused)"], NEURON_COLOR))
     edges: list[Edge] = []
@@ -171,13 +179,13 @@ def picture(graph: Graph, summary: Summary | None = None,
             a, b = box_of[v.producer.name], box_of[node.name]
             if a != b and (a, b, v.name) not in seen:
                 seen.add((a, b, v.name))
-                edges.append(Edge(a, b, v.blob or v.name, tuple(v.shape)))
+                edges.append(Edge(a, b, v.blob or v.name, shapes(v)))
     for v in graph.outputs:
         i = len(boxes)
-        boxes.append(Box(f"n{i}", [Band(v.blob or v.name, [printable(v.blob or v.name), _shape(v.shape)], BLOB_COLOR)],
+        boxes.append(Box(f"n{i}", [Band(v.blob or v.name, [printable(v.blob or v.name), shapes(v)], BLOB_COLOR)],
                          blob=True))
         if v.producer is not None:
-            edges.append(Edge(box_of[v.producer.name], i, v.blob or v.name, tuple(v.shape)))
+            edges.append(Edge(box_of[v.producer.name], i, v.blob or v.name, shapes(v)))
     for box in boxes:
         lines = [ln for band in box.bands for ln in band.lines]
         box.width = max(measure(ln) for ln in lines) + 2 * PAD_X + (2 * LINE_HEIGHT if box.blob else 0)
@@ -373,7 +381,7 @@ def render_svg(pic: Picture) -> str:
         out.append(f'<path class="edge" data-from="{pic.boxes[e.src].id}" data-to="{pic.boxes[e.dst].id}" '
                    f'data-blob={quoteattr(printable(e.blob))} d="{_path(e.points)}" fill="none" stroke="#555" '
                    f'stroke-width="1.2" marker-end="url(#arrow)"><title>{escape(printable(e.blob))} '
-                   f'{_shape(e.shape)}</title></path>')
+                   f'{e.shape}</title></path>')
     out.append('</g><g id="nodes">')
     for b in pic.boxes:
         left = b.x - b.width / 2
@@ -416,12 +424,13 @@ def _font(size: float) -> Any:
         return ImageFont.load_default()
 
 
-def render_png(graph: Graph, summary: Summary | None = None, scale: float = 2.0) -> Any:
+def render_png(graph: Graph, summary: Summary | None = None, scale: float = 2.0,
+               symbolic: Mapping[str, Sequence[str | None]] | None = None) -> Any:
     """The picture drawn with Pillow (its own layout, measured with Pillow's font): a PIL Image."""
     from PIL import Image, ImageDraw
 
     font = _font(FONT_SIZE)
-    pic = picture(graph, summary, measure=lambda s: font.getlength(s) * 1.05)
+    pic = picture(graph, summary, measure=lambda s: font.getlength(s) * 1.05, symbolic=symbolic)
     scale = min(scale, math.sqrt(MAX_PNG_PIXELS / max(pic.width * pic.height, 1.0)))
     img = Image.new("RGB", (max(1, math.ceil(pic.width * scale)), max(1, math.ceil(pic.height * scale))), "white")
     draw = ImageDraw.Draw(img)
@@ -517,7 +526,6 @@ _HTML_SCRIPT = r"""
   var info = document.getElementById('info');
   function el(tag, text, parent) { var e = document.createElement(tag); if (text !== undefined) e.textContent = text;
     if (parent) parent.appendChild(e); return e; }
-  function shape(s) { return s.join('\u00d7'); }
   function show(g) {
     document.querySelectorAll('.sel').forEach(function (n) { n.classList.remove('sel'); });
     document.querySelectorAll('.edge.hot').forEach(function (n) { n.classList.remove('hot'); });
@@ -531,8 +539,8 @@ _HTML_SCRIPT = r"""
       var t = el('table', undefined, info);
       function row(a, b) { var tr = el('tr', undefined, t); el('td', a, tr); el('td', b, tr); }
       row('type', d.type); if (d.line) row('line', String(d.line));
-      d.inputs.forEach(function (v) { row('bottom', v[0] + '  ' + shape(v[1])); });
-      d.outputs.forEach(function (v) { row('top', v[0] + '  ' + shape(v[1])); });
+      d.inputs.forEach(function (v) { row('bottom', v[0] + '  ' + v[1]); });
+      d.outputs.forEach(function (v) { row('top', v[0] + '  ' + v[1]); });
       if (d.params !== undefined) { row('params', d.params.toLocaleString() + ' (' + d.weights.toLocaleString() +
         ' weights + ' + d.biases.toLocaleString() + ' biases)'); row('MACs', d.macs.toLocaleString());
         row('memory', d.memory); }
@@ -588,19 +596,20 @@ def render_html(pic: Picture) -> str:
 # -- files ---------------------------------------------------------------------------------------
 
 def draw(graph: Graph, path: str | Path, summary: Summary | None = None,
-         inputs: Iterable[str | Path | None] = ()) -> Path:
+         inputs: Iterable[str | Path | None] = (), symbolic: Mapping[str, Sequence[str | None]] | None = None) -> Path:
     """Write the picture of ``graph`` to ``path``, as SVG, PNG or HTML by its extension
-    (atomically; ``inputs``, the files the net came from, are never overwritten)."""
+    (atomically; ``inputs``, the files the net came from, are never overwritten; ``symbolic``:
+    see :func:`picture`)."""
     out = Path(path)
     suffix = out.suffix.lower()
     if suffix not in FORMATS:
         raise ProtonetError(f"cannot tell the picture's format from the extension '{out.suffix}': use "
                             ".svg, .png or .html", Location(str(path)))
     if suffix == ".png":
-        img = render_png(graph, summary)
+        img = render_png(graph, summary, symbolic=symbolic)
         write_atomic(out, lambda tmp: img.save(tmp, format="PNG"), inputs)
         return out
-    pic = picture(graph, summary)
+    pic = picture(graph, summary, symbolic=symbolic)
     text = render_svg(pic) + "\n" if suffix == ".svg" else render_html(pic)
     write_atomic(out, lambda tmp: tmp.write_text(text, encoding="utf-8"), inputs)
     return out

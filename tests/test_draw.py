@@ -145,7 +145,7 @@ def test_html_is_one_self_contained_page(tmp_path):
     conv = data["conv1/7x7_s2"]
     # 64*3*7*7 + 64 params; 64*112*112 * 3*7*7 MACs
     assert (conv["type"], conv["params"], conv["macs"], conv["outputs"]) == (
-        "Convolution", 9472, 118013952, [["conv1/7x7_s2", [1, 64, 112, 112]]])
+        "Convolution", 9472, 118013952, [["conv1/7x7_s2", "1x64x112x112"]])
     assert re.findall(r"""(?:src|href)\s*=""", html) == []
     assert re.findall(r"https?://", html) == ["http://"]  # the SVG namespace, which nothing fetches
     assert "<link" not in html and "@import" not in html and "url(" not in html.replace("url(#arrow)", "")
@@ -178,6 +178,17 @@ def test_png_is_drawn_with_pillow(tmp_path):
     colors = {"#%02X%02X%02X" % rgb for _, rgb in img.getcolors(maxcolors=1 << 22)}
     assert {TYPE_COLORS["Convolution"], TYPE_COLORS["Pooling"], TYPE_COLORS["InnerProduct"], DEFAULT_COLOR,
             NEURON_COLOR, BLOB_COLOR} <= colors
+
+
+def test_dynamic_batch_is_drawn_as_n(tmp_path):
+    """``--batch dynamic``: the batch dimension of every shape is drawn as N (LeNet's ip1: N x 500)."""
+    assert cli.main(["draw", str(NETS / "lenet.prototxt"), "--batch", "dynamic", "-o", str(tmp_path / "d.html")]) == 0
+    html = (tmp_path / "d.html").read_text()
+    svg = ET.fromstring(re.search(r"<svg .*?</svg>", html, re.S).group(0))
+    texts = [t.text for t in svg.iter(f"{SVG}text")]
+    assert "Nx1x28x28" in texts and "Nx500" in texts and not any(re.fullmatch(r"1x[0-9x]+", t) for t in texts)
+    data = json.loads(re.search(r'id="layers">(.*?)</script>', html, re.S).group(1))
+    assert data["ip1"]["outputs"] == [["ip1", "Nx500"]]
 
 
 def test_bad_extension_and_api(tmp_path, capsys):
