@@ -145,8 +145,10 @@ def test_options_replace_the_data_layer_and_check():
     assert p.describe() == "data: resize shorter side to 240, centre crop 227x227, RGB, mean 1,2,3, scale 1"
     with pytest.raises(ProtonetError, match="--mean gives 2 values for a 3-channel input 'data'"):
         PreprocessOptions(mean=(1, 2)).apply(None, "data", (1, 3, 4, 4))
-    with pytest.raises(ProtonetError, match="crop 5x5 differs from the input's 4x4"):
-        preprocess_image(_odd(8, 8), PreprocessOptions(crop=(5, 5)).apply(None, "d", (1, 3, 4, 4)))
+    with pytest.raises(ProtonetError, match="--crop 5,5: input 'd' is 4x4"):
+        PreprocessOptions(crop=(5, 5)).apply(None, "d", (1, 3, 4, 4))
+    with pytest.raises(ProtonetError, match="crop 5x5 differs from the input's 4x4"):  # metadata from elsewhere
+        preprocess_image(_odd(8, 8), Preprocess(input="d", shape=(1, 3, 4, 4), crop=(5, 5)))
 
 
 def test_version_1_metadata_still_reads():
