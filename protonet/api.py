@@ -96,11 +96,12 @@ def preprocess_options(mean: Sequence[float] | float | None = None, mean_file: P
         return tuple(_dim(d, what) for d in t)
 
     rs, cr = sides(resize, "resize"), sides(crop, "crop")
+    crop_hw = (cr[0], cr[-1]) if cr else None
     return PreprocessOptions(
         mean=None if mean is None else tuple(float(v) for v in np.atleast_1d(np.asarray(mean, dtype=float))),
         mean_file=None if mean_file is None else str(mean_file), scale=None if scale is None else float(scale),
         resize=rs if rs and len(rs) == 2 else None, resize_shorter=rs[0] if rs and len(rs) == 1 else None,
-        crop=(cr * 2 if len(cr) == 1 else cr) if cr else None, channels=channels)
+        crop=crop_hw, channels=channels)
 
 
 def store_preprocess(c: "Compiled", opts: "PreprocessOptions | None", src: str) -> "Preprocess | None":
@@ -114,7 +115,7 @@ def store_preprocess(c: "Compiled", opts: "PreprocessOptions | None", src: str) 
     if not given and not carried:
         return None
     name, shape, meta = image_input([(v.name, v.shape) for v in c.graph.inputs], carried, src)
-    if given:
+    if opts is not None and given:
         meta = opts.apply(meta, name, shape)
         c.graph.metadata[METADATA_KEY] = meta.to_json()
     return meta

@@ -105,7 +105,7 @@ def _in_place(node: Node) -> bool:
 
 def _shape(shape: Sequence[int], names: Sequence[str | None] = ()) -> str:
     """``1x3x224x224``; a dimension with a symbolic name (``--batch dynamic``) shows the name."""
-    return "x".join(names[i] if i < len(names) and names[i] else str(d) for i, d in enumerate(shape))
+    return "x".join(str(names[i]) if i < len(names) and names[i] else str(d) for i, d in enumerate(shape))
 
 
 def _layer_lines(node: Node, stats: Any, shapes: Callable[[Any], str]) -> list[str]:
@@ -314,8 +314,8 @@ def _layout(boxes: list[Box], edges: list[Edge]) -> tuple[float, float]:
     for h in heights:
         tops.append(y)
         y += h + RANK_GAP
-    for v, b in enumerate(boxes):
-        b.x, b.y = x[v], tops[rank_of[v]]
+    for v, box in enumerate(boxes):
+        box.x, box.y = x[v], tops[rank_of[v]]
     for e, chain in zip(edges, chains):
         src, dst = boxes[e.src], boxes[e.dst]
         pts = [(src.x, src.y + src.height)]
@@ -611,5 +611,9 @@ def draw(graph: Graph, path: str | Path, summary: Summary | None = None,
         return out
     pic = picture(graph, summary, symbolic=symbolic)
     text = render_svg(pic) + "\n" if suffix == ".svg" else render_html(pic)
-    write_atomic(out, lambda tmp: tmp.write_text(text, encoding="utf-8"), inputs)
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(text, encoding="utf-8")
+
+    write_atomic(out, write, inputs)
     return out
