@@ -11,7 +11,8 @@ The resize, by image size:
 * fixed H x W (``image_size`` given, or the net's size): planned at compile time
   (:func:`protonet.images.resize_plan`), and computed as OpenCV computes an 8-bit image
   (:func:`protonet.images.resize_bilinear_u8`) in int32 ``Gather``/``Mul``/``Div`` nodes with the
-  taps of the crop window only: bit for bit :func:`protonet.images.preprocess_image` on the
+  taps of the crop window only (first gathering the source rows those read, then ``Transpose``
+  and the channel ``Gather`` on them): bit for bit :func:`protonet.images.preprocess_image` on the
   decoded photo, and ``cv2.dnn.blobFromImage``. An image of the target size is only cropped.
 * no ``image_size`` and an exact ``--resize H,W``: H and W are symbolic (``height``, ``width``),
   any image size is taken; ``Cast`` to float, ``Resize`` (mode ``linear``,
@@ -101,10 +102,15 @@ def embed_preprocess(built: Built, meta: Preprocess | None, image_size: tuple[in
         raise ProtonetError(f"--embed-preprocess: the image after resizing, {th}x{tw}, is smaller than the input's "
                             f"{h}x{w}")
     top, left = (th - h) // 2, (tw - w) // 2
-    x = op("Transpose", [meta.input], perm=[0, 3, 1, 2])
-    if c == 3 and meta.channel_order.upper() == "BGR":
-        x = op("Gather", [x, const("bgr", np.array([2, 1, 0], np.int64))], axis=1)
-    if dynamic:  # any image size: ONNX Resize in floating point
+    def nchw(x: str) -> str:
+        x = op("Transpose", [x], perm=[0, 3, 1, 2])
+        if c == 3 and meta.channel_order.upper() == "BGR":
+            x = op("Gather", [x, const("bgr", np.array([2, 1, 0], np.int64))], axis=1)
+        return x
+
+    x = meta.input
+    if dynamic:
+        x = nchw(x)  # any image size: ONNX Resize in floating point
         x = op("Cast", [x], to=TensorProto.FLOAT)
         head = op("Slice", [op("Shape", [x]), const("zero", np.array([0], np.int64)),
                             const("two", np.array([2], np.int64))])
@@ -116,7 +122,10 @@ def embed_preprocess(built: Built, meta: Preprocess | None, image_size: tuple[in
         sy, sx = scale if scale is not None else (th / image_size[0], tw / image_size[1])
         y0, y1, b0, b1 = (a[top:top + h] for a in opencv_taps(image_size[0], th, sy, clamp=False))
         x0, x1, a0, a1 = (a[left:left + w] for a in opencv_taps(image_size[1], tw, sx, clamp=True))
-        x = op("Cast", [x], to=TensorProto.INT32)
+        needed = np.unique(np.concatenate([y0, y1]))  # only the rows the crop window reads
+        y0, y1 = np.searchsorted(needed, y0), np.searchsorted(needed, y1)
+        x = op("Gather", [x, const("rows", needed.astype(np.int64))], axis=1)
+        x = op("Cast", [nchw(x)], to=TensorProto.INT32)
 
         def products(src: str, i0: np.ndarray, i1: np.ndarray, w0: np.ndarray, w1: np.ndarray, axis: int) -> list[str]:
             shape = (-1,) if axis == 3 else (-1, 1)
@@ -131,7 +140,8 @@ def embed_preprocess(built: Built, meta: Preprocess | None, image_size: tuple[in
         x = op("Cast", [x], to=TensorProto.FLOAT)
         dims = [batch, *image_size, c]
     else:
-        x = _crop(op, const, op("Cast", [x], to=TensorProto.FLOAT), top, left, h, w)
+        x = op("Cast", [nchw(x)], to=TensorProto.FLOAT)
+        x = _crop(op, const, x, top, left, h, w)
         dims = [batch, *image_size, c]
     mean = mean_for(meta, (th, tw), (top, left), (c, h, w), Location(None))
     if np.any(mean != 0):
