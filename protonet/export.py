@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 
 #: above this many bytes of initializers a model is saved with ONNX external data
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+#: the metadata entry naming each graph output's producing Caffe layer type (JSON: blob -> type),
+#: which tells :mod:`protonet.answers` what an output is (classes, boxes, a score map)
+OUTPUT_TYPES_KEY = "protonet.outputs"
 
 
 class _NodeLowering(Lowering):
@@ -249,7 +254,8 @@ def build(graph: Graph, expose_all: bool = False) -> Built:
     opsets = [helper.make_opsetid("", OPSET)] + [helper.make_opsetid(d, 1) for d in sorted(ex.domains)]
     model = helper.make_model(g, opset_imports=opsets, producer_name="protonet", producer_version=__version__)
     model.ir_version = min(model.ir_version, 10)
-    for k, v in sorted(graph.metadata.items()):
+    types = {v.name: v.producer.type for v in graph.outputs if v.producer is not None}
+    for k, v in sorted({**graph.metadata, OUTPUT_TYPES_KEY: json.dumps(types, sort_keys=True)}.items()):
         entry = model.metadata_props.add()
         entry.key, entry.value = k, v
     return Built(model, large, ex.layer_of)
