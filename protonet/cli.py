@@ -217,6 +217,23 @@ def _add_precision_options(p: argparse.ArgumentParser) -> None:
                    help="how activation ranges are set (default %(default)s)")
 
 
+def _add_answer_options(p: argparse.ArgumentParser) -> None:
+    from .answers import DEFAULT_THRESHOLD, DEFAULT_TOP_K
+
+    g = p.add_argument_group("answers (protonet.answers) and folders of images (protonet.batchrun)")
+    g.add_argument("--labels", metavar="synset_words.txt", help="class names, one a line (line k names class k), "
+                                                                "or an SSD labelmap.prototxt")
+    g.add_argument("--top-k", type=_positive, default=DEFAULT_TOP_K, metavar="K",
+                   help=f"classes shown per image (default {DEFAULT_TOP_K})")
+    g.add_argument("--threshold", type=_finite, default=DEFAULT_THRESHOLD, metavar="T",
+                   help=f"boxes with a score above T are shown (default {DEFAULT_THRESHOLD:g})")
+    g.add_argument("--draw", metavar="out.jpg", help="write the photo with its boxes and labels")
+    g.add_argument("--segmentation", metavar="out.png",
+                   help="write the class per pixel of a score map as a PNG of the photo's size (VOC colours)")
+    g.add_argument("--workers", type=_positive, metavar="N", help="folder/list mode: threads decoding images "
+                                                                  "(default: the CPU count, at most 8)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="protonet", description="Caffe prototxt -> ONNX compiler and runtime")
     ap.add_argument("--version", action="version", version=f"protonet {__version__}")
@@ -256,12 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("infer", help="run a compiled model (or a net definition) on an input")
     p.add_argument("model", help="MODEL.onnx or NET.prototxt")
+    p.add_argument("images", nargs="?", metavar="IMAGE|DIR|LIST.txt",
+                   help="an image, a folder of images or a list of image paths (one a line): one result "
+                        "row per image into -o results.csv|.jsonl (see --input for arrays)")
     _add_net_options(p)
-    p.add_argument("--input", required=True, metavar="x.npy|x.npz|image",
-                   help="input array(s), an image file (JPEG/PNG), or 'random'")
-    p.add_argument("-o", "--out", metavar="out.npz", help="write every network output under its blob name")
+    p.add_argument("--input", metavar="x.npy|x.npz|image",
+                   help="input array(s), an image file (JPEG/PNG/BMP), or 'random'")
+    p.add_argument("-o", "--out", metavar="out.npz|results.csv|results.jsonl",
+                   help="write every network output under its blob name (.npz), or one row per image (.csv, .jsonl)")
     p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES)
     _add_preprocess_options(p, compiling=False)
+    _add_answer_options(p)
 
     p = sub.add_parser("bench", help="latency percentiles and throughput per batch size (and per layer)")
     p.add_argument("model", help="MODEL.onnx or NET.prototxt (compiled, optimized, at each --batch size)")
@@ -349,16 +371,6 @@ def _report_loaded(c: Any) -> None:
     for note in c.loaded.notes:
         _say(note)
     _say(c.report.summary())
-
-
-def _print_outputs(outs: dict[str, np.ndarray]) -> None:
-    for name, y in outs.items():
-        _say(f"output {quote(name)}: shape {tuple(y.shape)}")
-        flat = y.reshape(y.shape[0], -1) if y.ndim >= 2 else None
-        if flat is not None and flat.shape[1] >= 5 and (y.ndim == 2 or all(d == 1 for d in y.shape[2:])):
-            for i, row in enumerate(flat[:8]):
-                top = np.argsort(-row, kind="stable")[:5]
-                _say(f"  [{i}] top-5: " + ", ".join(f"{int(k)} ({row[k]:.4f})" for k in top))
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -470,28 +482,60 @@ def _print_verify(res: Any, show_all: bool) -> None:
     _say("verify: OK")
 
 
-def cmd_infer(args: argparse.Namespace) -> int:
-    from .api import load
+def _infer_input(args: argparse.Namespace) -> str:
+    """The input of ``infer``: the positional IMAGE|DIR|LIST.txt or --input, exactly one."""
+    if args.images is not None and args.input is not None:
+        raise ProtonetError(f"two inputs given ({args.images} and --input {args.input}): give one")
+    if args.images is None and args.input is None:
+        raise ProtonetError("no input: give an image, a folder or a list of images, or --input x.npy|x.npz|random")
+    return args.images if args.images is not None else args.input
 
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from . import answers
+    from .api import check_input_shapes, load
+    from .batchrun import is_batch_input, run_batch_cli
+    from .images import IMAGE_SUFFIXES, photo_feed
+
+    spec = _infer_input(args)
     if args.model.endswith(".onnx"):
         m = load(args.model)
     else:
         m = _model(args, args.model, optimize=True)
         _report_loaded(m.compiled)
     sess = m.session(args.provider)
-    from .images import IMAGE_SUFFIXES
-
-    if Path(args.input).suffix.lower() in IMAGE_SUFFIXES:
-        feeds = _photo_feeds(args, m)
+    reader = answers.Reader(answers.model_output_types(m), answers.read_labels(args.labels) if args.labels else None,
+                            args.threshold, args.top_k)
+    reader.check_labels(m.outputs)
+    if is_batch_input(spec, args.out):
+        name, shape, meta, said = _photo_preprocess(args, m, spec)
+        _say_preprocess(said, meta)
+        return run_batch_cli(args, spec, sess, name, shape, meta, reader)
+    photo = Path(spec).suffix.lower() in IMAGE_SUFFIXES
+    answers.check_pictures(reader, m.outputs, photo, args.draw, args.segmentation)
+    shape: tuple[int, ...] = ()
+    meta = None
+    if photo:
+        name, shape, meta, said = _photo_preprocess(args, m, spec)
+        feeds = {name: photo_feed(spec, meta, shape)}
+        check_input_shapes(feeds, m.inputs, spec)
+        _say_preprocess(said, meta)
     else:
-        feeds = m.feeds(args.input, seed=args.seed)
+        feeds = m.feeds(spec, seed=args.seed)
     t0 = time.perf_counter()
     outs = sess.run(feeds)
     dt = time.perf_counter() - t0
     _say(f"ran on {sess.provider.upper()} in {dt * 1e3:.1f} ms")
-    _print_outputs(outs)
+    geometry = answers.photo_geometry(spec, meta, shape) if photo else answers.array_geometry(feeds)
+    first = next(iter(feeds.values()))
+    for line in answers.report(outs, reader, 1 if photo or not first.ndim else first.shape[0], geometry):
+        _say(line)
+    inputs = [args.model, spec, getattr(args, "weights", None)]
+    for line in answers.write_pictures(reader.read(outs, 0, geometry), spec if photo else None, geometry, args.draw,
+                                       args.segmentation, inputs):
+        _say(line)
     if args.out:
-        save_npz(args.out, outs, inputs=[args.model, args.input, getattr(args, "weights", None)])
+        save_npz(args.out, outs, inputs=inputs)
         _say(f"wrote {args.out}")
     return 0
 
@@ -517,17 +561,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _say(res.render_json() if args.format == "json" else res.render_table())
     return 0
 
-def _photo_feeds(args: argparse.Namespace, m: Any) -> dict[str, np.ndarray]:
-    """A photo's feed: the model's preprocessing (the command line's options over it), said in one
-    line once the photo is read; a model that carries none gets the raw pixels, with a warning; a
-    model with embedded preprocessing gets the decoded uint8 image."""
-    from .api import check_input_shapes
+def _photo_preprocess(args: argparse.Namespace, m: Any, spec: str) -> tuple[str, tuple[int, ...], Any, str]:
+    """The input photos feed (name, shape), their preprocessing (the model's, the command line's
+    options over it; a model with embedded preprocessing gets the decoded uint8 image) and the
+    line that says it (to print once a photo is read, :func:`_say_preprocess`): a model that carries
+    none gets the raw pixels, with a warning."""
     from .frontend.preprocess import image_input
-    from .images import photo_feed
 
     src = args.model
     if len(m.inputs) != 1:
-        raise ProtonetError(f"{args.input}: an image can feed a single-input net only")
+        raise ProtonetError(f"{spec}: an image can feed a single-input net only")
     opts = _preprocess_options(args)
     carried = m.metadata.get("protonet.preprocess")
     name, shape, meta = image_input(list(m.inputs.items()), carried, src)
@@ -544,10 +587,12 @@ def _photo_feeds(args: argparse.Namespace, m: Any) -> dict[str, np.ndarray]:
         h, w = (shape[2], shape[3]) if len(shape) == 4 else ("H", "W")
         said = (f"protonet: warning: {src} carries no preprocessing: feeding the raw pixels (0-255, BGR, resized "
                 f"to the net's {h}x{w}); give --mean, --scale, --resize, --crop, --channels (to compile or infer)")
-    feeds = {name: photo_feed(args.input, meta, shape)}
-    check_input_shapes(feeds, m.inputs, args.input)
+    return name, shape, meta, said
+
+
+def _say_preprocess(said: str, meta: Any) -> None:
+    """The preprocessing line: on standard error when it is the raw-pixels warning."""
     print(said, file=sys.stderr if meta is None else sys.stdout, flush=True)
-    return feeds
 
 
 def cmd_summary(args: argparse.Namespace) -> int:

@@ -229,6 +229,11 @@ def _tensor_header(name: str, arr: np.ndarray) -> onnx.TensorProto:
     return t
 
 
+def output_layer_types(graph: Graph) -> dict[str, str]:
+    """Each graph output's producing Caffe layer type (the :data:`OUTPUT_TYPES_KEY` entry)."""
+    return {v.name: v.producer.type for v in graph.outputs if v.producer is not None}
+
+
 def build(graph: Graph, expose_all: bool = False) -> Built:
     """Lower the IR to ONNX, keeping the large initializers as arrays. ``expose_all`` also makes
     every intermediate value a graph output (used by verify to compare blob by blob)."""
@@ -254,8 +259,8 @@ def build(graph: Graph, expose_all: bool = False) -> Built:
     opsets = [helper.make_opsetid("", OPSET)] + [helper.make_opsetid(d, 1) for d in sorted(ex.domains)]
     model = helper.make_model(g, opset_imports=opsets, producer_name="protonet", producer_version=__version__)
     model.ir_version = min(model.ir_version, 10)
-    types = {v.name: v.producer.type for v in graph.outputs if v.producer is not None}
-    for k, v in sorted({**graph.metadata, OUTPUT_TYPES_KEY: json.dumps(types, sort_keys=True)}.items()):
+    types = json.dumps(output_layer_types(graph), sort_keys=True)
+    for k, v in sorted({**graph.metadata, OUTPUT_TYPES_KEY: types}.items()):
         entry = model.metadata_props.add()
         entry.key, entry.value = k, v
     return Built(model, large, ex.layer_of)

@@ -1,0 +1,362 @@
+"""Folders and lists of images: one result row per image, batched through onnxruntime.
+
+``protonet infer MODEL DIR|LIST.txt -o results.csv|results.jsonl``:
+
+- the images: a folder's JPEG, PNG and BMP files (by suffix, any case; its sub-folders too),
+  in sorted path order; or a list file (``.txt``) of image paths, one a line, relative to the
+  list's folder (blank lines and lines starting with ``#`` are skipped);
+- each image goes through the model's preprocessing (:func:`protonet.images.photo_feed`) on a
+  pool of threads that decodes ahead of the inference (a bounded window of images), so that
+  decoding overlaps the run (Pillow and onnxruntime release the GIL);
+- batches: a model with a fixed batch N is fed chunks of N (the last one padded with zeros,
+  whose results are dropped); a model with a dynamic batch takes chunks of ``--batch`` (default
+  :data:`DEFAULT_DYNAMIC_BATCH`);
+- an image that cannot be read (missing, truncated, not an image) is reported on standard error
+  and skipped; the run goes on, the summary counts them and the exit code is
+  :data:`EXIT_SOME_FAILED` (4);
+- rows (:func:`row_record`): the path as listed, then per output its answer
+  (:mod:`protonet.answers`): the top-k classes, the boxes above the threshold, or a score map's
+  pixel count per class. CSV: one column per top-k class, label and score, boxes as JSON in one
+  cell; JSON Lines: one object per image. Written atomically (:func:`protonet.fileio.write_atomic`);
+- a progress bar with images/s on standard error when it is a terminal (tqdm), nothing otherwise.
+"""
+from __future__ import annotations
+
+import collections
+import csv
+import io
+import json
+import logging
+import os
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from . import limits
+from .answers import Answer, Geometry, Reader, photo_geometry
+from .errors import Location, ProtonetError, printable, quote
+from .fileio import read_input, write_atomic
+
+log = logging.getLogger(__name__)
+
+#: the exit code of a run in which some images could not be read (the others' rows are written)
+EXIT_SOME_FAILED = 4
+
+#: the image files a folder is searched for (by suffix, any case)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+#: the result files, by suffix
+RESULT_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+
+#: the chunk size for a model with a dynamic batch dimension when --batch is not given
+DEFAULT_DYNAMIC_BATCH = 8
+
+#: decoding threads by default: the CPU count, at most this
+MAX_DEFAULT_WORKERS = 8
+
+
+def is_batch_input(spec: str, out: str | None) -> bool:
+    """Folder mode: a folder, a ``.txt`` list, or any input with a ``.csv``/``.jsonl`` output."""
+    return Path(spec).is_dir() or Path(spec).suffix.lower() == ".txt" or \
+        (out is not None and Path(out).suffix.lower() in RESULT_FORMATS)
+
+
+def list_images(spec: str | Path) -> list[str]:
+    """The images named by ``spec`` (module docstring): a folder, a list file or one image."""
+    path = Path(spec)
+    if path.is_dir():
+        found = []
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            found += [os.path.join(root, f) for f in sorted(files) if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+        if not found:
+            raise ProtonetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder", Location(str(spec)))
+        return found
+    if path.suffix.lower() != ".txt":
+        return [str(spec)]
+    data = read_input(path, "image list", (limits.current().max_net_text_bytes, "MAX_NET_TEXT_BYTES"))
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ProtonetError(f"the image list is not UTF-8 text (byte {e.start})", Location(str(spec))) from None
+    base = path.parent
+    names = [line.strip() for line in text.splitlines()]
+    images = [str(base / n) if not os.path.isabs(n) else n for n in names if n and not n.startswith("#")]
+    if not images:
+        raise ProtonetError("the list names no images", Location(str(spec)))
+    return images
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An image that could not be read, and why (the located message)."""
+
+    path: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Summary:
+    images: int
+    done: int
+    failed: tuple[Failure, ...]
+    seconds: float
+    batch: int
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    path: str
+    array: np.ndarray | None  # (C, H, W)
+    geometry: Geometry | None
+    error: str | None = None
+
+
+def row_record(path: str, answers: Sequence[Answer]) -> dict[str, Any]:
+    """One image's JSON row: ``{"path": ..., OUTPUT: answer record, ...}``."""
+    row: dict[str, Any] = {"path": path}
+    for a in answers:
+        rec = a.record()
+        if rec is not None:
+            row[a.output] = rec
+    return row
+
+
+class Runner:
+    """Runs photos through a session's image input in batches, decoding ahead on threads.
+
+    ``name``, ``shape``: the input photos feed and its shape (a dimension <= 0 is dynamic);
+    ``meta``: their preprocessing (:func:`protonet.images.photo_feed`)."""
+
+    def __init__(self, session: Any, name: str, shape: Sequence[int], meta: Any, reader: Reader,
+                 batch: int | None = None, workers: int | None = None):
+        names = session.input_names
+        if names != [name]:
+            raise ProtonetError(f"a folder of images feeds a single-input net; this one has {len(names)} inputs "
+                                f"({', '.join(names)})")
+        if len(shape) != 4:
+            raise ProtonetError(f"an image feeds a 4-D input, not {tuple(shape)}")
+        fixed = int(shape[0])
+        if fixed > 0 and batch is not None and batch != fixed:
+            raise ProtonetError(f"--batch {batch}: the model has a fixed batch of {fixed} (recompile it with "
+                                f"--batch {batch}, or with a dynamic batch)")
+        self.session, self.input = session, name
+        self.chunk = fixed if fixed > 0 else batch or DEFAULT_DYNAMIC_BATCH
+        self.fixed = fixed > 0
+        self.shape = (1,) + tuple(int(d) for d in shape[1:])
+        self.meta, self.reader = meta, reader
+        self.workers = workers or min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
+
+    def _decode(self, path: str) -> _Decoded:
+        from .images import photo_feed
+
+        try:
+            x = photo_feed(path, self.meta, self.shape)[0]
+            return _Decoded(path, x, photo_geometry(path, self.meta, self.shape))
+        except ProtonetError as e:
+            return _Decoded(path, None, None, str(e))
+        except MemoryError:
+            raise
+        except Exception as e:  # a decoder's own failure on a damaged file: that file is skipped
+            return _Decoded(path, None, None, f"{printable(path)}: cannot read image: {type(e).__name__}: {e}")
+
+    def _decoded(self, paths: Iterable[str]) -> Iterator[_Decoded]:
+        """The paths decoded in order, at most ``2 * max(chunk, workers)`` images ahead."""
+        ahead = 2 * max(self.chunk, self.workers)
+        pending: collections.deque[Future[_Decoded]] = collections.deque()
+        todo = iter(paths)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="protonet-decode") as pool:
+            try:
+                while True:
+                    while len(pending) < ahead:
+                        p = next(todo, None)
+                        if p is None:
+                            break
+                        pending.append(pool.submit(self._decode, p))
+                    if not pending:
+                        return
+                    yield pending.popleft().result()
+            finally:
+                for f in pending:
+                    f.cancel()
+
+    def _run_chunk(self, items: list[_Decoded]) -> list[list[Answer]]:
+        """One run: the items stacked (the same shape), zero-padded to a fixed batch."""
+        first = items[0].array
+        n = self.chunk if self.fixed else len(items)
+        x = np.zeros((n,) + first.shape, dtype=first.dtype)
+        for i, d in enumerate(items):
+            x[i] = d.array
+        outs = self.session.run({self.input: x})
+        return [self.reader.read(outs, i, d.geometry) for i, d in enumerate(items)]
+
+    def run(self, paths: Sequence[str], on_row: Callable[[str, list[Answer]], None],
+            on_error: Callable[[Failure], None] = lambda f: None,
+            progress: Callable[[int], None] = lambda n: None) -> Summary:
+        """Run every image; ``on_row(path, answers)`` in input order for each image read,
+        ``on_error`` for each one that could not be, ``progress(n)`` as images are done."""
+        t0 = time.perf_counter()
+        failed: list[Failure] = []
+        items: list[_Decoded] = []
+        done = 0
+
+        def flush() -> None:
+            nonlocal done
+            for d, answers in zip(items, self._run_chunk(items)):
+                on_row(d.path, answers)
+            done += len(items)
+            progress(len(items))
+            items.clear()
+
+        for d in self._decoded(paths):
+            if d.error is not None:
+                failed.append(Failure(d.path, d.error))
+                on_error(failed[-1])
+                progress(1)
+                continue
+            if items and d.array.shape != items[0].array.shape:  # a dynamic image size: one run per size
+                flush()
+            items.append(d)
+            if len(items) == self.chunk:
+                flush()
+        if items:
+            flush()
+        return Summary(len(paths), done, tuple(failed), time.perf_counter() - t0, self.chunk)
+
+
+# -- result files ------------------------------------------------------------------------------
+
+def csv_columns(reader: Reader, out_shapes: Mapping[str, Sequence[int]]) -> list[tuple[str, str, int]]:
+    """(column name, output, top-k rank or -1) for every CSV column after ``path``: per
+    classification output k (class, [label,] score) triples, one JSON cell for any other
+    answer. Output names prefix the columns when there is more than one output."""
+    shown = {n: reader.kind(n, s) for n, s in out_shapes.items()}
+    shown = {n: k for n, k in shown.items() if k in ("classes", "detections", "proposals", "segmentation",
+                                                       "label_map")}
+    cols: list[tuple[str, str, int]] = []
+    for name, kind in shown.items():
+        pre = f"{name}:" if len(shown) > 1 else ""
+        if kind == "classes":
+            classes = int(np.prod(out_shapes[name][1:]))
+            k = reader.top_k if classes <= 0 else min(reader.top_k, classes)
+            for r in range(k):
+                cols.append((f"{pre}top{r + 1}_class", name, r))
+                if reader.labels is not None:
+                    cols.append((f"{pre}top{r + 1}_label", name, r))
+                cols.append((f"{pre}top{r + 1}_score", name, r))
+        else:
+            cols.append((f"{pre}{'boxes' if kind in ('detections', 'proposals') else 'pixels_per_class'}", name, -1))
+    return cols
+
+
+def csv_cells(cols: Sequence[tuple[str, str, int]], path: str, answers: Sequence[Answer]) -> list[str]:
+    by_name = {a.output: a for a in answers}
+    cells = [path]
+    for col, name, rank in cols:
+        a = by_name.get(name)
+        if a is None:
+            cells.append("")
+        elif rank < 0:
+            cells.append(json.dumps(a.record(), separators=(",", ":")))
+        elif rank >= len(a.classes):
+            cells.append("")
+        else:
+            r = a.classes[rank]
+            field = col.rsplit("_", 1)[1]
+            cells.append(str(r.index) if field == "class" else r.label or "" if field == "label" else repr(r.score))
+    return cells
+
+
+class ResultWriter:
+    """Rows of a CSV or JSON Lines file, written as they come into the open stream."""
+
+    def __init__(self, stream: io.TextIOBase, fmt: str, cols: Sequence[tuple[str, str, int]]):
+        self.fmt, self.cols, self.stream = fmt, list(cols), stream
+        self.csv = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
+        if self.csv is not None:
+            self.csv.writerow(["path"] + [c for c, _, _ in self.cols])
+
+    def row(self, path: str, answers: Sequence[Answer]) -> None:
+        if self.csv is not None:
+            self.csv.writerow(csv_cells(self.cols, path, answers))
+        else:
+            self.stream.write(json.dumps(row_record(path, answers), ensure_ascii=False) + "\n")
+
+
+def result_format(out: str | None) -> str:
+    """The result format from ``-o`` (``-``, standard output, is CSV); refuses other suffixes."""
+    if out is None:
+        raise ProtonetError("a folder or list of images writes one row per image: give -o results.csv or "
+                            "results.jsonl (or -o - for CSV on standard output)")
+    if out == "-":
+        return "csv"
+    fmt = RESULT_FORMATS.get(Path(out).suffix.lower())
+    if fmt is None:
+        raise ProtonetError(f"results go to a .csv or .jsonl file, not {Path(out).suffix or 'a file without suffix'}",
+                            Location(out))
+    return fmt
+
+
+# -- the command -------------------------------------------------------------------------------
+
+def _progress_bar(total: int) -> Any:
+    """A tqdm bar with images/s on standard error when it is a terminal; None otherwise."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    try:
+        columns = os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError):
+        columns = 0
+    # a terminal that reports no width (a bare pseudo-terminal) gets 80 columns, not an empty bar
+    return tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=columns > 0, ncols=None if columns else 80)
+
+
+def run_batch_cli(args: Any, spec: str, session: Any, name: str, shape: Sequence[int], meta: Any,
+                  reader: Reader) -> int:
+    """``protonet infer MODEL DIR|LIST.txt -o results.csv|.jsonl`` (module docstring): photos feed
+    input ``name`` of ``shape`` through ``meta``. Returns the exit code (0, or
+    :data:`EXIT_SOME_FAILED` when some images could not be read)."""
+    fmt = result_format(args.out)
+    if args.draw or args.segmentation:
+        raise ProtonetError("--draw and --segmentation write one picture: give one image, not a folder or list")
+    paths = list_images(spec)
+    runner = Runner(session, name, shape, meta, reader, getattr(args, "batch", None), getattr(args, "workers", None))
+    out_shapes = {o.name: tuple(d if isinstance(d, int) else -1 for d in o.shape)
+                  for o in session.session.get_outputs()}
+    cols = csv_columns(reader, out_shapes)
+    bar = _progress_bar(len(paths))
+
+    def report(f: Failure) -> None:
+        if bar is not None:
+            bar.write(f"protonet: {f.message}", file=sys.stderr)
+        else:
+            print(f"protonet: {f.message}", file=sys.stderr, flush=True)
+
+    summary: list[Summary] = []
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            w = ResultWriter(f, fmt, cols)
+            summary.append(runner.run(paths, w.row, report, bar.update if bar is not None else lambda n: None))
+
+    try:
+        write_atomic(args.out, write, inputs=[args.model, spec, getattr(args, "weights", None)] + paths)
+    finally:
+        if bar is not None:
+            bar.close()
+    s = summary[0]
+    failed = f"; {len(s.failed)} could not be read (skipped, listed above)" if s.failed else ""
+    print(f"{s.done} of {s.images} image(s) in {s.seconds:.2f} s ({s.rate:.1f} images/s) on "
+          f"{session.provider.upper()}, batch {s.batch}{failed}; wrote {args.out}", flush=True)
+    return EXIT_SOME_FAILED if s.failed else 0
