@@ -331,7 +331,9 @@ def run_batch_cli(args: Any, spec: str, session: Any, name: str, shape: Sequence
     if args.draw or args.segmentation:
         raise ProtonetError("--draw and --segmentation write one picture: give one image, not a folder or list")
     paths = list_images(spec)
-    runner = Runner(session, name, shape, meta, reader, getattr(args, "batch", None), getattr(args, "workers", None))
+    batch = getattr(args, "batch", None)  # an integer, or 'dynamic' (how a prototxt was compiled)
+    runner = Runner(session, name, shape, meta, reader, batch if isinstance(batch, int) else None,
+                    getattr(args, "workers", None))
     out_shapes = {o.name: tuple(d if isinstance(d, int) else -1 for d in o.shape)
                   for o in session.session.get_outputs()}
     cols = csv_columns(reader, out_shapes)

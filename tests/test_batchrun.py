@@ -177,6 +177,19 @@ def test_dynamic_batch_chunks_and_fixed_batch_mismatch(folder, tmp_path: Path, c
         expected = np.exp(mean - mean.max()) / np.exp(mean - mean.max()).sum()
         assert [r.index for r in a.classes] == np.argsort(-expected, kind="stable").tolist()
         np.testing.assert_allclose([r.score for r in a.classes], np.sort(expected)[::-1], rtol=1e-5)
+    # a model compiled with a dynamic batch (compile --batch dynamic) gives the fixed-batch model's rows
+    dyn = tmp_path / "dyn8.onnx"
+    assert cli.main(["compile", str(d / "net.prototxt"), "-o", str(dyn), "--batch", "dynamic"]) == 0
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(good[:11]))
+    for model, out in ((dyn, "dyn.csv"), (d / "m.onnx", "fixed.csv")):
+        assert cli.main(["infer", str(model), str(listing), "-o", str(tmp_path / out), "--batch", "5"
+                         if model == dyn else "8"]) == 0
+    assert "11 of 11 image(s)" in capsys.readouterr().out
+    with open(tmp_path / "dyn.csv") as a, open(tmp_path / "fixed.csv") as b:
+        rows_dyn, rows_fixed = list(csv.reader(a)), list(csv.reader(b))
+    assert len(rows_dyn) == 12 and [r[:2] for r in rows_dyn] == [r[:2] for r in rows_fixed]
+    np.testing.assert_allclose([float(r[2]) for r in rows_dyn[1:]], [float(r[2]) for r in rows_fixed[1:]], rtol=1e-5)
     # a fixed batch of 8 refuses --batch 4; a .npz result is not a row format
     capsys.readouterr()
     assert cli.main(["infer", str(d / "m.onnx"), str(photos), "-o", str(tmp_path / "r.csv"), "--batch", "4"]) == 2
