@@ -202,8 +202,9 @@ def test_bad_extension_and_api(tmp_path, capsys):
 @pytest.mark.slow
 def test_html_in_chromium(tmp_path):
     """The page in headless Chromium: after it fitted itself every box is in view, the #LAYER link
-    opens that layer's details, and the screenshot shows every layer colour (tools/draw_check.py;
-    needs Chromium: apt-get install chromium)."""
+    opens that layer's details, the wheel zooms about the cursor, a drag pans, a click opens a
+    layer's details, and the screenshot shows every layer colour (tools/draw_check.py; needs
+    Chromium: apt-get install chromium)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("draw_check", ROOT / "tools" / "draw_check.py")

@@ -7,7 +7,9 @@ Chromium (``apt-get install chromium``) loads the page from disk (through a dead
 nothing could be fetched), runs its script and (1) dumps the DOM: the page's script
 writes, after fitting the drawing to the window, how many boxes lie wholly inside the view
 (``data-visible``), which must be every box; (2) opens ``NAME.html#LAYER`` and finds that layer's
-details in the side panel; (3) takes a screenshot, in which every layer colour
+details in the side panel; (3) drives it through the DevTools protocol with real input events:
+the mouse wheel zooms about the cursor, a drag pans by the mouse's travel, a click on a layer
+opens its details; (4) takes a screenshot, in which every layer colour
 the net uses must appear. The SVGs and screenshots go to ``--out`` (``docs/`` holds GoogLeNet's:
 ``docs/googlenet.svg`` and ``docs/googlenet-chromium.png``). Exits 1 when a check fails.
 """
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -46,6 +49,141 @@ def _chromium(page: Path, *flags: str, hash_: str = "") -> subprocess.CompletedP
                               capture_output=True, text=True, timeout=120)
 
 
+class DevTools:
+    """Chromium driven through the DevTools protocol over ``--remote-debugging-pipe`` (JSON
+    messages ending in NUL on file descriptors 3 and 4): no driver, no network port."""
+
+    def __init__(self, page: Path) -> None:
+        import fcntl
+        import os
+
+        to_child, self._w = os.pipe()
+        self._r, from_child = os.pipe()
+        a, b = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_child, from_child))
+        os.close(to_child)
+        os.close(from_child)
+
+        def child_fds() -> None:
+            os.dup2(a, 3)
+            os.dup2(b, 4)
+
+        self._profile = tempfile.TemporaryDirectory(prefix="protonet-chromium-")
+        self._proc = subprocess.Popen(
+            [browser(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+             "--remote-debugging-pipe", f"--user-data-dir={self._profile.name}", "--proxy-server=127.0.0.1:9",
+             f"--window-size={WINDOW[0]},{WINDOW[1]}", page.resolve().as_uri()],
+            pass_fds=(3, 4), preexec_fn=child_fds, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(a)
+        os.close(b)
+        self._buf, self._n = b"", 0
+        target = next(t["targetId"] for t in self.call("Target.getTargets")["targetInfos"] if t["type"] == "page")
+        self._session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+
+    def call(self, method: str, params: dict | None = None, page: bool = False) -> dict:
+        import json
+        import os
+
+        self._n += 1
+        msg = {"id": self._n, "method": method, "params": params or {}}
+        if page:
+            msg["sessionId"] = self._session
+        os.write(self._w, json.dumps(msg).encode() + b"\0")
+        while True:
+            while b"\0" not in self._buf:
+                chunk = os.read(self._r, 1 << 16)
+                if not chunk:
+                    raise RuntimeError("Chromium closed the DevTools pipe")
+                self._buf += chunk
+            raw, self._buf = self._buf.split(b"\0", 1)
+            reply = json.loads(raw)
+            if reply.get("id") == self._n:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+
+    def eval(self, expr: str) -> Any:
+        return self.call("Runtime.evaluate", {"expression": expr, "returnByValue": True}, page=True)["result"].get("value")
+
+    def mouse(self, kind: str, x: float, y: float, **more: object) -> None:
+        self.call("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, **more}, page=True)
+
+    def close(self) -> None:
+        import os
+
+        try:
+            self.call("Browser.close")
+        except RuntimeError:
+            pass
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        os.close(self._w)
+        os.close(self._r)
+        self._profile.cleanup()
+
+
+def _transform(tools: DevTools) -> tuple[float, float, float]:
+    text = str(tools.eval("document.getElementById('scene').getAttribute('transform')"))
+    tx, ty, k = (float(v) for v in re.findall(r"-?[0-9.]+(?:e-?[0-9]+)?", text))
+    return tx, ty, k
+
+
+def check_interaction(page: Path, layer: str) -> list[str]:
+    """Drive the page with real input events: the mouse wheel zooms in about the cursor (the point
+    under it stays put), a drag pans by exactly the mouse's travel, and a click on ``layer``'s box
+    opens its details. Returns the problems found."""
+    import time
+
+    tools = DevTools(page)
+    problems = []
+    try:
+        last, same = None, 0
+        for _ in range(200):  # loaded, and fitted for good (a resize at start-up fits again)
+            now = tools.eval("document.readyState === 'complete' && document.body.getAttribute('data-ready') === '1'"
+                             " && document.getElementById('scene').getAttribute('transform')")
+            same = same + 1 if now and now == last else 0
+            if same >= 3:
+                break
+            last = now
+            time.sleep(0.1)
+        left, top = tools.eval("[document.querySelector('#view svg').getBoundingClientRect().left, "
+                               "document.querySelector('#view svg').getBoundingClientRect().top]")
+        x, y = 300.0, 400.0
+        tx, ty, k = _transform(tools)
+        tools.mouse("mouseWheel", x, y, deltaX=0, deltaY=-300)
+        tx2, ty2, k2 = _transform(tools)
+        before, after = ((x - left - tx) / k, (y - top - ty) / k), ((x - left - tx2) / k2, (y - top - ty2) / k2)
+        if not k2 > k * 1.2 or max(abs(b - a) for a, b in zip(before, after)) > 1e-3:
+            problems.append(f"{page.name}: the wheel did not zoom in about the cursor (scale {k:.3g} -> {k2:.3g}, "
+                            f"point under it {before} -> {after})")
+        tools.mouse("mousePressed", x, y, button="left", buttons=1, clickCount=1)
+        tools.mouse("mouseMoved", x + 100, y + 50, button="left", buttons=1)
+        tools.mouse("mouseReleased", x + 100, y + 50, button="left", buttons=0, clickCount=1)
+        tx3, ty3, k3 = _transform(tools)
+        if abs(tx3 - tx2 - 100) > 1e-6 or abs(ty3 - ty2 - 50) > 1e-6 or k3 != k2:
+            problems.append(f"{page.name}: a drag of (100, 50) moved the drawing by ({tx3 - tx2:g}, {ty3 - ty2:g})")
+        tools.eval("document.getElementById('fit').click()")
+        cx, cy = tools.eval("(function () { var b = [].slice.call(document.querySelectorAll('.layer')).filter("
+                            f"function (e) {{ return e.getAttribute('data-layer') === {json_str(layer)}; }})[0]"
+                            ".getBoundingClientRect(); return [b.left + b.width / 2, b.top + b.height / 2]; })()")
+        tools.mouse("mousePressed", cx, cy, button="left", buttons=1, clickCount=1)
+        tools.mouse("mouseReleased", cx, cy, button="left", buttons=0, clickCount=1)
+        shown = tools.eval("[].map.call(document.querySelectorAll('#info h2'), function (h) { return h.textContent; })")
+        if not isinstance(shown, list) or layer not in shown:  # a box's details: every layer folded in it
+            problems.append(f"{page.name}: a click on {layer!r} showed {shown!r}")
+    finally:
+        tools.close()
+    return problems
+
+
+def json_str(text: str) -> str:
+    import json
+
+    return json.dumps(text)
+
+
 def check_page(page: Path, shot: Path) -> list[str]:
     """Load ``page`` in Chromium; returns the problems found (empty: every box is in view after
     the page fitted itself, and the screenshot shows every fill colour the drawing uses)."""
@@ -67,12 +205,15 @@ def check_page(page: Path, shot: Path) -> list[str]:
         info = re.search(r'<aside id="info">(.*?)</aside>', _chromium(page, "--dump-dom", hash_=name).stdout, re.S)
         if not info or f"<h2>{name}</h2>" not in info.group(1) or "<td>type</td>" not in info.group(1):
             problems.append(f"{page.name}#{name}: the details panel does not show layer {name!r}")
+    layers = re.findall(r'data-layer="([^"]*)"', html)
+    if layers:
+        problems += check_interaction(page, layers[len(layers) // 2])
     r = _chromium(page, f"--screenshot={shot.resolve()}")
     if not shot.exists():
         return problems + [f"{page.name}: no screenshot ({r.stderr.strip().splitlines()[-1:]})"]
     colors = {c.upper() for c in re.findall(r'<rect [^>]*fill="(#[0-9A-Fa-f]{6})"', html)} - {"#FFFFFF"}
     img = Image.open(shot).convert("RGB")
-    seen = {"#%02X%02X%02X" % rgb for _, rgb in img.getcolors(maxcolors=1 << 20)}
+    seen = {"#%02X%02X%02X" % tuple(rgb) for _, rgb in img.getcolors(maxcolors=img.width * img.height) or ()}  # type: ignore[arg-type]
     missing = sorted(colors - seen)
     if missing:
         problems.append(f"{shot.name}: no pixel of the layer colour(s) {', '.join(missing)}")
