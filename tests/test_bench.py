@@ -227,3 +227,20 @@ def test_bench_bad_input():
     assert r.returncode == 2 and "--precision int3" in r.stderr
     r = run("bench", "missing.onnx")
     assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_bench_peers_writes_its_table(tmp_path):
+    """tools/bench_peers.py end to end on a tiny net: both tools ran, the ratio is OpenCV's
+    median over protonet's, and both computed the same outputs."""
+    net = tmp_path / "tiny.prototxt"
+    net.write_text(TINY)
+    out = tmp_path / "peers.md"
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_peers.py"), "--nets", str(net), "--batches",
+                        "1,2", "--rounds", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| tiny")]
+    assert [int(c[1]) for c in rows] == [1, 2]
+    for c in rows:
+        opencv, ours, ratio, diff = float(c[2]), float(c[3]), float(c[4].strip().rstrip("x")), float(c[5])
+        assert ratio == pytest.approx(opencv / ours, rel=0.01) and diff < 1e-5
+    assert "## Machine" in out.read_text() and "1 rounds" in out.read_text()
