@@ -447,17 +447,27 @@ def line_width(photo_hw: tuple[int, int]) -> int:
     return max(2, min(photo_hw) // 250)
 
 
+def _font(size: int) -> Any:
+    """Pillow's own font at ``size`` pixels (scalable since Pillow 10.1; the fixed bitmap font before)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, AttributeError, OSError, ImportError):  # an older Pillow, or one without FreeType
+        return ImageFont.load_default()
+
+
 def draw_boxes(photo: str | Path, boxes: Sequence[Box], out: str | Path, inputs: Iterable[Any] = ()) -> None:
     """Write the photo with each box outlined (inside its rounded corners, :func:`line_width`)
     in its class colour and a "name score" tag on a filled strip above it (below its top edge
     when there is no room), to ``out`` (JPEG, PNG or BMP by suffix; atomically)."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     fmt = check_picture_target(out, DRAW_FORMATS, "--draw")
     with Image.open(photo) as im:
         canvas = im.convert("RGB")
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
+    font = _font(max(10, min(canvas.height, canvas.width) // 50))
     width = line_width((canvas.height, canvas.width))
     for b in boxes:
         colour = box_colour(max(b.index, 0))

