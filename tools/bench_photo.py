@@ -155,8 +155,11 @@ def main_() -> None:
     lines += ["", "Notes:", "",
               "- protonet resizes a decoded photo with OpenCV's 8-bit fixed-point INTER_LINEAR, bit for bit, so "
               "the blobs are equal; OpenCV's resize is vectorised C++, protonet's numpy, hence the time ratio.",
-              "- the any-size embedded model resizes in floating point (ONNX Resize), within 1.125 grey levels "
-              "of OpenCV's 8-bit result; that is where its larger score difference comes from.",
+              "- both embedded models compute OpenCV's 8-bit resize in int32 nodes; the any-size one computes "
+              "its sampling positions and weights in the graph and converts the whole image, the fixed-size "
+              "one has them as constants and converts only the rows it reads.",
+              "- times are medians on a machine shared with other jobs; run to run they moved by up to half, so "
+              "read the ratios as rough.",
               "- the detection and classification differences that remain are float32 arithmetic in the two "
               "runtimes (the inputs are identical)."]
     Path(args.out).write_text("\n".join(lines) + "\n")
