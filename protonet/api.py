@@ -267,9 +267,19 @@ class Model:
         """The ONNX model that :meth:`save` writes (built on first use, checked)."""
         if self._built is None:
             if self._proto is not None:
+                from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
                 from .export import split_model
 
-                self._built = split_model(self._proto)
+                proto = self._proto
+                if self.path is not None and any(uses_external_data(t) for t in proto.graph.initializer):
+                    proto = type(proto)()  # the weights in a data file beside the model are read in
+                    proto.CopyFrom(self._proto)
+                    try:
+                        load_external_data_for_model(proto, str(Path(self.path).parent))
+                    except (OSError, ValueError) as e:
+                        raise ProtonetError(f"cannot read the model's external data: {e}", Location(self.path)) from None
+                self._built = split_model(proto)
             else:
                 from .pipeline import build_model
 

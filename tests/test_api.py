@@ -72,6 +72,24 @@ def test_run_matches_the_reference_and_a_loaded_model(lenet, tmp_path):
     np.testing.assert_array_equal(loaded.run(x)["prob"], y)  # one array: the single input
 
 
+def test_a_loaded_model_with_external_data_saves_whole(lenet, tmp_path):
+    """A model whose weights live in a data file beside it (as protonet writes models over 1.8 GB)
+    is loaded, saved elsewhere with its weights, and runs there as before."""
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    lenet.save(tmp_path / "m.onnx")
+    model = onnx.load(tmp_path / "m.onnx")
+    convert_model_to_external_data(model, location="m.onnx.data", size_threshold=0)
+    (tmp_path / "ext").mkdir()
+    onnx.save(model, tmp_path / "ext" / "m.onnx")
+    x = np.random.default_rng(1).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    want = protonet.load(tmp_path / "ext" / "m.onnx").run(x)["prob"]
+    protonet.load(tmp_path / "ext" / "m.onnx").save(tmp_path / "copy.onnx")
+    assert not (tmp_path / "copy.onnx.data").exists()
+    np.testing.assert_array_equal(protonet.load(tmp_path / "copy.onnx").run(x)["prob"], want)
+    np.testing.assert_allclose(want, lenet.run(x)["prob"], rtol=1e-6)
+
+
 def test_run_rejects_wrong_inputs(lenet):
     with pytest.raises(protonet.ProtonetError, match=r"no model input named 'image'; missing 'data'"):
         lenet.run({"image": np.zeros((1, 1, 28, 28), np.float32)})
