@@ -36,12 +36,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import ProtonetError
+from .errors import Location, ProtonetError
 from .export import LARGE_INITIALIZER_BYTES, Built
 from .frontend.deploy import METADATA_KEY
 from .frontend.preprocess import Preprocess
 from .images import COEF_SCALE, mean_for, opencv_taps, resize_plan
-from .errors import Location
 
 
 class _Graph:
@@ -148,6 +147,9 @@ def embed_preprocess(built: Built, meta: Preprocess | None, image_size: tuple[in
     if image_size is None and shorter and len(meta.mean_shape) == 3:
         raise ProtonetError("--embed-preprocess: a mean image under a crop of a shorter-side resize needs the image "
                             "size: give --image-size H,W")
+    if exact is not None and (exact[0] < h or exact[1] < w):
+        raise ProtonetError(f"--embed-preprocess: the image resized to {exact[0]}x{exact[1]} is smaller than the "
+                            f"input's {h}x{w}")
     if shorter and shorter < max(h, w):
         raise ProtonetError(f"--embed-preprocess: the shorter side resized to {shorter} is smaller than the input's "
                             f"{h}x{w}")

@@ -113,6 +113,7 @@ def test_nothing_to_embed_is_an_error(plain, tmp_path, capsys):
     (["--crop", "5,5"], "--crop 5,5: input 'data' is 8x10"),
     (["--mean-file", "missing.binaryproto"], "missing.binaryproto"),
     (["--image-size", "4,4"], "--image-size is the size of the image an embedded preprocessing takes"),
+    (["--embed-preprocess", "--resize", "6,20"], "resized to 6x20 is smaller than the input's 8x10"),
     (["--embed-preprocess", "--resize", "9", "--mean", "1"], "shorter side resized to 9 is smaller than the input's 8x10"),
     (["--embed-preprocess", "--mean-file", "m.binaryproto", "--resize", "12"], "m.binaryproto"),
 ])
@@ -156,3 +157,14 @@ def test_mean_file_under_the_crop(plain, tmp_path):
     got = _session(out).run(None, {"data": img[None]})[0]
     want = _session(plain / "plain.onnx").run(None, {"data": x})[0]
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_api_run_feeds_a_photo_to_an_embedded_model(plain, tmp_path):
+    import protonet
+
+    out = tmp_path / "e.onnx"
+    assert main(["compile", str(plain / "net.prototxt"), "-o", str(out), "--embed-preprocess", "--mean", "9"]) == 0
+    img = _image(13, 17)
+    Image.fromarray(img).save(tmp_path / "p.png")
+    got = protonet.load(str(out)).run(str(tmp_path / "p.png"))["fc"]
+    np.testing.assert_array_equal(got, _session(out).run(None, {"data": img[None]})[0])
