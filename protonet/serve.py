@@ -131,11 +131,7 @@ def prepare(models: Sequence[str], weights: Sequence[str] = (), provider: str = 
             raise ProtonetError(f"{path}: its model name '{name}' is taken by {seen[name]} (names are file stems; "
                                 "rename one of the files)")
         seen[name] = path
-        if path.lower().endswith(".onnx"):
-            src: Any = api.load(path).path
-        else:
-            # a net definition: served with a dynamic batch dimension where the compiler gives one
-            src = api.compile(path, pairs.get(path)).built
+        src: Any = api.load(path).path if path.lower().endswith(".onnx") else _compile(path, pairs.get(path))
         probe = make_session(src, "cpu")
         sess = probe.session
         batched = _is_batched(sess)
@@ -145,6 +141,18 @@ def prepare(models: Sequence[str], weights: Sequence[str] = (), provider: str = 
         out.append(ServedModel(name, path, _sigs(sess.get_inputs(), batched, path, "input"),
                                _sigs(sess.get_outputs(), batched, path, "output"), batched, src))
     return out
+
+
+def _compile(net: str, weights: str | None) -> Any:
+    """A net definition compiled with a dynamic batch dimension (``--batch dynamic``), so that
+    Triton can batch it; a net whose layers fix the batch is compiled as it is, and says why."""
+    from . import api
+
+    try:
+        return api.compile(net, weights, batch="dynamic").built
+    except ProtonetError as e:
+        log.warning("%s: no dynamic batch (%s); compiled at its own batch size", net, e)
+        return api.compile(net, weights).built
 
 
 def _run_fn(session: Session, outputs: Sequence[str]) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
@@ -192,6 +200,18 @@ def check_ports(opts: ServeOptions) -> None:
                 raise ProtonetError(f"{flag} {port}: the port {why} on {opts.host}") from None
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports free on ``host`` at this moment (the kernel's picks), for tests and tools."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def python_library_env() -> None:
     """Put this interpreter's library folder first on LD_LIBRARY_PATH (inherited by Triton and
     its python-backend stub), so that the stub loads this Python's libpython, not the system's."""
@@ -206,21 +226,85 @@ def _threads(opts: ServeOptions) -> int:
     return max(1, (os.cpu_count() or 1) // opts.instances)
 
 
-def bind_all(triton: Any, models: Sequence[ServedModel], opts: ServeOptions) -> list[str]:
-    """Bind every model to ``instances`` sessions; returns the providers in use (one per model)."""
+def make_sessions(models: Sequence[ServedModel], opts: ServeOptions) -> dict[str, list[Session]]:
+    """``instances`` onnxruntime sessions per model (on CPU the cores are shared out between them)."""
+    return {m.name: [make_session(m.onnx, opts.provider, threads=_threads(opts)) for _ in range(opts.instances)]
+            for m in models}
+
+
+def bind_all(triton: Any, models: Sequence[ServedModel], sessions: Mapping[str, list[Session]],
+             opts: ServeOptions) -> None:
+    """Bind every model to its sessions: one Triton instance per session."""
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 
-    providers = []
     for m in models:
-        sessions = [make_session(m.onnx, opts.provider, threads=_threads(opts)) for _ in range(opts.instances)]
-        providers.append(sessions[0].provider)
         config = ModelConfig(batching=m.batched, max_batch_size=opts.max_batch if m.batched else 0,
                              batcher=DynamicBatcher(max_queue_delay_microseconds=opts.queue_delay_us))
-        triton.bind(model_name=m.name, infer_func=[infer_function(m, s) for s in sessions],
+        triton.bind(model_name=m.name, infer_func=[infer_function(m, s) for s in sessions[m.name]],
                     inputs=[Tensor(name=t.name, dtype=t.dtype, shape=t.shape) for t in m.inputs],
                     outputs=[Tensor(name=t.name, dtype=t.dtype, shape=t.shape) for t in m.outputs],
                     config=config, strict=False)
-    return providers
+
+
+#: PyTriton's stub for a model's second and later instances reads the first instance's handshake
+#: socket, waiting one second for its file and trying to connect once; Triton starts the instances
+#: together, so on a busy machine they miss it (a loaded 2-core machine does, most times). The
+#: stub code that PyTriton uploads with each model gets a patient reader appended (it replaces the
+#: module's function of that name: the stub imports it after the module has run): it waits up to
+#: HANDSHAKE_WAIT_S for the file and for the listener, and reads the whole reply. A start that
+#: still fails that way is retried (with a fresh workspace) up to START_ATTEMPTS times in all.
+HANDSHAKE_WAIT_S = 60.0
+START_ATTEMPTS = 3
+_HANDSHAKE_RACE = "Timeout occurred while waiting for config file"
+_HANDSHAKE_FN = b"def get_config_from_handshake_server("
+_PATIENT_HANDSHAKE = f'''
+
+
+def get_config_from_handshake_server(socket_path, timeout_s={HANDSHAKE_WAIT_S}):  # protonet serve
+    """Wait for the first instance's handshake server (its socket file and its listener), then
+    read the whole config it sends (a 4-byte big-endian length, then JSON)."""
+    deadline = time.time() + timeout_s
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(max(0.5, deadline - time.time()))
+            sock.connect(pathlib.Path(socket_path).as_posix())
+            sock.sendall(b"get_config\\n")
+            data = b""
+            while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionResetError("the handshake server closed the connection early")
+                data += chunk
+            return json.loads(data[4:4 + int.from_bytes(data[:4], "big")])
+        except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, socket.timeout) as e:
+            if time.time() > deadline:
+                raise TimeoutError(f"Timeout occurred while waiting for config file {{socket_path}}") from e
+            time.sleep(0.02)
+        finally:
+            sock.close()
+'''.encode()
+
+
+def patient_handshake() -> bool:
+    """Append the patient handshake reader to the stub code that PyTriton uploads with every
+    model (its ``communication.py``); False when that code has no such function (another
+    PyTriton), which is then left as it is."""
+    from pytriton.models.model import Model
+
+    original = Model.get_proxy_model_files
+    if getattr(original, "_protonet_patient", False):
+        return True
+
+    def files(self: Any) -> dict[str, bytes]:
+        out = original(self)
+        for key, data in out.items():
+            if key.endswith("/communication.py") and _HANDSHAKE_FN in data:
+                out[key] = data + _PATIENT_HANDSHAKE
+        return out
+    files._protonet_patient = True  # type: ignore[attr-defined]
+    Model.get_proxy_model_files = files
+    return True
 
 
 class Server:
@@ -239,18 +323,29 @@ class Server:
         from pytriton.triton import Triton, TritonConfig
 
         python_library_env()
+        patient_handshake()
         o = self.opts
         config = TritonConfig(http_address=o.host, http_port=o.http_port, grpc_address=o.host,
                               grpc_port=o.grpc_port, metrics_address=o.host, metrics_port=o.metrics_port,
                               exit_timeout_secs=10)
-        self._triton = Triton(config=config, workspace=self.workdir / "workspace")
-        self.providers = bind_all(self._triton, self.models, o)
-        try:
-            self._triton.run()
-        except Exception as e:
-            logs = self._triton_logs()
-            self.stop()
-            raise ProtonetError(f"Triton did not start: {e}" + (f"\n{logs}" if logs else "")) from None
+        sessions = make_sessions(self.models, o)
+        self.providers = [sessions[m.name][0].provider for m in self.models]
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self._triton = Triton(config=config, workspace=self.workdir / f"workspace-{attempt}")
+            bind_all(self._triton, self.models, sessions, o)
+            try:
+                self._triton.run()
+                return
+            except Exception as e:
+                logs = self._triton_logs()
+                self._triton.stop()
+                if _HANDSHAKE_RACE in str(e) + logs and attempt < START_ATTEMPTS and not self._stop.is_set():
+                    log.warning("a model instance missed PyTriton's handshake (attempt %d of %d); starting again",
+                                attempt, START_ATTEMPTS)
+                    continue
+                self.stop()
+                first = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
+                raise ProtonetError(f"Triton did not start: {first}" + (f"\n{logs}" if logs else "")) from None
 
     def _triton_logs(self) -> str:
         server = getattr(self._triton, "_triton_server", None)

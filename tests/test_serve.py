@@ -25,22 +25,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from protonet.serve import free_ports
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.serve
 
 MAX_BATCH = 4
 INSTANCES = 2
 START_TIMEOUT_S = 120
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:

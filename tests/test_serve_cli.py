@@ -29,12 +29,16 @@ def test_names_are_file_stems_made_safe():
 
 
 def test_weights_pair_with_definitions(tmp_path):
+    import protonet
+
     onnx_path = tmp_path / "m.onnx"
     onnx_path.write_bytes(uint8_model().SerializeToString())
+    fixed = tmp_path / "fixed.onnx"
+    protonet.compile(ROOT / "nets" / "lenet.prototxt", batch=2).save(fixed)
     net = str(ROOT / "nets" / "lenet.prototxt")
     with pytest.raises(ProtonetError, match=r"-w: 2 weight file\(s\) for 1 net definition\(s\)"):
         prepare([str(onnx_path), net], ["a.caffemodel", "b.caffemodel"])
-    served = prepare([str(onnx_path), net])
-    assert [(m.name, m.batched) for m in served] == [("m", True), ("lenet", False)]
+    served = prepare([str(onnx_path), str(fixed)])
+    assert [(m.name, m.batched) for m in served] == [("m", True), ("fixed", False)]
     assert [(t.name, t.dtype, t.shape) for t in served[0].inputs] == [("image", np.uint8, (3, 8, 8))]
-    assert served[1].inputs[0].shape == (1, 1, 28, 28)  # a fixed batch: served unbatched, whole shape
+    assert served[1].inputs[0].shape == (2, 1, 28, 28)  # a fixed batch: served unbatched, whole shape
