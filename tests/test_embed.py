@@ -168,3 +168,39 @@ def test_api_run_feeds_a_photo_to_an_embedded_model(plain, tmp_path):
     Image.fromarray(img).save(tmp_path / "p.png")
     got = protonet.load(str(out)).run(str(tmp_path / "p.png"))["fc"]
     np.testing.assert_array_equal(got, _session(out).run(None, {"data": img[None]})[0])
+
+
+TRAIN_VAL = """name: "tv"
+layer { name: "data" type: "Data" top: "data" top: "label"
+        transform_param { crop_size: 8 mean_value: 1 mean_value: 2 mean_value: 3 scale: 0.5 }
+        data_param { source: "db" batch_size: 1 } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+        inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+
+
+def test_flags_replace_what_the_data_layer_said(tmp_path, capsys):
+    (tmp_path / "tv.prototxt").write_text(TRAIN_VAL)
+    out = tmp_path / "tv.onnx"
+    assert main(["compile", str(tmp_path / "tv.prototxt"), "-o", str(out), "--mean", "4,5,6", "--channels", "RGB"]) == 0
+    assert "preprocessing: data: centre crop 8x8, RGB, mean 4,5,6, scale 0.5" in capsys.readouterr().out
+    meta = Preprocess.from_json({p.key: p.value for p in onnx.load(str(out)).metadata_props}["protonet.preprocess"])
+    assert (meta.mean_value, meta.scale, meta.crop_hw, meta.channel_order, meta.source) == \
+        ((4.0, 5.0, 6.0), 0.5, (8, 8), "RGB", "Data")
+
+
+GREY = NET.replace("dim: 3", "dim: 1")
+
+
+def test_grey_net_embedded(tmp_path):
+    (tmp_path / "g.prototxt").write_text(GREY)
+    plain, out = tmp_path / "p.onnx", tmp_path / "g.onnx"
+    assert main(["compile", str(tmp_path / "g.prototxt"), "-o", str(plain)]) == 0
+    assert main(["compile", str(tmp_path / "g.prototxt"), "-o", str(out), "--embed-preprocess", "--mean", "100",
+                 "--scale", "0.01"]) == 0
+    meta = Preprocess.from_json({p.key: p.value for p in onnx.load(str(out)).metadata_props}["protonet.preprocess"])
+    img = _image(19, 23)[:, :, :1]
+    got = _session(out).run(None, {"data": img[None]})[0]
+    want = _session(plain).run(None, {"data": preprocess_image(img, meta, (1, 1, 8, 10))})[0]
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
