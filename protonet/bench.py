@@ -22,7 +22,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -32,9 +32,6 @@ log = logging.getLogger(__name__)
 
 #: the percentile rules :func:`percentile` implements, by numpy's names (Hyndman and Fan's types 7 and 1)
 PERCENTILE_METHODS = ("linear", "inverted_cdf")
-
-#: the precisions bench accepts
-PRECISIONS = ("fp32",)
 
 #: at least this many timed runs when timing by duration
 MIN_RUNS = 10
@@ -125,11 +122,12 @@ class BenchResult:
     io_binding: bool
     cuda_graph: bool
     batches: list[BatchResult]
+    dynamic: bool = False  # one model with a symbolic batch ran every size
 
     def to_json(self) -> dict[str, Any]:
         out = {"model": self.model, "provider": self.provider, "precision": self.precision,
                "threads": self.threads, "io_binding": self.io_binding, "cuda_graph": self.cuda_graph,
-               "results": []}
+               "dynamic_batch": self.dynamic, "results": []}
         for b in self.batches:
             row = b.latency.to_json()
             if b.layers:
@@ -143,8 +141,9 @@ class BenchResult:
     def render_table(self) -> str:
         threads = f", {self.threads} threads" if self.threads else ""
         graph = ", CUDA graph" if self.cuda_graph else ""
-        lines = [f"{self.model}: {self.provider.upper()}{threads}, {self.precision}{graph}, inputs and outputs "
-                 f"bound on the device"]
+        how = "one model with a dynamic batch" if self.dynamic else "compiled at each batch size"
+        lines = [f"{self.model}: {self.provider.upper()}{threads}, {self.precision}{graph}, {how}, inputs and "
+                 f"outputs bound on the device"]
         head = ("batch", "warm-up", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ms", "images/s")
         rows = [head] + [(str(b.latency.batch), str(b.latency.warmup), str(len(b.latency.runs)),
                           *(f"{b.latency.ms(q):.3f}" for q in (50, 90, 99)),
@@ -219,22 +218,58 @@ class Target:
     feeds: dict[str, np.ndarray]
     graph: Any = None
     layer_of: dict[str, str] = field(default_factory=dict)
+    mac_scale: int = 1  # a dynamic-batch model's graph is its batch-1 build: MACs times the batch
 
 
-def parse_batches(text: str) -> list[int]:
-    """``1,8,32`` -> [1, 8, 32] (positive, no repeats)."""
+#: the sizes a dynamic-batch model runs at when ``--batch dynamic`` names none
+DYNAMIC_SIZES = (1, 8, 32)
+
+#: how many seeded random inputs calibrate an int8 build that bench makes without --calibrate
+RANDOM_CALIBRATION = 8
+
+
+def parse_batches(text: str) -> tuple[list[int], bool]:
+    """``1,8,32`` -> ([1, 8, 32], False); ``dynamic`` or ``dynamic,1,8`` -> the sizes (default
+    :data:`DYNAMIC_SIZES`) and True: one model with a symbolic batch, run at each size."""
     out = []
-    for part in text.split(","):
-        part = part.strip()
+    parts = [p.strip() for p in text.split(",")]
+    dynamic = "dynamic" in parts
+    for part in parts:
+        if part == "dynamic":
+            continue
         if not part.isdigit() or int(part) <= 0 or int(part) >= 1 << 31:
-            raise ProtonetError(f"--batch: '{part}' is not a positive integer (give sizes like 1,8,32)")
+            raise ProtonetError(f"--batch: '{part}' is not a positive integer (give sizes like 1,8,32, or "
+                                "dynamic,1,8,32)")
         if int(part) in out:
             raise ProtonetError(f"--batch: {part} given twice")
         out.append(int(part))
-    return out
+    return (out or list(DYNAMIC_SIZES) if dynamic else out), dynamic
 
 
-def onnx_targets(path: str, batches: list[int] | None, seed: int = 0) -> list[Target]:
+def reduce_model(model: Any, precision: str, samples: Callable[[], list[Any]],
+                 regions: Sequence[tuple[Sequence[str], Sequence[str]]] = ()) -> Any:
+    """``model`` (a Built or ModelProto) in ``precision`` through :mod:`protonet.quantize`: fp16
+    (fp32 inputs and outputs kept), or int8 (static QDQ) calibrated on ``samples()``. bench times
+    the build; it does not gate its accuracy (``compile --precision ... --calibrate`` does)."""
+    from .quantize import PRECISIONS, to_fp16, to_int8
+
+    if precision not in PRECISIONS:
+        raise ProtonetError(f"--precision {precision}: bench runs {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return model
+    proto = model.to_model() if hasattr(model, "to_model") else model
+    return to_fp16(proto) if precision == "fp16" else to_int8(proto, samples(), fp32_regions=regions)
+
+
+def _random_samples(feeds_at: Callable[[int], Mapping[str, np.ndarray]]) -> list[Any]:
+    from .quantize import Sample
+
+    log.warning("int8 calibrated on %d random inputs: bench measures its speed; compile --precision int8 "
+                "--calibrate measures its accuracy", RANDOM_CALIBRATION)
+    return [Sample(f"random[{i}]", dict(feeds_at(i))) for i in range(RANDOM_CALIBRATION)]
+
+
+def onnx_targets(path: str, batches: list[int] | None, seed: int = 0, precision: str = "fp32") -> Iterator[Target]:
     """An ONNX file: one target per batch size. A model whose inputs have a fixed batch can run
     only that batch; a symbolic batch dimension takes every size asked (default 1)."""
     import onnx
@@ -244,7 +279,7 @@ def onnx_targets(path: str, batches: list[int] | None, seed: int = 0) -> list[Ta
     if not is_regular_file(path):
         raise ProtonetError(f"{path}: no such file" if not Path(path).exists() else f"{path}: not a regular file")
     try:
-        model = onnx.load(path, load_external_data=False)
+        model = onnx.load(path)
     except Exception as e:
         raise ProtonetError(f"{path}: not an ONNX model: {e}") from None
     inits = {t.name for t in model.graph.initializer}
@@ -263,11 +298,12 @@ def onnx_targets(path: str, batches: list[int] | None, seed: int = 0) -> list[Ta
             shapes = ", ".join(f"{n} {'x'.join(str(d) for d in dims)}" for n, _, dims in inputs)
             raise ProtonetError(f"{path} was compiled with a fixed batch of {own} (inputs {shapes}): it can run "
                                 f"only batch {own}; bench the prototxt with --batch {','.join(map(str, batches))} "
-                                "(it is compiled at each size), or compile it at the size you want")
+                                "(compiled at each size) or --batch dynamic,... (one model with a symbolic batch), "
+                                "or compile it with --batch dynamic")
         batches = [own or 1]
-    rng = np.random.default_rng(seed)
-    out = []
-    for b in batches or [1]:
+
+    def feeds_at(b: int, seed: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
         feeds = {}
         for name, elem, dims in inputs:
             shape = [b if i == 0 else d for i, d in enumerate(dims)]
@@ -277,20 +313,50 @@ def onnx_targets(path: str, batches: list[int] | None, seed: int = 0) -> list[Ta
             dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
             x = rng.standard_normal(shape) if dtype.kind == "f" else np.zeros(shape)
             feeds[name] = x.astype(dtype)
-        out.append(Target(path, b, feeds))
-    return out
+        return feeds
+
+    sizes = batches or [1]
+    feeds_at(sizes[0], seed)  # a bad input shape is refused before any conversion
+    reduced = reduce_model(model, precision, lambda: _random_samples(lambda i: feeds_at(sizes[0], seed + 1 + i)))
+    del model
+    for b in sizes:
+        yield Target(path if precision == "fp32" else reduced, b, feeds_at(b, seed))
 
 
-def net_target(compile_at: Callable[[int | None], Any], batch: int | None, seed: int = 0) -> Target:
-    """A net definition compiled (optimized) at ``batch`` (None: its own) by ``compile_at``."""
-    from .export import build
+def net_targets(compile_at: Callable[[int | str | None], Any], batches: list[int] | None, dynamic: bool = False,
+                seed: int = 0, precision: str = "fp32", calibrate: str | None = None) -> Iterator[Target]:
+    """A net definition: compiled (by ``compile_at``, giving a :class:`protonet.api.Model`) at each
+    batch size (None: its own), or once with a symbolic batch (``dynamic``) run at each size;
+    in ``precision`` (:func:`reduce_model`; int8 calibrated on ``calibrate``, else on random
+    inputs). One compiled model is held at a time."""
     from .pipeline import random_inputs
+    from .quantize import head_regions
 
-    c = compile_at(batch)
-    built = build(c.graph)
-    shapes = [v.shape for v in c.graph.inputs]
-    own = shapes[0][0] if shapes and shapes[0] else 1
-    return Target(built, batch or own, random_inputs(c.graph, seed), c.graph, built.layers)
+    for b in [None] if dynamic else batches or [None]:
+        m = compile_at("dynamic" if dynamic else b)
+        graph = m.compiled.graph
+
+        def samples() -> list[Any]:
+            if calibrate is None:
+                return _random_samples(lambda i: random_inputs(graph, seed + 1 + i))
+            from .frontend.preprocess import Preprocess
+            from .quantize import load_samples
+
+            meta = graph.metadata.get("protonet.preprocess")
+            return load_samples(calibrate, {v.name: tuple(v.shape) for v in graph.inputs},
+                                Preprocess.from_json(meta) if meta else None)
+
+        layers = m.built.layers
+        model = reduce_model(m.built, precision, samples, head_regions(graph))
+        feeds = random_inputs(graph, seed)
+        own = graph.inputs[0].shape[0] if graph.inputs and graph.inputs[0].shape else 1
+        for size in (batches or list(DYNAMIC_SIZES)) if dynamic else [b or own]:
+            if dynamic:  # the graph is the batch-1 build: the same images repeated, MACs scaled
+                yield Target(model, size, {k: np.repeat(x, size, axis=0) for k, x in feeds.items()}, graph,
+                             layers, size)
+            else:
+                yield Target(model, size, feeds, graph, layers)
+        del m, model
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -335,11 +401,11 @@ def profile_layers(t: Target, opts: BenchOptions, runs: int, provider: str) -> t
             bound()
         path = sess.session.end_profiling()
         events = json.loads(Path(path).read_text())
-    return layer_times(events, runs, t.layer_of, t.graph)
+    return layer_times(events, runs, t.layer_of, t.graph, t.mac_scale)
 
 
 def layer_times(events: list[dict[str, Any]], runs: int, layer_of: Mapping[str, str],
-                graph: Any = None) -> tuple[list[LayerTime], float]:
+                graph: Any = None, mac_scale: int = 1) -> tuple[list[LayerTime], float]:
     """Caffe's per-layer rows from onnxruntime's profile events (Chrome trace format).
 
     Only the last ``runs`` runs count (the ``model_run`` events; earlier ones are warm-up). A node
@@ -388,7 +454,7 @@ def layer_times(events: list[dict[str, Any]], runs: int, layer_of: Mapping[str, 
             if node.name not in total:
                 kind += f" (timed in {_timed_neighbour(graph, node, total)})"
             t = total.get(node.name, 0.0)
-            rows.append(LayerTime(node.name, kind, t / runs, t / whole, s.macs))
+            rows.append(LayerTime(node.name, kind, t / runs, t / whole, s.macs * mac_scale))
     rows += [LayerTime("onnxruntime", f"{op} x{len(own_nodes[op])}", t / runs, t / whole, None)
              for op, t in sorted(own.items())]
     return rows, run_ms
@@ -433,11 +499,9 @@ def layer_for(node: str, layer_of: Mapping[str, str]) -> str | None:
     return None
 
 
-def bench(targets: Callable[[], Any], model: str, opts: BenchOptions) -> BenchResult:
+def bench(targets: Callable[[], Any], model: str, opts: BenchOptions, dynamic: bool = False) -> BenchResult:
     """Bench each target in turn (``targets`` yields them one at a time, so that only one
     compiled model is held at once)."""
-    if opts.precision not in PRECISIONS:
-        raise ProtonetError(f"--precision {opts.precision}: bench runs {', '.join(PRECISIONS)}")
     results = []
     provider = "cpu"
     graph_on = False
@@ -446,4 +510,4 @@ def bench(targets: Callable[[], Any], model: str, opts: BenchOptions) -> BenchRe
         results.append(res)
         provider, graph_on = sess.provider, sess.cuda_graph
         log.info("batch %d: p50 %.3f ms", t.batch, res.latency.ms(50))
-    return BenchResult(model, provider, opts.precision, opts.threads, True, graph_on, results)
+    return BenchResult(model, provider, opts.precision, opts.threads, True, graph_on, results, dynamic)

@@ -288,8 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="latency percentiles and throughput per batch size (and per layer)")
     p.add_argument("model", help="MODEL.onnx or NET.prototxt (compiled, optimized, at each --batch size)")
     p.add_argument("-w", "--weights", metavar="W.caffemodel", help="trained weights (default: fillers)")
-    p.add_argument("--batch", metavar="1,8,32", help="batch sizes (default: the model's own)")
-    p.add_argument("--precision", default="fp32", help="fp32")
+    p.add_argument("--batch", metavar="1,8,32|dynamic,1,8,32",
+                   help="batch sizes (default: the model's own); a prototxt is compiled at each, or, with "
+                        "'dynamic', once with a symbolic batch (sizes default 1,8,32)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
+                   help="fp16 or int8 builds (protonet.quantize; speed only: compile measures accuracy)")
+    p.add_argument("--calibrate", metavar="DIR|inputs.npz", help="int8 calibration data (default: random inputs)")
     p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES)
     p.add_argument("--threads", type=_positive, metavar="N", help="onnxruntime intra-op threads")
     p.add_argument("--warmup", type=_int_in(0, 1 << 20), default=3, metavar="N", help="untimed runs first (3)")
@@ -541,9 +545,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import BenchOptions, bench, net_target, onnx_targets, parse_batches
+    from .bench import BenchOptions, bench, net_targets, onnx_targets, parse_batches
 
-    batches = parse_batches(args.batch) if args.batch else None
+    batches, dynamic = parse_batches(args.batch) if args.batch else (None, False)
     if not 0 < args.time < 1e6:
         raise ProtonetError(f"--time {args.time:g}: give a positive number of seconds")
     opts = BenchOptions(args.provider, args.threads, args.warmup, args.iterations, args.time, args.per_layer,
@@ -551,13 +555,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.model.endswith(".onnx"):
         if args.weights:
             raise ProtonetError("-w: an ONNX model carries its weights; give -w with a prototxt")
-        targets = lambda: onnx_targets(args.model, batches, args.seed)  # noqa: E731
+        if dynamic:
+            raise ProtonetError("--batch dynamic compiles a prototxt; an ONNX model's batch is as it was compiled")
+        if args.calibrate:
+            raise ProtonetError("--calibrate: give the prototxt (its preprocessing reads the calibration data)")
+        targets = lambda: onnx_targets(args.model, batches, args.seed, args.precision)  # noqa: E731
     else:
-        def at(batch: int | None) -> Any:
-            return _model(argparse.Namespace(**dict(vars(args), batch=batch)), args.model, optimize=True).compiled
+        def at(batch: int | str | None) -> Any:
+            return _model(argparse.Namespace(**dict(vars(args), batch=batch)), args.model, optimize=True)
 
-        targets = lambda: (net_target(at, b, args.seed) for b in batches or [None])  # noqa: E731
-    res = bench(targets, args.model, opts)
+        targets = lambda: net_targets(at, batches, dynamic, args.seed, args.precision, args.calibrate)  # noqa: E731
+    res = bench(targets, args.model, opts, dynamic)
     _say(res.render_json() if args.format == "json" else res.render_table())
     return 0
 

@@ -13,7 +13,7 @@ import pytest
 from protonet import bench as B
 from protonet.analysis import summarize
 from protonet.errors import ProtonetError
-from protonet.pipeline import compile_net
+from protonet.api import compile as compile_model
 
 ROOT = Path(__file__).resolve().parent.parent
 LENET = str(ROOT / "nets" / "lenet.prototxt")
@@ -110,8 +110,10 @@ def test_latency_throughput_and_json():
 
 
 def test_parse_batches():
-    assert B.parse_batches("1,8, 32") == [1, 8, 32]
-    for bad in ("0", "1,x", "4,4", "-1", ""):
+    assert B.parse_batches("1,8, 32") == ([1, 8, 32], False)
+    assert B.parse_batches("dynamic,2,4") == ([2, 4], True)
+    assert B.parse_batches("dynamic") == (list(B.DYNAMIC_SIZES), True)
+    for bad in ("0", "1,x", "4,4", "-1", "", "dynamic,0"):
         with pytest.raises(ProtonetError):
             B.parse_batches(bad)
 
@@ -166,7 +168,7 @@ def test_per_layer_table_has_every_layer(tmp_path):
     analysis.summarize; a layer onnxruntime fused away names where it is timed; shares add up."""
     net = tmp_path / "tiny.prototxt"
     net.write_text(TINY)
-    t = B.net_target(lambda b: compile_net(net, optimize=True), None)
+    (t,) = B.net_targets(lambda b: compile_model(net, batch=b), None)
     opts = B.BenchOptions(provider="cpu", threads=1, warmup=1, iterations=3, per_layer=True)
     res, sess = B.bench_target(t, opts)
     assert sess.provider == "cpu" and len(res.latency.runs) == 3
@@ -224,7 +226,7 @@ def test_bench_bad_input():
     r = run("bench", LENET, "--batch", "0")
     assert r.returncode == 2 and "--batch" in r.stderr
     r = run("bench", LENET, "--precision", "int3")
-    assert r.returncode == 2 and "--precision int3" in r.stderr
+    assert r.returncode == 2 and "int3" in r.stderr
     r = run("bench", "missing.onnx")
     assert r.returncode == 2 and "no such file" in r.stderr
 
@@ -244,3 +246,40 @@ def test_bench_peers_writes_its_table(tmp_path):
         opencv, ours, ratio, diff = float(c[2]), float(c[3]), float(c[4].strip().rstrip("x")), float(c[5])
         assert ratio == pytest.approx(opencv / ours, rel=0.01) and diff < 1e-5
     assert "## Machine" in out.read_text() and "1 rounds" in out.read_text()
+
+
+def test_dynamic_batch_one_model_every_size(tmp_path):
+    """--batch dynamic: one model with a symbolic batch runs at each size; its per-layer MACs are
+    the batch-1 build's times the batch."""
+    net = tmp_path / "tiny.prototxt"
+    net.write_text(TINY)
+    calls = []
+
+    def at(b):
+        calls.append(b)
+        return compile_model(net, batch=b)
+
+    targets = list(B.net_targets(at, [1, 3], dynamic=True))
+    assert calls == ["dynamic"] and [t.batch for t in targets] == [1, 3]
+    assert targets[0].model is targets[1].model
+    assert targets[1].feeds["data"].shape == (3, 3, 12, 12)
+    opts = B.BenchOptions(provider="cpu", threads=1, warmup=0, iterations=2, per_layer=True)
+    res = B.bench(lambda: iter(targets), str(net), opts, dynamic=True)
+    assert res.dynamic and res.to_json()["dynamic_batch"] is True
+    conv1 = [{r.layer: r.macs for r in b.layers}["conv1"] for b in res.batches]
+    assert conv1 == [8 * 12 * 12 * 3 * 9, 3 * 8 * 12 * 12 * 3 * 9]
+    assert "one model with a dynamic batch" in res.render_table()
+
+
+def test_reduced_precisions_run(tmp_path):
+    """--precision fp16 and int8 go through protonet.quantize: the timed models are the reduced ones."""
+    net = tmp_path / "tiny.prototxt"
+    net.write_text(TINY)
+    ops = {}
+    for precision in ("fp16", "int8"):
+        (t,) = B.net_targets(lambda b: compile_model(net, batch=b), None, precision=precision)
+        ops[precision] = {n.op_type for n in t.model.graph.node}
+        res = B.bench(lambda: iter([t]), str(net), B.BenchOptions(provider="cpu", threads=1, warmup=0, iterations=2,
+                                                                  precision=precision))
+        assert res.precision == precision and len(res.batches[0].latency.runs) == 2
+    assert "Cast" in ops["fp16"] and "QuantizeLinear" in ops["int8"] and "DequantizeLinear" in ops["int8"]

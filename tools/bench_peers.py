@@ -194,7 +194,7 @@ def render(rows: list[tuple[str, dict]], args: argparse.Namespace, started: str,
             continue
         for b in res["batches"]:
             lines.append(f"| {label} | {b['batch']} | {_ms(b['opencv_ms'])} | {_ms(b['protonet_ms'])} | "
-                         f"{b['opencv_ms'] / b['protonet_ms']:.2f}x | {b['rel_diff']:.1e}"
+                         f"{b['opencv_ms'] / b['protonet_ms']:.3g}x | {b['rel_diff']:.1e}"
                          f"{' (one-hot)' if b.get('one_hot') else ''} | "
                          f"{b['protonet_peak_mb']:.0f} MB, {b['opencv_peak_mb']:.0f} MB |")
     ratios = [b["opencv_ms"] / b["protonet_ms"] for _, r in rows if "error" not in r for b in r["batches"]]
