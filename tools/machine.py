@@ -42,3 +42,13 @@ def describe() -> dict[str, str]:
 
 def markdown() -> list[str]:
     return [f"- {k}: {v}" for k, v in describe().items()]
+
+
+def write_report(out: str | Path, title: str, intro: str, results: list[str], notes: list[str],
+                 extra: list[str] = ()) -> None:
+    """A benchmark's markdown: the title, how it was run, the machine (and ``extra`` lines about
+    it), the results, and notes (each a bullet)."""
+    lines = [f"# {title}", "", intro + " Machine:", "", *markdown(), *extra, "", "## Results", "", *results]
+    if notes:
+        lines += ["", "Notes:", "", *(f"- {n}" for n in notes)]
+    Path(out).write_text("\n".join(lines) + "\n")
