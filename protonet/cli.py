@@ -468,18 +468,22 @@ def _print_verify(res: Any, show_all: bool) -> None:
     from .tolerances import VERIFY
 
     rows = res.blobs if show_all else sorted(res.blobs, key=lambda b: -b.ratio)[:10]
-    rows = rows + [b for b in res.blobs if not b.ok and b not in rows]
+    rows = rows + [b for b in res.blobs if (not b.ok or b.followed) and b not in rows]
     names = [printable(b.name) + ("" if b.source == "debug" else f" ({b.source})") for b in rows]
     width = max([len(n) for n in names] + [4])
     _say(f"{'blob'.ljust(width)}  {'shape':<18} {'max abs err':>12} {'err/tol':>9}  worst element")
     for n, b in zip(names, rows):
-        flag = "" if b.ok else "  MISMATCH"
+        flag = ("" if b.ok else "  MISMATCH") + (f"  ({b.followed} near-tie choice(s) of onnxruntime followed)"
+                                                   if b.followed else "")
         _say(f"{n.ljust(width)}  {'x'.join(map(str, b.shape)):<18} {b.max_abs:12.3e} {b.ratio:9.3g}  "
              f"{b.result.describe()}{flag}")
     worst = res.worst
     _say(f"{len(res.blobs)} blobs compared on {res.provider.upper()}; tolerance |onnx - ref| <= "
          f"{VERIFY.atol_factor:g}*rms(ref) + {VERIFY.rtol:g}*|ref| per element; worst {printable(worst.name)} "
          f"({worst.source}) at {worst.ratio:.3g} of it")
+    if res.followed:
+        _say(f"near-ties: at {res.followed} element(s) onnxruntime chose otherwise among values equal within the "
+             "tolerance (an argmax, a sort); the reference continued with its choice")
     err = mismatch_error(res)
     if err is not None:
         raise err

@@ -207,11 +207,14 @@ def random_inputs(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
 
 @dataclass(frozen=True)
 class BlobCheck:
-    """One blob compared (``protonet.tolerances.compare``); ``source`` says which model ran it."""
+    """One blob compared (``protonet.tolerances.compare``); ``source`` says which model ran it;
+    ``followed``: how many of its elements are a choice at a near-tie (an argmax between inputs
+    equal within tolerance) where the reference took onnxruntime's choice (see :func:`verify_graph`)."""
 
     name: str
     result: Comparison
     source: str = "model"  # "model" (the artifact), "debug" (intermediate blobs), "unoptimized"
+    followed: int = 0
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -235,6 +238,7 @@ class VerifyResult:
     blobs: list[BlobCheck]
     provider: str
     outputs: dict[str, np.ndarray] = field(default_factory=dict)  # the artifact's network outputs
+    reference: dict[str, np.ndarray] = field(default_factory=dict)  # the reference's network outputs
 
     @property
     def ok(self) -> bool:
@@ -243,6 +247,11 @@ class VerifyResult:
     @property
     def worst(self) -> BlobCheck:
         return max(self.blobs, key=lambda b: b.ratio)
+
+    @property
+    def followed(self) -> int:
+        """Elements where the reference followed onnxruntime's choice at a near-tie."""
+        return sum(b.followed for b in self.blobs)
 
 
 def build_model(c: Compiled, opset: int | None = None) -> Built:
@@ -268,23 +277,28 @@ def verify_model(c: Compiled, model: Any, feeds: Mapping[str, np.ndarray], provi
                  src: str = "model", blobs: bool = True) -> VerifyResult:
     """Verify an artifact: ``model`` (a Built, a ModelProto, its bytes, or a path: what compile writes)
     runs in onnxruntime and its network outputs are compared with the float64 reference; the
-    intermediate blobs come from a debug export of the same graph (every blob an output; not
-    with ``blobs`` False). When passes ran, the outputs are also compared with the reference run
-    of the unoptimized graph. A model with a symbolic (dynamic) dimension runs at the graph's."""
+    intermediate blobs come from a debug export of the same graph (:func:`verify_graph`; not with
+    ``blobs`` False). When passes ran, the outputs are also compared with the reference run of
+    the unoptimized graph, which follows the same near-tie choices where they are ties there too.
+    A model with a symbolic (dynamic) dimension runs at the graph's."""
     sess = make_session(model, provider)
     _check_interface(c.graph, sess, src)
     got = sess.run(feeds)
-    ref = ReferenceInterpreter(c.graph).run(feeds, keep_all=True)
-    checks = [BlobCheck(v.name, compare(got[v.name], ref[v.name])) for v in c.graph.outputs]
+    choices: dict[str, tuple[list[np.ndarray], list[np.ndarray] | None]] = {}
     outs = {v.name for v in c.graph.outputs}
     if blobs:
-        res = verify_graph(c.graph, feeds, provider, ref=ref)
-        res.blobs = checks + [b for b in res.blobs if b.name not in outs]
-    else:
-        res = VerifyResult(checks, sess.provider)
+        res = verify_graph(c.graph, feeds, provider, choices=choices)
+        ref = res.reference
+    else:  # no debug export: no near-tie choices of onnxruntime to follow
+        ref = ReferenceInterpreter(c.graph).run(feeds)
+        res = VerifyResult([], sess.provider, reference=ref)
+    checks = [BlobCheck(v.name, compare(got[v.name], ref[v.name])) for v in c.graph.outputs]
+    res.blobs = checks + [b for b in res.blobs if b.name not in outs]
     res.outputs = {v.name: got[v.name] for v in c.graph.outputs}
     if c.unoptimized is not None:
-        before = ReferenceInterpreter(c.unoptimized).run(feeds)
+        follow = _Follower(lambda node: choices.get(node.name, (None, None))[0],
+                           lambda node: choices.get(node.name, (None, None))[1])
+        before = ReferenceInterpreter(c.unoptimized).run(feeds, on_node=follow)
         for name, r in before.items():
             if name in res.outputs:
                 res.blobs.append(BlobCheck(name, compare(res.outputs[name], r), "unoptimized"))
@@ -315,16 +329,158 @@ def _io(items: list[tuple[str, tuple[int, ...]]]) -> str:
     return ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in items)
 
 
+#: the most bytes of onnxruntime's blobs that verify holds at once
+CHUNK_BYTES = 256 << 20
+
+
+class _Follower:
+    """The reference's ``on_node`` hook that follows onnxruntime's choices where they are ties:
+    ``other(node)`` gives onnxruntime's tops for the node (or None) and ``other_inputs(node)`` its
+    bottoms (or None). Where onnxruntime's tops differ from the reference's:
+
+    - the layer's ``follow_choice`` decides whether the difference is a near-tie at an argmax
+      (MAX pooling's mask), judged on the reference's own bottoms;
+    - for a layer that ``decides`` (sorts, NMS, thresholds: Proposal, DetectionOutput), the
+      layer's kernel runs on onnxruntime's bottoms: when it gives onnxruntime's tops (within the
+      tolerance), the lowering made the kernel's decisions on the same values, and the
+      difference comes from the bottoms, which verify compares on their own;
+
+    then the reference continues with onnxruntime's tops; otherwise it keeps its own and the
+    comparison reports the difference. ``followed`` counts the elements taken, per blob;
+    ``taken`` keeps, per node, onnxruntime's tops and bottoms that were followed."""
+
+    def __init__(self, other: Any, other_inputs: Any = None):
+        self.other, self.other_inputs = other, other_inputs
+        self.followed: dict[str, int] = {}
+        self.taken: dict[str, tuple[list[np.ndarray], list[np.ndarray] | None]] = {}
+
+    def __call__(self, node: Any, xs: Any, ys: list[np.ndarray]) -> list[np.ndarray]:
+        from .layers import registry
+        from .tolerances import within
+
+        layer = registry.get(node.type)
+        alt = self.other(node)
+        if layer is None or node.post_ops or alt is None or any(a is None for a in alt):
+            return ys
+        if all(np.array_equal(a, y) for a, y in zip(alt, ys)):
+            return ys
+        new, bottoms = layer.follow_choice(node.attrs, xs, ys, alt, within), None
+        if new is None and layer.decides and self.other_inputs is not None:
+            bottoms = self.other_inputs(node)
+            new = self._replay(layer, node, alt, bottoms)
+        if new is None:
+            return ys
+        for v, y, n in zip(node.outputs, ys, new):
+            count = int(np.count_nonzero(np.asarray(n) != y))
+            if count:
+                self.followed[v.name] = count
+        self.taken[node.name] = ([np.asarray(a) for a in alt], bottoms)
+        log.info("layer '%s' (%s): the reference follows onnxruntime's choice at %d element(s)", node.name,
+                 node.type, sum(self.followed.get(v.name, 0) for v in node.outputs))
+        return [np.asarray(n, dtype=y.dtype) for n, y in zip(new, ys)]
+
+    @staticmethod
+    def _replay(layer: Any, node: Any, alt: list[np.ndarray], bottoms: list[np.ndarray] | None) -> list | None:
+        """onnxruntime's tops when the kernel, run on onnxruntime's bottoms, gives them."""
+        from .tolerances import within
+
+        if bottoms is None or any(b is None for b in bottoms):
+            return None
+        weights = {k: np.asarray(v, dtype=np.float64) for k, v in node.weights.items()}
+        again = layer.kernel(node.attrs, [np.asarray(b, dtype=np.float64) for b in bottoms], weights)
+        if all(within(a, r, r).all() for a, r in zip(alt, again)):
+            return list(alt)
+        return None
+
+
+class _OnnxBlobs:
+    """The debug export's blobs, fetched in graph order a chunk at a time (one onnxruntime run per
+    chunk, of at most CHUNK_BYTES of blobs unless one blob is bigger) and each given out once, so
+    that verify holds the blobs of one chunk, not all of them."""
+
+    def __init__(self, sess: Any, feeds: Mapping[str, np.ndarray], graph: Graph, budget: int = CHUNK_BYTES):
+        self.sess, self.feeds = sess, feeds
+        exposed = set(sess.output_names)
+        self.chunks: list[list[str]] = [[]]
+        size = 0
+        for node in graph.nodes:
+            for v in node.outputs:
+                if v.name not in exposed or v in graph.inputs:
+                    continue
+                nbytes = 4 * int(np.prod(v.shape, dtype=np.int64))
+                if self.chunks[-1] and size + nbytes > budget:
+                    self.chunks.append([])
+                    size = 0
+                self.chunks[-1].append(v.name)
+                size += nbytes
+        self.where = {name: k for k, names in enumerate(self.chunks) for name in names}
+        self.loaded: dict[str, np.ndarray] = {}
+        self.current = -1
+
+    def take(self, name: str) -> np.ndarray | None:
+        k = self.where.get(name)
+        if k is None:
+            return None
+        if k != self.current:
+            self.loaded = {}  # the previous chunk's remaining blobs were not asked for
+            self.loaded = self.sess.run(self.feeds, self.chunks[k])
+            self.current = k
+        return self.loaded.pop(name, None)
+
+
 def verify_graph(graph: Graph, feeds: Mapping[str, np.ndarray], provider: str = "auto",
-                 ref: Mapping[str, np.ndarray] | None = None) -> VerifyResult:
+                 choices: dict[str, tuple[list[np.ndarray], list[np.ndarray] | None]] | None = None
+                 ) -> VerifyResult:
     """Every blob of the graph but its inputs, float64 reference vs onnxruntime (fp32) running a
     debug export (every blob a graph output). This is not the model compile writes:
-    :func:`verify_model` checks the network outputs on that one."""
-    if ref is None:
-        ref = ReferenceInterpreter(graph).run(feeds, keep_all=True)
+    :func:`verify_model` checks the network outputs on that one.
+
+    The comparison streams: the reference runs node by node, each top is compared as it is
+    computed with onnxruntime's (fetched a chunk at a time, :class:`_OnnxBlobs`), and blobs are
+    freed after their last use, so a big net verifies in the memory of its live blobs.
+
+    Near-ties: where a layer's top is a discrete choice (MAX pooling's argmax mask, a Proposal's
+    sort and NMS) and onnxruntime's float32 arithmetic chose otherwise on values equal within
+    the tolerance, the reference continues with onnxruntime's choice (:class:`_Follower` states
+    the two rules, and refuses anything else), so that the blobs after it are compared on the
+    same decision; the blob's row counts the elements followed. ``choices`` (when given)
+    receives onnxruntime's tops and bottoms that were followed, by node name. The result's ``reference`` holds the
+    reference's network outputs, ``outputs`` the debug export's."""
+    from .layers import registry
+
     model = build(graph, expose_all=True)  # compile checks; this copy only adds outputs
     sess = make_session(model, provider)
-    got = sess.run(feeds)
-    checks = [BlobCheck(v.name, compare(got[v.name], ref[v.name]), "debug") for v in graph.iter_values()
-              if v not in graph.inputs and v.name in got]
-    return VerifyResult(checks, sess.provider)
+    blobs = _OnnxBlobs(sess, feeds, graph)
+    checks: list[BlobCheck] = []
+    got_outputs: dict[str, np.ndarray] = {}
+    outs = {v.name for v in graph.outputs}
+    pending: dict[str, list[np.ndarray | None]] = {}
+    # onnxruntime's bottoms of the layers that decide, held until those layers ran
+    wanted = {v.name for n in graph.nodes if getattr(registry.get(n.type), "decides", False) for v in n.inputs}
+    held: dict[str, np.ndarray] = {k: np.asarray(feeds[k]) for k in wanted if k in feeds}
+
+    def other(node: Any) -> list[np.ndarray | None]:
+        alt = [blobs.take(v.name) for v in node.outputs]
+        held.update({v.name: a for v, a in zip(node.outputs, alt) if v.name in wanted and a is not None})
+        pending[node.name] = alt
+        return alt
+
+    def other_inputs(node: Any) -> list[np.ndarray | None]:
+        return [held.get(v.name) for v in node.inputs]
+
+    follow = _Follower(other, other_inputs)
+
+    def on_node(node: Any, xs: Any, ys: list[np.ndarray]) -> list[np.ndarray]:
+        ys = follow(node, xs, ys)
+        for v, y, a in zip(node.outputs, ys, pending.pop(node.name)):
+            if a is None:
+                continue
+            checks.append(BlobCheck(v.name, compare(a, y), "debug", follow.followed.get(v.name, 0)))
+            if v.name in outs:
+                got_outputs[v.name] = a
+        return ys
+
+    reference = ReferenceInterpreter(graph).run(feeds, on_node=on_node)
+    if choices is not None:
+        choices.update(follow.taken)
+    return VerifyResult(checks, sess.provider, got_outputs, reference)

@@ -2,13 +2,16 @@
 
 It is the second, independent implementation that ``verify`` compares onnxruntime against,
 and the proof that the optimizer's passes preserve meaning. By default it computes in float64
-(Caffe's arithmetic, carried out more precisely) and frees each value after its last use;
-``keep_all=True`` returns every blob.
+(Caffe's arithmetic, carried out more precisely) and frees each value after its last use, as
+Caffe's nets could (a blob is held from its producer to its last consumer);
+``keep_all=True`` returns every blob. ``on_node`` sees each node's bottoms and tops as they are
+computed and may give the tops the run continues with (verify compares blob by blob that way,
+holding only the live ones, and follows onnxruntime's choice at a near-tie).
 """
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -21,19 +24,22 @@ def where(node: Node) -> str:
     return f"while executing layer '{node.name}' ({node.type})"
 
 
+#: ``on_node(node, bottoms, tops) -> tops``: called after each node with its computed tops
+OnNode = Callable[[Node, Sequence[np.ndarray], list[np.ndarray]], list[np.ndarray]]
+
+
 class ReferenceInterpreter:
     def __init__(self, graph: Graph, dtype: type = np.float64):
         self.graph = graph
         self.dtype = dtype
-        self._weights: dict[int, dict[str, np.ndarray]] = {}
 
     def _node_weights(self, node: Node) -> dict[str, np.ndarray]:
-        key = id(node)
-        if key not in self._weights:
-            self._weights[key] = {k: np.asarray(v, dtype=self.dtype) for k, v in node.weights.items()}
-        return self._weights[key]
+        """The node's weights in the interpreter's dtype, converted when the node runs and not
+        kept (a float64 copy of every weight of a big net would double its memory)."""
+        return {k: np.asarray(v, dtype=self.dtype) for k, v in node.weights.items()}
 
-    def run(self, feeds: Mapping[str, np.ndarray], keep_all: bool = False) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], keep_all: bool = False,
+            on_node: OnNode | None = None) -> dict[str, np.ndarray]:
         """Run the graph. Returns the graph outputs, or every value with ``keep_all``."""
         g = self.graph
         env: dict[str, np.ndarray] = {}
@@ -62,12 +68,17 @@ class ReferenceInterpreter:
                 raise type(e)(f"{where(node)}: {e.message}", replace(node.loc, layer=None, layer_type=None)) from e
             except Exception as e:  # an internal error, with the "while executing" context
                 raise RuntimeError(f"{where(node)}: {type(e).__name__}: {e}") from e
+            ys = [np.asarray(y) for y in ys]
             for v, y in zip(node.outputs, ys):
-                y = np.asarray(y)
                 if tuple(y.shape) != v.shape:
                     raise RuntimeError(f"{where(node)}: kernel gave "
                                        f"shape {tuple(y.shape)} for '{v.name}', shape inference says {v.shape}")
-                env[v.name] = y.astype(self.dtype, copy=False)
+            ys = [y.astype(self.dtype, copy=False) for y in ys]
+            if on_node is not None:
+                ys = on_node(node, xs, ys)
+            del xs
+            for v, y in zip(node.outputs, ys):
+                env[v.name] = y
             if not keep_all:
                 for v in node.inputs:
                     if last_use.get(v.name) == i and v.name not in keep:

@@ -75,6 +75,23 @@ def _special(x: np.ndarray) -> np.ndarray:
     return ~np.isfinite(x) | (np.abs(x) >= FLT_MAX)
 
 
+def _scale(x: np.ndarray) -> float:
+    """The root mean square of the ordinary (not special) entries of ``x``."""
+    v = x[~_special(x)]
+    return float(np.sqrt(np.mean(v * v))) if v.size else 0.0
+
+
+def within(values, reference, like, tol: Tolerance = VERIFY) -> np.ndarray:
+    """Element-wise: ``values`` equal ``reference`` under ``tol`` for a blob like ``like`` (the
+    module's rule, its absolute part from ``like``'s scale); special values only when equal."""
+    a = np.asarray(values, dtype=np.float64)
+    r = np.asarray(reference, dtype=np.float64)
+    atol = tol.atol_factor * max(_scale(np.asarray(like, dtype=np.float64)), TINY)
+    with np.errstate(invalid="ignore", over="ignore"):
+        special = _special(a) | _special(r)
+        return np.where(special, a == r, np.abs(a - r) <= atol + tol.rtol * np.abs(r))
+
+
 def compare(actual, reference, tol: Tolerance = VERIFY) -> Comparison:
     """Compare ``actual`` against ``reference`` element-wise (module docstring)."""
     a = np.asarray(actual, dtype=np.float64)
@@ -96,9 +113,7 @@ def _compare(a: np.ndarray, r: np.ndarray, tol: Tolerance) -> Comparison:
     same = (a32 == r32) | (np.isnan(a32) & np.isnan(r32))
     bad_special = special & ~same
     ordinary = ~special
-    rv = r[ordinary]
-    scale = float(np.sqrt(np.mean(rv * rv))) if rv.size else 0.0
-    atol = tol.atol_factor * max(scale, TINY)
+    atol = tol.atol_factor * max(_scale(r), TINY)
     if bad_special.any():
         flat = int(np.flatnonzero(bad_special)[0])
         idx = tuple(int(i) for i in np.unravel_index(flat, shape))

@@ -136,3 +136,168 @@ def test_verify_reports_the_tolerance_rule():
     assert "|onnx - ref| <= 0.0001*rms(ref) + 0.0001*|ref| per element" in r.stdout
     row = next(line for line in r.stdout.splitlines() if line.startswith("prob (model)"))
     assert "1x10" in row and "[0, " in row and "vs reference" in row
+
+
+# -- near-ties at an argmax (MAX pooling's mask) ---------------------------------------------------
+
+#: x + z, then 2x2 MAX pooling with its mask, then SegNet's unpooling by that mask. In window 0
+#: the sum is 1 at index 0 and 1 + 2**-25 at index 1: float64 keeps the difference (the reference's
+#: argmax is 1), float32 rounds it away (a tie: onnxruntime keeps index 0). Window 1 holds 3 at
+#: index 2 and 0.5 elsewhere: no tie.
+NEAR_TIE_NET = """
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 1 dim: 2 dim: 4 } } }
+layer { name: "z" type: "Input" top: "z" input_param { shape { dim: 1 dim: 1 dim: 2 dim: 4 } } }
+layer { name: "sum" type: "Eltwise" bottom: "x" bottom: "z" top: "sum" }
+layer { name: "pool" type: "Pooling" bottom: "sum" top: "pool" top: "mask"
+        pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "unpool" type: "Upsample" bottom: "pool" bottom: "mask" top: "unpool"
+        upsample_param { scale: 2 } }
+"""
+
+
+def _near_tie(tmp_path: Path):
+    import numpy as np
+
+    net = tmp_path / "tie.prototxt"
+    net.write_text(NEAR_TIE_NET)
+    c = compile_net(net, optimize=False)
+    x = np.array([[[[1, 1, 0.5, 0.5], [0, 0, 3, 0.5]]]], np.float32)
+    z = np.zeros_like(x)
+    z[0, 0, 0, 1] = 2.0 ** -25
+    return c, {"x": x, "z": z}
+
+
+def test_a_near_tie_in_a_max_pooling_mask_is_followed(tmp_path: Path):
+    import numpy as np
+
+    from protonet.pipeline import verify_graph
+    from protonet.reference import ReferenceInterpreter
+
+    c, feeds = _near_tie(tmp_path)
+    plain = ReferenceInterpreter(c.graph).run(feeds, keep_all=True)
+    assert plain["mask"][0, 0, 0].tolist() == [1, 6]  # float64: 1 + 2**-25 at index 1 wins
+    res = verify_graph(c.graph, feeds, "cpu")
+    rows = {b.name: b for b in res.blobs}
+    assert res.ok, [(b.name, b.result.describe()) for b in res.blobs if not b.ok]
+    assert rows["mask"].followed == 1 and res.followed == 1 and rows["unpool"].followed == 0
+    # the unpooled blob is compared on onnxruntime's decision: the maximum at index 0
+    assert res.outputs["unpool"][0, 0, 0].tolist() == [1, 0, 0, 0]
+    assert res.reference["unpool"][0, 0, 0, 0] == 1 + 2.0 ** -25
+
+
+def test_a_wrong_mask_is_not_taken_for_a_tie(tmp_path: Path, monkeypatch):
+    """onnxruntime's mask is replaced: an index at a smaller value of the window (0.5, not 3), an
+    index outside the window, a fraction: each is a mismatch, and the reference keeps its own mask."""
+    import numpy as np
+
+    from protonet import pipeline
+    from protonet.pipeline import verify_graph
+
+    c, feeds = _near_tie(tmp_path)
+    take = pipeline._OnnxBlobs.take
+    for wrong in (3, 0, 6.5):  # window 1 covers indices 2, 3, 6, 7; its maximum is at 6
+
+        def tampered(self, name, wrong=wrong):
+            got = take(self, name)
+            if name == "mask":
+                got = got.copy()
+                got[0, 0, 0, 1] = wrong
+            return got
+
+        monkeypatch.setattr(pipeline._OnnxBlobs, "take", tampered)
+        res = verify_graph(c.graph, feeds, "cpu")
+        failed = {b.name for b in res.blobs if not b.ok}
+        assert "mask" in failed and res.followed == 0, wrong
+        assert res.reference["unpool"][0, 0, 1, 2] == 3  # the reference's own choice
+
+
+def test_pooling_follows_only_ties_inside_the_window():
+    """Pooling.follow_choice by hand: 2x2 windows, stride 2, on one 2x4 plane."""
+    import numpy as np
+
+    from protonet.layers import registry
+    from protonet.tolerances import within
+
+    pool = registry.get("Pooling")
+    from protonet.layers.core import PoolAttrs
+    from protonet.layers.geometry import Window2D
+
+    a = PoolAttrs("MAX", Window2D((2, 2), (2, 2), (0, 0)), True, mask=True, out=(1, 2))
+    x = np.array([[[[2.0, 2.0 + 1e-9, 5.0, 1.0], [0.0, 0.0, 1.0, 2.0]]]])
+    top, mask = pool.kernel(a, [x], {})
+    assert top.ravel().tolist() == [2.0 + 1e-9, 5.0] and mask.ravel().tolist() == [1, 2]
+    tie = mask.copy()
+    tie[0, 0, 0, 0] = 0  # 2.0 vs 2.000000001: a tie within the tolerance
+    out = pool.follow_choice(a, [x], [top, mask], [top, tie], within)
+    assert out is not None and out[1].ravel().tolist() == [0, 2] and out[0] is top
+    # a smaller value in the window (twice); the tied value 2.0 outside window 0; no index; a
+    # fraction; past the plane
+    for bad in ((0, 4), (1, 3), (0, 7), (0, -1), (0, 2.5), (1, 8)):
+        alt = mask.copy()
+        alt[0, 0, 0, bad[0]] = bad[1]
+        assert pool.follow_choice(a, [x], [top, mask], [top, alt], within) is None, bad
+
+
+# -- a Proposal's sort on scores equal within the tolerance ----------------------------------------
+
+#: two anchors (one per cell, 64 px apart: no overlap); the foreground score of cell 1 is
+#: 0.5 + 2**-25 + 2**-25: float64 sums it to 0.5 + 2**-24 (the reference ranks cell 1 first),
+#: float32 rounds each step back to 0.5 (a tie with cell 0: onnxruntime ranks cell 0 first)
+PROPOSAL_TIE_NET = """
+layer { name: "a" type: "Input" top: "a" input_param { shape { dim: 1 dim: 2 dim: 1 dim: 2 } } }
+layer { name: "b" type: "Input" top: "b" input_param { shape { dim: 1 dim: 2 dim: 1 dim: 2 } } }
+layer { name: "c" type: "Input" top: "c" input_param { shape { dim: 1 dim: 2 dim: 1 dim: 2 } } }
+layer { name: "deltas" type: "Input" top: "deltas" input_param { shape { dim: 1 dim: 4 dim: 1 dim: 2 } } }
+layer { name: "im_info" type: "Input" top: "im_info" input_param { shape { dim: 1 dim: 3 } } }
+layer { name: "scores" type: "Eltwise" bottom: "a" bottom: "b" bottom: "c" top: "scores" }
+layer { name: "proposal" type: "Proposal" bottom: "scores" bottom: "deltas" bottom: "im_info" top: "rois"
+        proposal_param { feat_stride: 64 min_size: 1 ratio: 1 scale: 2 post_nms_topn: 2 } }
+"""
+
+
+def _proposal_tie(tmp_path: Path):
+    import numpy as np
+
+    net = tmp_path / "proposal.prototxt"
+    net.write_text(PROPOSAL_TIE_NET)
+    c = compile_net(net, optimize=False)
+    a = np.full((1, 2, 1, 2), 0.5, np.float32)
+    b = np.zeros_like(a)
+    b[0, 1, 0, 1] = 2.0 ** -25
+    feeds = {"a": a, "b": b, "c": b.copy(), "deltas": np.zeros((1, 4, 1, 2), np.float32),
+             "im_info": np.array([[200, 200, 1]], np.float32)}
+    return c, feeds
+
+
+def test_a_proposal_order_at_a_tie_is_followed(tmp_path: Path):
+    from protonet.pipeline import verify_graph
+    from protonet.reference import ReferenceInterpreter
+
+    c, feeds = _proposal_tie(tmp_path)
+    # the anchor (-8, -8, 23, 23) decoded with zero deltas (centre x1 + w/2 = 8, half width 16:
+    # -8 to 24, py-faster-rcnn's bbox_transform_inv) and clipped to the image; cell 1 is 64 px right
+    plain = ReferenceInterpreter(c.graph).run(feeds)["rois"]
+    assert plain.tolist() == [[0, 56, 0, 88, 24], [0, 0, 0, 24, 24]]  # cell 1 first
+    res = verify_graph(c.graph, feeds, "cpu")
+    assert res.ok, [(b.name, b.result.describe()) for b in res.blobs if not b.ok]
+    assert res.outputs["rois"].tolist() == [[0, 0, 0, 24, 24], [0, 56, 0, 88, 24]]  # cell 0 first
+    assert {b.name: b.followed for b in res.blobs}["rois"] == 4 and res.reference["rois"][0, 1] == 0
+
+
+def test_a_proposal_output_the_kernel_does_not_give_is_a_mismatch(tmp_path: Path, monkeypatch):
+    from protonet import pipeline
+    from protonet.pipeline import verify_graph
+
+    c, feeds = _proposal_tie(tmp_path)
+    take = pipeline._OnnxBlobs.take
+
+    def tampered(self, name):
+        got = take(self, name)
+        if name == "rois":
+            got = got.copy()
+            got[1, 3] += 1.0  # one box a pixel wider than the kernel makes it on these inputs
+        return got
+
+    monkeypatch.setattr(pipeline._OnnxBlobs, "take", tampered)
+    res = verify_graph(c.graph, feeds, "cpu")
+    assert "rois" in {b.name for b in res.blobs if not b.ok} and res.followed == 0

@@ -343,8 +343,9 @@ def check_file(path: str, work: Path, given: dict[str, tuple[int, ...]] | None =
     res["metric"] = "ratio"  # figures are fractions of verify's element-wise tolerance
     res["verify_rel"] = v.worst.ratio
     res["verify_blob"] = v.worst.name
+    res["followed"] = {b.name: b.followed for b in v.blobs if b.followed}  # near-tie choices taken
     # the optimized model's outputs against the unoptimized one's (which matched the reference)
-    res["optimized_rel"] = max((compare(optimized[k], x).ratio for k, x in v.outputs.items() if k in optimized),
+    res["optimized_rel"] = max((compare(optimized[k], x).ratio for k, x in v.reference.items() if k in optimized),
                                default=0.0)
     ok = v.ok and res["optimized_rel"] <= AGREE
     res["status"] = "verified" if ok else "mismatch"

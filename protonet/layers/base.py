@@ -31,7 +31,7 @@ kernels use numpy alone.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -130,6 +130,10 @@ class Layer:
     removed_at_inference: ClassVar[bool] = False
     #: copies its one bottom to every top (Split; eliminate_split)
     copies_bottom: ClassVar[bool] = False
+    #: its tops are selections made on its bottoms' values (a sort, NMS, a threshold), which
+    #: rounding within the tolerance can change: verify checks a top that differs from the
+    #: reference's by running the kernel on onnxruntime's own bottoms (see protonet.pipeline)
+    decides: ClassVar[bool] = False
 
     def identity(self, attrs: Any, in_shapes: Sequence[Shape], out_shapes: Sequence[Shape],
                  weights: dict[str, np.ndarray]) -> str | None:
@@ -186,6 +190,22 @@ class Layer:
         """A random valid value for bottom ``i`` when the layer reads it as indices (verify's
         generated inputs); None when standard-normal noise is a valid input."""
         return None
+
+    def follow_choice(self, attrs: Any, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray],
+                      other: Sequence[np.ndarray], close: "Close") -> list[np.ndarray] | None:
+        """For a layer whose top records a discrete choice (an argmax index): ``other`` are
+        another implementation's tops (onnxruntime's, in float32) for the same bottoms ``xs``.
+        When they differ from the reference's ``ys`` only where that implementation chose another
+        candidate that is valid and whose reference value equals the chosen one within tolerance
+        (``close``), return the tops that the reference continues with: its own values, the
+        other's choices. None when a difference is not such a tie (verify then reports it), or
+        when the layer makes no such choice (the default)."""
+        return None
+
+
+#: ``close(values, reference, like)``: element-wise, whether ``values`` equal ``reference`` within
+#: verify's tolerance for a blob like ``like`` (its scale sets the absolute part)
+Close = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 def random_rois(image: Shape, rois: Shape, spatial_scale: float, rng: np.random.Generator) -> np.ndarray:

@@ -11,7 +11,7 @@ from numpy.lib.stride_tricks import as_strided
 from ..errors import LayerContext
 from ..limits import check_blob
 from .affine import Affine, scale_along
-from .base import (CONSTANT_ONE, CONSTANT_ZERO, FLT_MAX, Example, Filler, Layer, Shape, WeightSpec,
+from .base import (CONSTANT_ONE, CONSTANT_ZERO, FLT_MAX, Close, Example, Filler, Layer, Shape, WeightSpec,
                    canonical_axis, enum_name, need_4d, prod, sigmoid)
 from .geometry import Window2D, conv_output_size, conv_window, pool_nonempty, pool_output_size, pool_window
 from .lowering import Lowering
@@ -468,6 +468,36 @@ class Pooling(Layer):
             return np.minimum(start + k, size + p) - start
         div = np.outer(extent(ho, kh, sh, ph, h), extent(wo, kw, sw, pw, wd))
         return [win_view.sum(axis=(2, 3)) / div]
+
+    def follow_choice(self, a: PoolAttrs, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray],
+                      other: Sequence[np.ndarray], close: Close) -> list[np.ndarray] | None:
+        """The mask of MAX pooling is an argmax: where two inputs of a window are equal up to
+        rounding, float32 and float64 may pick different ones. The other mask is followed when
+        every index where it differs lies in that output's window and holds a reference input
+        value equal to the window's maximum within tolerance; an index outside the window, out
+        of range, or at a value below the maximum is a real difference (None). (Exact ties in
+        float64 are included: float32 may compute two equal float64 values a rounding apart.)"""
+        if not a.mask:
+            return None
+        x, (top, mask), alt = xs[0], ys, np.asarray(other[1])
+        diff = np.argwhere(alt != mask)
+        if diff.size == 0 or alt.shape != mask.shape:
+            return None
+        h, w = x.shape[2:]
+        (kh, kw), (sh, sw), (ph, pw) = a.window.kernel, a.window.stride, a.window.pad
+        n, c, i, j = diff.T
+        k = alt[n, c, i, j].astype(np.float64)
+        valid = (k == np.floor(k)) & (k >= 0) & (k < h * w)
+        kk = np.where(valid, k, 0).astype(np.int64)
+        kh_, kw_ = kk // w, kk % w
+        hs, ws = i * sh - ph, j * sw - pw
+        valid &= (kh_ >= np.maximum(hs, 0)) & (kh_ < np.minimum(hs + kh, h))
+        valid &= (kw_ >= np.maximum(ws, 0)) & (kw_ < np.minimum(ws + kw, w))
+        picked = x[n, c, kh_, kw_]
+        valid &= close(picked, top[n, c, i, j], x)
+        if not valid.all():
+            return None
+        return [top, alt.astype(mask.dtype)]
 
     def lower(self, a: PoolAttrs, g: Lowering) -> None:
         s = g.in_shapes[0]

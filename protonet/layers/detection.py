@@ -163,6 +163,7 @@ class Proposal(Layer):
     type_name = "Proposal"
     num_bottoms = (3, 3)
     fixed_batch = "it handles one image (batch size 1), as py-faster-rcnn's proposal layer asserts"
+    decides = True  # sort, minimum size and NMS on the scores and the decoded boxes
     examples = (
         Example('layer { name: "p" type: "Proposal" bottom: "in0" bottom: "in1" bottom: "in2" top: "rois" '
                 'proposal_param { feat_stride: 16 } }', ((1, 18, 5, 6), (1, 36, 5, 6), (1, 3)), "defaults",

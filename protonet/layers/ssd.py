@@ -228,6 +228,7 @@ class DetectionOutput(Layer):
 
     type_name = "DetectionOutput"
     num_bottoms = (3, 3)
+    decides = True  # confidence threshold, sort and NMS on the decoded boxes
     examples = (
         Example('layer { name: "det" type: "DetectionOutput" bottom: "in0" bottom: "in1" bottom: "in2" top: "out" '
                 'detection_output_param { num_classes: 3 share_location: true background_label_id: 0 '
