@@ -111,6 +111,7 @@ class BatchResult:
     latency: Latency
     layers: list[LayerTime] = field(default_factory=list)
     run_ms: float | None = None  # with --per-layer: mean whole-run time under the profiler
+    outputs: dict[str, np.ndarray] | None = None  # with BenchOptions.keep_outputs
 
 
 @dataclass
@@ -371,17 +372,19 @@ class BenchOptions:
     per_layer: bool = False
     cuda_graph: bool = True  # on a GPU provider, for fixed shapes
     precision: str = "fp32"
+    trt_cache: str | None = None  # TensorRT's engine cache folder
+    keep_outputs: bool = False  # keep the last timed run's outputs (BatchResult.outputs)
 
 
 def bench_target(t: Target, opts: BenchOptions) -> tuple[BatchResult, Any]:
     """Time one target; returns its result and the session used."""
     from .runtime import BoundRun, GpuOptions, make_session
 
-    gpu = GpuOptions(cuda_graph=opts.cuda_graph, fp16=opts.precision == "fp16")
+    gpu = GpuOptions(cuda_graph=opts.cuda_graph, fp16=opts.precision == "fp16", trt_cache=opts.trt_cache)
     sess = make_session(t.model, opts.provider, opts.threads, gpu=gpu)
     bound = BoundRun(sess, t.feeds)
     runs = time_runs(bound, opts.warmup, opts.iterations, opts.seconds)
-    res = BatchResult(Latency(t.batch, opts.warmup, tuple(runs)))
+    res = BatchResult(Latency(t.batch, opts.warmup, tuple(runs)), outputs=bound.outputs() if opts.keep_outputs else None)
     if opts.per_layer:
         res.layers, res.run_ms = profile_layers(t, opts, len(runs), sess.provider)
     return res, sess
@@ -394,8 +397,8 @@ def profile_layers(t: Target, opts: BenchOptions, runs: int, provider: str) -> t
 
     with tempfile.TemporaryDirectory(prefix="protonet-profile-") as d:
         # the profiler times each node: a CUDA graph (one replay, no nodes) would hide them
-        sess = make_session(t.model, provider, opts.threads, gpu=GpuOptions(fp16=opts.precision == "fp16"),
-                            profile=str(Path(d) / "profile"))
+        sess = make_session(t.model, provider, opts.threads, profile=str(Path(d) / "profile"),
+                            gpu=GpuOptions(fp16=opts.precision == "fp16", trt_cache=opts.trt_cache))
         bound = BoundRun(sess, t.feeds)
         for _ in range(opts.warmup + runs):
             bound()

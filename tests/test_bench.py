@@ -3,6 +3,7 @@ onnxruntime's profile back to Caffe layers, and the command's table and JSON on 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -283,3 +284,29 @@ def test_reduced_precisions_run(tmp_path):
                                                                   precision=precision))
         assert res.precision == precision and len(res.batches[0].latency.runs) == 2
     assert "Cast" in ops["fp16"] and "QuantizeLinear" in ops["int8"] and "DequantizeLinear" in ops["int8"]
+
+
+def test_gpu_check_rehearsal_on_the_cpu(tmp_path):
+    """tools/gpu_check.sh --dry runs the GPU check's Python steps on the CPU (tiny): a verified
+    net, fp32 and fp16 rows at each batch size with fp16's top-1 agreement with fp32."""
+    out = tmp_path / "gpu.md"
+    r = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), "--dry", str(out), "--verify-nets", "lenet",
+                        "--net", "lenet"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert "CPU rehearsal" in text and "| lenet | cpu | 8 |" in text and "| OK |" in text
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith(("| fp32", "| fp16"))]
+    assert [(c[0].strip(), int(c[2])) for c in rows] == [("fp32", 1), ("fp32", 2), ("fp16", 1), ("fp16", 2)]
+    assert all(float(c[4]) > 0 and float(c[5]) > 0 for c in rows)
+    assert [c[6].strip() for c in rows][2:] == ["1.000", "1.000"]  # LeNet's fillers: fp16 keeps every top-1
+
+
+def test_gpu_check_refuses_without_a_gpu(tmp_path):
+    from protonet.runtime import usable_providers
+
+    if "cuda" in usable_providers():
+        pytest.skip("a GPU is here: tools/gpu_check.sh itself is the check")
+    out = tmp_path / "gpu.md"
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--provider", "cuda", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2 and "cuda provider cannot start here" in r.stderr and not out.exists()
