@@ -287,7 +287,10 @@ def sum_to_add(model: Any) -> Any:
 QUANTIZED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "LeakyRelu",
                            "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Concat", "Flatten",
                            "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Resize", "Pad", "Split", "Slice"})
-#: ops that only move, select or reshape values: quantized only when an input already is
+#: the ops quantized wherever they compute on data: the others of QUANTIZED_OPS are quantized only
+#: when an input already is (so a Normalize layer's sum of squares + eps stays fp32)
+ANCHOR_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+#: ops that only move, select or reshape values
 PASS_THROUGH_OPS = frozenset({"MaxPool", "GlobalMaxPool", "Concat", "Flatten", "Reshape", "Transpose", "Squeeze",
                               "Unsqueeze", "Pad", "Split", "Slice", "Relu", "Clip"})
 #: Caffe layer types whose lowering stays fp32 (box decoding, NMS, proposals: coordinates and
@@ -334,9 +337,9 @@ def _predictors(model: Any, tensors: Sequence[str]) -> set[str]:
 def quantizable_nodes(model: Any, fp32_regions: Sequence[tuple[Sequence[str], Sequence[str]]] = ()) -> list[str]:
     """The nodes that int8 quantizes. A node qualifies when its op is in :data:`QUANTIZED_OPS`, it
     computes on data derived from a graph input (constant subgraphs stay fp32), it is not in a
-    lowering listed in ``fp32_regions`` ((input, output) tensor names, :func:`head_regions`), and, for
-    a :data:`PASS_THROUGH_OPS` op, an input comes from a qualifying node (so the Flatten after a
-    Softmax stays fp32)."""
+    lowering listed in ``fp32_regions`` ((input, output) tensor names, :func:`head_regions`), and,
+    unless it is one of :data:`ANCHOR_OPS`, an input is a graph input or comes from a qualifying
+    node (so the Flatten after a Softmax stays fp32)."""
     graph = model.graph
     excluded: set[str] = set()
     for ins, outs in fp32_regions:
@@ -348,7 +351,7 @@ def quantizable_nodes(model: Any, fp32_regions: Sequence[tuple[Sequence[str], Se
         derived = any(i in live for i in node.input)
         ok = (derived and node.op_type in QUANTIZED_OPS and node.domain in ("", "ai.onnx")
               and node.name not in excluded
-              and (node.op_type not in PASS_THROUGH_OPS or any(i in quantized for i in node.input)))
+              and (node.op_type in ANCHOR_OPS or any(i in quantized for i in node.input)))
         if derived:
             live.update(node.output)
         if ok:
@@ -563,30 +566,26 @@ def run_outputs(session: Any, samples: Sequence[Sample]) -> dict[str, list[np.nd
     return outs
 
 
-def reduce_precision(model: Any, precision: str, samples: Sequence[Sample], kinds: Mapping[str, str],
-                     gate: Gate = Gate(), holdout: int | None = None, options: Int8Options = Int8Options(),
+def reduce_precision(model: Any, precision: str, calibration: Sequence[Sample], held_out: Sequence[Sample],
+                     kinds: Mapping[str, str], gate: Gate = Gate(), options: Int8Options = Int8Options(),
                      force: bool = False, src: str | None = None,
                      fp32_regions: Sequence[tuple[Sequence[str], Sequence[str]]] = ()) -> Reduced:
-    """``model`` (an fp32 ModelProto) in ``precision`` (fp16 or int8), with its accuracy measured
-    against ``model`` on held-out ``samples`` and gated: int8 calibrates on the samples not held
-    out (:func:`split_samples`); fp16 needs no calibration and is measured on every sample. Raises
-    VerificationError when the gate fails, unless ``force``. The reduced model records the report
-    under ``metadata_props["protonet.precision"]``."""
+    """``model`` (an fp32 ModelProto) in ``precision`` (fp16 or int8: calibrated on ``calibration``,
+    :func:`to_int8`), its accuracy measured against ``model`` on ``held_out`` (:func:`measure`) and
+    gated: raises VerificationError when the gate fails, unless ``force``. The reduced model
+    records the report under ``metadata_props["protonet.precision"]``."""
     from .runtime import make_session
 
     if precision not in ("fp16", "int8"):
         raise ProtonetError(f"unknown reduced precision '{precision}' (fp16 or int8)")
-    if precision == "int8":
-        calib, held = split_samples(samples, holdout, src)
-        reduced = to_int8(model, calib, options, fp32_regions)
-    else:
-        if not samples:
-            raise ProtonetError("no inputs to measure fp16 accuracy on", Location(src))
-        calib, held = [], list(samples) if holdout is None else split_samples(samples, holdout, src)[1]
-        reduced = to_fp16(model)
-    ref = run_outputs(make_session(model, "cpu"), held)
-    got = run_outputs(make_session(reduced, "cpu"), held)
-    report = AccuracyReport(precision, len(held), len(calib), tuple(measure(ref, got, kinds, gate)))
+    if not held_out or (precision == "int8" and not calibration):
+        raise ProtonetError(f"{precision}: no inputs to {'measure accuracy on' if not held_out else 'calibrate on'}",
+                            Location(src))
+    reduced = to_int8(model, calibration, options, fp32_regions) if precision == "int8" else to_fp16(model)
+    ref = run_outputs(make_session(model, "cpu"), held_out)
+    got = run_outputs(make_session(reduced, "cpu"), held_out)
+    report = AccuracyReport(precision, len(held_out), len(calibration) if precision == "int8" else 0,
+                            tuple(measure(ref, got, kinds, gate)))
     entry = next((p for p in reduced.metadata_props if p.key == METADATA_KEY), None) or reduced.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, report.to_json()
     if not report.passed and not force:
@@ -595,7 +594,7 @@ def reduce_precision(model: Any, precision: str, samples: Sequence[Sample], kind
                                 + "; ".join(f"{o.name} fails {o.rule}" for o in failed)
                                 + " (--force writes it anyway; lower --min-agreement/--min-sqnr to accept)",
                                 Location(src))
-    return Reduced(reduced, report, calib, held)
+    return Reduced(reduced, report, list(calibration), list(held_out))
 
 
 #: how many seeded random inputs measure an fp16 build compiled without --calibrate
@@ -607,7 +606,8 @@ def compile_precision(compiled: Any, model: Any, precision: str, calibrate: str 
                       force: bool = False, seed: int = 0) -> Reduced:
     """:func:`reduce_precision` for a compiled net (:class:`protonet.pipeline.Compiled`) and the fp32
     ModelProto built from it: the samples come from ``calibrate`` (through the net's recorded
-    preprocessing), the output kinds from the graph. int8 needs ``calibrate``; fp16 without it is
+    preprocessing) and are split (:func:`split_samples`), the output kinds and fp32 regions come
+    from the graph. int8 needs ``calibrate``; fp16 without it is
     measured on seeded standard-normal inputs (said so: noise says little about photos)."""
     from .frontend.preprocess import Preprocess
     from .pipeline import random_inputs
@@ -624,5 +624,10 @@ def compile_precision(compiled: Any, model: Any, precision: str, calibrate: str 
     else:
         log.warning("fp16 accuracy measured on %d random inputs (give --calibrate for real ones)", RANDOM_SAMPLES)
         samples = [Sample(f"random[{i}]", random_inputs(graph, seed + i)) for i in range(RANDOM_SAMPLES)]
-    return reduce_precision(model, precision, samples, output_kinds(graph), gate, holdout, options, force,
-                            str(calibrate) if calibrate is not None else None, head_regions(graph))
+    src = str(calibrate) if calibrate is not None else None
+    if precision == "int8":
+        calib, held = split_samples(samples, holdout, src)
+    else:  # fp16 calibrates nothing: every sample measures it, or --holdout of them
+        calib, held = [], list(samples) if holdout is None else split_samples(samples, holdout, src)[1]
+    return reduce_precision(model, precision, calib, held, output_kinds(graph), gate, options, force, src,
+                            head_regions(graph))
