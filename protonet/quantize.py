@@ -5,8 +5,10 @@
   u8s8 kernels on x86 with AVX-512 VNNI; int8 activations left a third of the convolutions in
   fp32 on open_nsfw), ranges from the calibration inputs by MinMax (see
   benchmarks/precision.md for the measured alternatives). Before quantizing, a two-input ``Sum``
-  (Caffe's Eltwise SUM) becomes ``Add``, which onnxruntime quantizes, and Softmax stays fp32
-  (probabilities on a uint8 grid of 1/255 would tie).
+  (Caffe's Eltwise SUM) becomes ``Add``, which onnxruntime quantizes. :func:`quantizable_nodes`
+  picks what is quantized: Softmax stays fp32 (probabilities on a uint8 grid of 1/255 would tie),
+  and so do the detection heads (:data:`HEAD_TYPES`: box decoding, NMS, proposals) with the
+  convolutions that predict their inputs, and constant subgraphs.
 * **fp16**: for the GPU: ``onnxruntime.transformers.float16`` converts the weights and arithmetic,
   keeping float32 graph inputs and outputs (Cast at the edges) and its list of ops that must stay
   fp32 (NonMaxSuppression, TopK, ...). onnxruntime on CPU runs it too, for the accuracy check.
@@ -31,6 +33,7 @@ A failed gate raises :class:`protonet.errors.VerificationError` (exit 3) unless 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import math
@@ -61,6 +64,9 @@ METADATA_KEY = "protonet.precision"
 BOX_IOU = 0.5
 #: calibration runs keep at most this many samples' activations before folding them into ranges
 CALIB_CHUNK = 8
+#: the histogram methods (percentile, entropy) of onnxruntime (1.31) keep every sample's activations
+#: in memory: they calibrate on at most this many samples, spread evenly over the set
+HISTOGRAM_SAMPLES = 16
 
 
 @dataclass(frozen=True)
@@ -72,12 +78,13 @@ class Sample:
     arrays: Mapping[str, np.ndarray] | None = None
     load: Callable[[], Mapping[str, np.ndarray]] | None = None
 
+    def __post_init__(self) -> None:
+        if (self.arrays is None) == (self.load is None):
+            raise ValueError(f"sample {self.source!r}: give its arrays or a loader, one of them")
+
     @property
     def feeds(self) -> Mapping[str, np.ndarray]:
-        if self.arrays is not None:
-            return self.arrays
-        assert self.load is not None
-        return self.load()
+        return self.arrays if self.arrays is not None else self.load()  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
@@ -408,24 +415,42 @@ def to_int8(model: Any, calibration: Sequence[Sample], options: Int8Options = In
     class Reader(_Reader, CalibrationDataReader):
         pass
 
+    if options.method != "minmax" and len(calibration) > HISTOGRAM_SAMPLES:
+        step = len(calibration) / HISTOGRAM_SAMPLES
+        calibration = [calibration[int(k * step)] for k in range(HISTOGRAM_SAMPLES)]
+        log.info("%s calibration on %d of the samples (its memory grows with each)", options.method,
+                 len(calibration))
     prepared = sum_to_add(model)
     body = quantizable_nodes(prepared, fp32_regions)
     if not body:
         raise ProtonetError("int8: the net has no node that int8 quantization covers "
                             f"({', '.join(sorted(QUANTIZED_OPS))})")
     large = prepared.ByteSize() > EXTERNAL_DATA_THRESHOLD
-    with tempfile.TemporaryDirectory(prefix="protonet-int8-") as d, _quiet_root_logger():
+    chatter = io.StringIO()  # onnxruntime's calibrators print their progress
+    with tempfile.TemporaryDirectory(prefix="protonet-int8-") as d, _quiet_root_logger(), \
+            contextlib.redirect_stdout(chatter):
         src, dst = Path(d) / "fp32.onnx", Path(d) / "int8.onnx"
         onnx.save_model(prepared, src, save_as_external_data=large)
         del prepared
-        quantize_static(
-            str(src), str(dst), Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=getattr(QuantType, ACTIVATION_TYPES[options.activation_type]),
-            weight_type=QuantType.QInt8, nodes_to_quantize=body,
-            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[options.method]),
-            use_external_data_format=large,
-            extra_options={"CalibMaxIntermediateOutputs": _chunk(len(calibration))})
-        return onnx.load_model(dst)
+        try:
+            quantize_static(
+                str(src), str(dst), Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=getattr(QuantType, ACTIVATION_TYPES[options.activation_type]),
+                weight_type=QuantType.QInt8, nodes_to_quantize=body,
+                calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[options.method]),
+                use_external_data_format=large,
+                extra_options={"CalibMaxIntermediateOutputs": _chunk(len(calibration))})
+        except ProtonetError:  # a calibration sample that cannot be read
+            raise
+        except (ValueError, ArithmeticError) as e:  # the calibrator cannot use the activations it saw
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ProtonetError(f"int8 calibration ({options.method}) failed on this net's activations: {first}"
+                                + (" (try --calibration-method minmax)" if options.method != "minmax" else "")) \
+                from None
+        model8 = onnx.load_model(dst)
+    if chatter.getvalue():
+        log.debug("onnxruntime's calibrator: %s", chatter.getvalue().strip())
+    return model8
 
 
 def _chunk(samples: int) -> int:

@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from protonet import quantize as q  # noqa: E402
+from protonet.errors import ProtonetError  # noqa: E402
 from protonet.frontend.preprocess import Preprocess  # noqa: E402
 from protonet.images import decode_image, preprocess_image  # noqa: E402
 from protonet.pipeline import build_model, compile_net  # noqa: E402
@@ -45,7 +46,10 @@ def machine() -> str:
     from machine import describe
 
     m = describe()
-    return (f"{m['CPU']}, {m['cores available']} cores available, {m['RAM']}, {m['OS']}; Python {m['python']}, "
+    flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[-1].split("\n", 1)[0].split() \
+        if Path("/proc/cpuinfo").exists() else []
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return (f"{m['CPU']} ({', '.join(isa) or 'no AVX2'}), {m['cores available']} cores available, {m['RAM']}, {m['OS']}; Python {m['python']}, "
             f"onnxruntime {ort.__version__} (CPUExecutionProvider, intra_op_num_threads={THREADS}), "
             f"numpy {m['numpy']}; load average at the start {os.getloadavg()[0]:.1f}")
 
@@ -114,12 +118,16 @@ def bench_model(title: str, net: Path, weights: Path, meta: Preprocess, photos: 
     kinds, regions = q.output_kinds(c.graph), q.head_regions(c.graph)
     calib, held = samples(photos, meta, shape)
     builds: dict[str, object] = {"fp32": fp32}
-    rows = []
+    rows, failed = [], []
     for act, method in variants:
         t = time.perf_counter()
-        red = q.reduce_precision(fp32, "int8", calib, held, kinds, options=q.Int8Options(act, method), force=True,
-                                 fp32_regions=regions)
-        name = f"int8 ({act} act., {method})"
+        name = f"int8 ({act} act., {method}{'' if method == 'minmax' else f', {q.HISTOGRAM_SAMPLES} samples'})"
+        try:
+            red = q.reduce_precision(fp32, "int8", calib, held, kinds, options=q.Int8Options(act, method),
+                                     force=True, fp32_regions=regions)
+        except ProtonetError as e:
+            failed.append(f"{name}: {e}")
+            continue
         builds[name] = red.model
         rows.append((name, red.report, time.perf_counter() - t))
     t = time.perf_counter()
@@ -152,6 +160,7 @@ def bench_model(title: str, net: Path, weights: Path, meta: Preprocess, photos: 
         cells = [name, *(f(o) for f in cols.values()), "pass" if o.passed else "FAIL", f"{secs:.1f}",
                  f"{lat[name][0]:.2f} ms ({lat[name][1]:.2f})", f"{base / lat[name][0]:.2f}x"]
         out.append("| " + " | ".join(cells) + " |")
+    out += [f"\nNo model: {f}" for f in failed]
     out += ["", f"({time.perf_counter() - t0:.0f} s for this model.)", ""]
     return out
 
