@@ -484,18 +484,28 @@ def draw_boxes(photo: str | Path, boxes: Sequence[Box], out: str | Path, inputs:
     _save(canvas, out, fmt, inputs)
 
 
+def resize_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``a`` (H, W) resized to ``size`` (h, w) by nearest neighbour on pixel centres: output pixel
+    (y, x) takes input pixel (floor((y + 0.5) · H / h), floor((x + 0.5) · W / w)), in exact integer
+    arithmetic (an upscale by k repeats every pixel k times)."""
+    (h_in, w_in), (h, w) = a.shape[:2], size
+    rows = ((2 * np.arange(h) + 1) * h_in) // (2 * h)
+    cols = ((2 * np.arange(w) + 1) * w_in) // (2 * w)
+    return a[rows][:, cols]
+
+
 def mask_image(mask: np.ndarray, geometry: Geometry) -> Any:
     """The class-per-pixel map as a palette ('P') image of the photo's size: the map (at the
-    score map's size) resized with nearest neighbour onto the part of the photo the net input
-    covers; the rest of the photo is VOC's void (255). Classes above 254 are refused."""
+    score map's size) resized with nearest neighbour (:func:`resize_nearest`) onto the part of
+    the photo the net input covers; the rest of the photo is VOC's void (255). Classes above 254
+    are refused."""
     from PIL import Image
 
     if mask.size and (mask.min() < 0 or mask.max() >= VOID):
         raise ProtonetError(f"class index {int(mask.max())} does not fit a VOC palette PNG (0-254)")
     h0, w0 = geometry.photo_hw
     x1, y1, x2, y2 = geometry.input_box()
-    small = Image.fromarray(mask.astype(np.uint8))
-    region = np.asarray(small.resize((max(1, x2 - x1), max(1, y2 - y1)), Image.NEAREST))
+    region = resize_nearest(mask.astype(np.uint8), (max(1, y2 - y1), max(1, x2 - x1)))
     full = np.full((h0, w0), VOID, dtype=np.uint8)
     top, left = max(0, y1), max(0, x1)
     full[top:y2, left:x2] = region[top - y1:top - y1 + max(0, min(y2, h0) - top),
@@ -528,7 +538,8 @@ def report(outs: Mapping[str, np.ndarray], reader: Reader, images: int, geometry
         for i, answers in enumerate(read):
             if name in answers:
                 said = describe(answers[name], reader.labels)
-                lines += [("  " if n == 1 else f"  [{i}] " if k == 0 else "      ") + line for k, line in enumerate(said)]
+                lead = "  " if n == 1 else f"  [{i}] "
+                lines += [(lead if k == 0 else " " * len(lead)) + line for k, line in enumerate(said)]
     return lines
 
 
@@ -559,7 +570,7 @@ def write_pictures(answers: Sequence[Answer], photo: str | Path | None, geometry
         draw_boxes(photo, boxes, draw, inputs)
         said.append(f"wrote {draw} ({len(boxes)} box(es))")
     if segmentation is not None:
-        mask = next(a for a in answers if a.mask is not None)
-        write_mask(mask.mask, geometry or Geometry.identity(mask.mask.shape), segmentation, inputs)
-        said.append(f"wrote {segmentation} (class per pixel of output {quote(mask.output)}, VOC colours)")
+        output, mask = next((a.output, a.mask) for a in answers if a.mask is not None)
+        write_mask(mask, geometry or Geometry.identity(mask.shape), segmentation, inputs)
+        said.append(f"wrote {segmentation} (class per pixel of output {quote(output)}, VOC colours)")
     return said

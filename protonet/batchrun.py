@@ -116,9 +116,8 @@ class Summary:
 @dataclass(frozen=True)
 class _Decoded:
     path: str
-    array: np.ndarray | None  # (C, H, W)
-    geometry: Geometry | None
-    error: str | None = None
+    array: np.ndarray  # what the input takes for one image: (C, H, W), or (H, W, C) uint8 when embedded
+    geometry: Geometry
 
 
 def row_record(path: str, answers: Sequence[Answer]) -> dict[str, Any]:
@@ -156,23 +155,23 @@ class Runner:
         self.meta, self.reader = meta, reader
         self.workers = workers or min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
 
-    def _decode(self, path: str) -> _Decoded:
+    def _decode(self, path: str) -> _Decoded | Failure:
         from .images import photo_feed
 
         try:
             x = photo_feed(path, self.meta, self.shape)[0]
             return _Decoded(path, x, photo_geometry(path, self.meta, self.shape))
         except ProtonetError as e:
-            return _Decoded(path, None, None, str(e))
+            return Failure(path, str(e))
         except MemoryError:
             raise
         except Exception as e:  # a decoder's own failure on a damaged file: that file is skipped
-            return _Decoded(path, None, None, f"{printable(path)}: cannot read image: {type(e).__name__}: {e}")
+            return Failure(path, f"{printable(path)}: cannot read image: {type(e).__name__}: {e}")
 
-    def _decoded(self, paths: Iterable[str]) -> Iterator[_Decoded]:
+    def _decoded(self, paths: Iterable[str]) -> Iterator[_Decoded | Failure]:
         """The paths decoded in order, at most ``2 * max(chunk, workers)`` images ahead."""
         ahead = 2 * max(self.chunk, self.workers)
-        pending: collections.deque[Future[_Decoded]] = collections.deque()
+        pending: collections.deque[Future[_Decoded | Failure]] = collections.deque()
         todo = iter(paths)
         with ThreadPoolExecutor(self.workers, thread_name_prefix="protonet-decode") as pool:
             try:
@@ -218,9 +217,9 @@ class Runner:
             items.clear()
 
         for d in self._decoded(paths):
-            if d.error is not None:
-                failed.append(Failure(d.path, d.error))
-                on_error(failed[-1])
+            if isinstance(d, Failure):
+                failed.append(d)
+                on_error(d)
                 progress(1)
                 continue
             if items and d.array.shape != items[0].array.shape:  # a dynamic image size: one run per size

@@ -308,3 +308,49 @@ def test_res10_faces_in_photo_pixels_drawn_and_in_a_list(tmp_path: Path, capsys)
             w = Image.open(photo).width
             np.testing.assert_allclose([b["score"] for b in boxes], want[:, 0], atol=1e-3)
             np.testing.assert_allclose([b["box"] for b in boxes], want[:, 1:], atol=0.01 * w)
+
+
+def test_compiled_score_map_to_png(tmp_path: Path, capsys):
+    """A compiled net whose output is a (1, 4, 8, 8) Convolution map: the PNG is the npz output's
+    argmax, resized with nearest neighbour (source pixel floor((x + 0.5) * 8 / W)) to the photo."""
+    net = tmp_path / "seg.prototxt"
+    net.write_text('input: "data" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
+                   'layer { name: "score" type: "Convolution" bottom: "data" top: "score" convolution_param { '
+                   'num_output: 4 kernel_size: 1 weight_filler { type: "gaussian" std: 1 } } }\n')
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    code, out, _ = infer(capsys, str(net), str(tmp_path / "p.png"), "--segmentation", str(tmp_path / "seg.png"),
+                         "-o", str(tmp_path / "out.npz"))
+    assert code == 0 and "class per pixel (4 classes, 8x8)" in out
+    classes = np.load(tmp_path / "out.npz")["score"][0].argmax(axis=0)
+    rows, cols = ([int((y + 0.5) * 8 / n) for y in range(n)] for n in (12, 16))  # 8 -> 12: 0 0 1 2 2 3 ...
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "seg.png")), classes[rows][:, cols])
+    assert len(np.unique(classes)) > 1
+
+
+def test_compiled_proposal_rois_and_scores(tmp_path: Path, capsys):
+    """Proposal's two tops are told apart by the recorded layer type ((12, 5) and (12, 1) would
+    otherwise read as classifier outputs): the printed boxes are the rois with score > threshold."""
+    net = tmp_path / "rpn.prototxt"
+    net.write_text("""
+layer { name: "s" type: "Input" top: "s" input_param { shape { dim: 1 dim: 8 dim: 6 dim: 5 } } }
+layer { name: "d" type: "Input" top: "d" input_param { shape { dim: 1 dim: 16 dim: 6 dim: 5 } } }
+layer { name: "im_info" type: "Input" top: "im_info" input_param { shape { dim: 1 dim: 3 } } }
+layer { name: "p" type: "Proposal" bottom: "s" bottom: "d" bottom: "im_info" top: "rois" top: "scores"
+  proposal_param { feat_stride: 8 min_size: 4 ratio: 1 ratio: 2 scale: 2 scale: 4 pre_nms_topn: 40
+  post_nms_topn: 12 nms_thresh: 0.5 } }
+""")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "in.npz", s=rng.random((1, 8, 6, 5), np.float32),
+             d=rng.normal(0, 0.2, (1, 16, 6, 5)).astype(np.float32), im_info=np.float32([[48, 40, 1.5]]))
+    code, out, _ = infer(capsys, str(net), "--input", str(tmp_path / "in.npz"), "--threshold", "0.6",
+                         "-o", str(tmp_path / "out.npz"))
+    assert code == 0
+    with np.load(tmp_path / "out.npz") as z:
+        rois, scores = z["rois"], z["scores"][:, 0]
+    keep = (scores > 0.6) & np.any(rois[:, 1:] != 0, axis=1)
+    assert 0 < keep.sum() < len(keep)
+    expected = [f"    {s:.4f}  proposal  at {x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}"
+                for s, (_, x1, y1, x2, y2) in zip(scores[keep], rois[keep])]
+    assert f"output 'rois': shape (12, 5)\n  {keep.sum()} box(es) (x1, y1, x2, y2):\n" + "\n".join(expected) in out
+    assert "top-" not in out  # neither top read as classes

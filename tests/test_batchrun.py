@@ -131,7 +131,8 @@ def test_not_a_terminal_no_progress_bar_jsonl(folder, capsys):
     d, photos, good = folder
     listing = d / "list.txt"
     rel = [os.path.relpath(p, d) for p in good[:5]]
-    listing.write_text("# five photos and one missing\n" + "\n".join(rel[:3]) + "\n\nmissing.jpg\n" + "\n".join(rel[3:]))
+    listing.write_text("# five photos and one missing\n" + "\n".join(rel[:3]) + "\n\nmissing.jpg\n"
+                       + "\n".join(rel[3:]))
     capsys.readouterr()
     code = cli.main(["infer", str(d / "m.onnx"), str(listing), "-o", str(d / "r.jsonl"), "--top-k", "2"])
     out, err = capsys.readouterr()
