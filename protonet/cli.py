@@ -21,7 +21,7 @@ import numpy as np
 from . import __version__
 from .api import MAX_DIM
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, ProtonetError, printable, quote
-from .fileio import Terminated, is_regular_file, protect_inputs, save_npz, unwind_on_signals, writes_stdout
+from .fileio import Terminated, is_regular_file, note_input, protect_inputs, save_npz, unwind_on_signals, writes_stdout
 from .runtime import PROVIDER_CHOICES
 
 log = logging.getLogger("protonet")
@@ -162,6 +162,21 @@ def _preprocess_options(args: argparse.Namespace) -> Any:
     return preprocess_options(**_preprocess_kwargs(args))
 
 
+def _add_compile_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``compile`` that shape the model (export-triton takes them too)."""
+    _add_opt_options(p, default_on=True)
+    p.add_argument("--explain", action="store_true", help="print what every pass matched, changed and declined")
+    _add_preprocess_options(p, compiling=True)
+    p.add_argument("--opset", type=_int_in(1, 999), help="target another ONNX opset (through onnx.version_converter, "
+                                             "then run against the opset-17 model; default 17)")
+    p.add_argument("--verify", action="store_true",
+                   help="verify the model before writing it (as 'protonet verify'; a mismatch exits 3 and "
+                        "writes nothing)")
+    p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES, help="for --verify")
+    p.add_argument("--all", action="store_true", help="with --verify, print every blob")
+    _add_precision_options(p)
+
+
 def _add_opt_options(p: argparse.ArgumentParser, default_on: bool) -> None:
     if default_on:
         p.add_argument("--no-optimize", action="store_true", help="skip the optimizer passes")
@@ -248,17 +263,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("net", help="prototxt (any Caffe format) or a .caffemodel")
     p.add_argument("-o", "--out", required=True, metavar="OUT.onnx")
     _add_net_options(p)
-    _add_opt_options(p, default_on=True)
-    p.add_argument("--explain", action="store_true", help="print what every pass matched, changed and declined")
-    _add_preprocess_options(p, compiling=True)
-    p.add_argument("--opset", type=_int_in(1, 999), help="target another ONNX opset (through onnx.version_converter, "
-                                             "then run against the opset-17 model; default 17)")
-    p.add_argument("--verify", action="store_true",
-                   help="verify the model before writing it (as 'protonet verify'; a mismatch exits 3 and "
-                        "writes nothing)")
-    p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES, help="for --verify")
-    p.add_argument("--all", action="store_true", help="with --verify, print every blob")
-    _add_precision_options(p)
+    _add_compile_options(p)
+
+    p = sub.add_parser("export-triton", help="write a Triton Inference Server model repository (protonet.triton)")
+    p.add_argument("models", nargs="+", metavar="MODEL.onnx|NET.prototxt",
+                   help="compiled models (with a dynamic batch), or net definitions (compiled with --batch dynamic "
+                        "and the compile options below)")
+    p.add_argument("--repo", required=True, metavar="DIR", help="the model repository (created when missing)")
+    p.add_argument("--name", help="the model's name in the repository (one model; default: the file's stem)")
+    p.add_argument("--max-batch", type=_int_in(0, 1 << 16), default=8, metavar="N",
+                   help="the largest batch Triton forms from queued requests (default 8; 0: no batching)")
+    p.add_argument("--queue-delay-us", type=_int_in(0, 10 ** 7), default=100, metavar="US",
+                   help="how long Triton may hold a request to gather a larger batch (default 100)")
+    p.add_argument("--instances", type=_int_in(1, 1024), default=1, metavar="K", help="model instances (default 1)")
+    p.add_argument("--kind", choices=["cpu", "gpu"], default="cpu", help="where the instances run (default cpu)")
+    p.add_argument("--tensorrt", nargs="?", const="fp16", choices=["fp16", "fp32"],
+                   help="GPU instances run through onnxruntime's TensorRT accelerator (precision_mode; default fp16)")
+    p.add_argument("-w", "--weights", action="append", default=[], metavar="W.caffemodel",
+                   help="weights of the net definitions, one per definition in order (default: fillers)")
+    _add_net_options(p, weights=False)
+    _add_compile_options(p)
 
     p = sub.add_parser("verify", help="run the numpy reference and onnxruntime and compare every blob")
     p.add_argument("net", nargs="+", metavar="[MODEL.onnx] NET",
@@ -380,8 +404,23 @@ def _report_loaded(c: Any) -> None:
 # -- commands ----------------------------------------------------------------------------------
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    from .export import write_model
+
     t0 = time.perf_counter()
-    m = _model(args, args.net, optimize=not args.no_optimize, opset=args.opset, **_preprocess_kwargs(args))
+    c, built = _compile_built(args, args.net)
+    files = write_model(built, args.out, inputs=[args.net, args.weights])
+    model = built.structure
+    size = sum(f.stat().st_size for f in files if is_regular_file(f)) or model.ByteSize() + built.large_bytes
+    _say(f"wrote {args.out}: {len(model.graph.node)} ONNX nodes, opset {model.opset_import[0].version}, "
+         f"{size / 1e6:.1f} MB, inputs {', '.join(v.name for v in c.graph.inputs)}, outputs "
+         f"{', '.join(v.name for v in c.graph.outputs)} ({time.perf_counter() - t0:.1f}s)")
+    return 0
+
+
+def _compile_built(args: argparse.Namespace, net: str) -> tuple[Any, Any]:
+    """What compile writes for ``net`` with the command's options: the compiled net and its
+    Built model, verified, reduced in precision and with the preprocessing embedded as asked."""
+    m = _model(args, net, optimize=not args.no_optimize, opset=args.opset, **_preprocess_kwargs(args))
     c = m.compiled
     _report_loaded(c)
     meta = m.preprocess
@@ -402,29 +441,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
         built = _reduce_precision(args, c, built)
     if args.embed_preprocess:
         from .embed import embed_preprocess
-        from .export import write_model
 
         size = args.image_size
         built = embed_preprocess(built, meta, size * 2 if size and len(size) == 1 else size)
         dims = built.structure.graph.input[0].type.tensor_type.shape.dim
         _say(f"embedded the preprocessing: input {quote(meta.input)} takes a uint8 RGB image "
              f"{'x'.join(d.dim_param or str(d.dim_value) for d in dims)} (N, H, W, C)")
-        files = write_model(built, args.out, inputs=[args.net, args.weights])
     elif args.image_size:
         raise ProtonetError("--image-size is the size of the image an embedded preprocessing takes; give "
                             "--embed-preprocess")
-    elif args.precision != "fp32":
-        from .export import write_model
-
-        files = write_model(built, args.out, inputs=[args.net, args.weights])
-    else:
-        files = m.save(args.out)
-    model = built.structure
-    size = sum(f.stat().st_size for f in files if is_regular_file(f)) or model.ByteSize() + built.large_bytes
-    _say(f"wrote {args.out}: {len(model.graph.node)} ONNX nodes, opset {model.opset_import[0].version}, "
-         f"{size / 1e6:.1f} MB, inputs {', '.join(v.name for v in c.graph.inputs)}, outputs "
-         f"{', '.join(v.name for v in c.graph.outputs)} ({time.perf_counter() - t0:.1f}s)")
-    return 0
+    return c, built
 
 
 def _reduce_precision(args: argparse.Namespace, c: Any, built: Any) -> Any:
@@ -698,7 +724,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0 if stopped else EXIT_INTERNAL
 
 
-COMMANDS = {"compile": cmd_compile, "verify": cmd_verify, "infer": cmd_infer, "bench": cmd_bench,
+def cmd_export_triton(args: argparse.Namespace) -> int:
+    from .serve import model_name
+    from .triton import RepoModel, TritonOptions, check_name, check_options, export_triton
+
+    opts = TritonOptions(args.max_batch, args.instances, args.kind, args.tensorrt, args.queue_delay_us)
+    check_options(opts)
+    nets = [m for m in args.models if not m.lower().endswith(".onnx")]
+    if args.weights and len(args.weights) != len(nets):
+        raise ProtonetError(f"-w: {len(args.weights)} weight file(s) for {len(nets)} net definition(s); give one -w "
+                            "per definition, in order (ONNX models take none), or none for filler weights")
+    if args.name and len(args.models) > 1:
+        raise ProtonetError("--name names one model; with several, each is named after its file")
+    if args.batch not in (None, "dynamic") and args.max_batch > 0:
+        raise ProtonetError(f"--batch {args.batch} fixes the batch, and Triton's batching needs a dynamic one (the "
+                            "default here); give --max-batch 0 to serve a fixed batch unbatched")
+    weights = dict(zip(nets, args.weights))
+    models = []
+    for path in args.models:
+        name = check_name(args.name or model_name(path))
+        if path in nets:
+            sub = argparse.Namespace(**dict(vars(args), weights=weights.get(path), batch=args.batch or "dynamic"))
+            model: Any = _compile_built(sub, path)[1]
+        elif not is_regular_file(path):
+            raise ProtonetError(f"{path}: no such file" if not Path(path).exists() else f"{path}: not a regular file")
+        else:
+            note_input(path)
+            model = path
+        models.append(RepoModel(name, path, model))
+    for folder in export_triton(args.repo, models, opts):
+        _say(f"wrote {folder / 'config.pbtxt'} and {folder / '1' / 'model.onnx'}")
+    return 0
+
+
+COMMANDS = {"export-triton": cmd_export_triton, "compile": cmd_compile, "verify": cmd_verify, "infer": cmd_infer, "bench": cmd_bench,
             "summary": cmd_summary, "draw": cmd_draw,
             "upgrade": cmd_upgrade, "layers": cmd_layers, "demo": cmd_demo, "serve": cmd_serve}
 

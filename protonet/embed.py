@@ -134,6 +134,8 @@ def embed_preprocess(built: Built, meta: Preprocess | None, image_size: tuple[in
     if meta.input not in {v.name for v in model.graph.input}:
         raise ProtonetError(f"--embed-preprocess: the model has no input {meta.input!r}")
     n, c, h, w = (int(d) for d in meta.shape) if len(meta.shape) == 4 else (0, 0, 0, 0)  # N <= 0: dynamic
+    first = next(v for v in model.graph.input if v.name == meta.input).type.tensor_type.shape.dim
+    n = 0 if first and first[0].HasField("dim_param") else n  # a model compiled with --batch dynamic
     if c not in (1, 3) or h <= 0 or w <= 0:
         raise ProtonetError(f"--embed-preprocess: input {meta.input!r} of shape {meta.shape} is not a fixed "
                             f"N x 1|3 x H x W image input")

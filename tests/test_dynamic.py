@@ -2,8 +2,6 @@
 batch sizes against the float64 reference built at each (protonet.dynamic)."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from protonet.frontend import load_net
 from protonet.pipeline import Compiled, _build, build_model, compile_net, probe_graph, verify_batches
 from protonet.runtime import make_session
 from test_ssd_head import NET as SSD_NET
+from test_triton import run_cli  # noqa: F401  (a fixture: the command line in this process)
 
 ROOT = Path(__file__).resolve().parent.parent
 NETS = ROOT / "nets"
@@ -99,13 +98,24 @@ def test_ssd_head_detection_output_per_image():
     assert res.ok, res.worst.result.describe()
 
 
-@pytest.mark.parametrize("net", ["lenet", pytest.param("squeezenet1_1", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("net", ["lenet"] + [pytest.param(p.stem, marks=pytest.mark.slow)
+                                             for p in sorted(NETS.glob("*.prototxt")) if p.stem != "lenet"])
 def test_zoo_net_dynamic(net):
+    """Every net of the zoo (all but LeNet behind -m slow; tools/dynamic_zoo.py records them all
+    at batch 1, 3 and 8 in benchmarks/dynamic.md)."""
     c = compile_net(NETS / f"{net}.prototxt", options=BuildOptions(dynamic_batch=True), optimize=True)
     model = build_model(c)
     assert dims(model.structure.graph.input[0])[0] == "N"
-    res = verify_batches(c, model, (1, 3), blobs=False)
+    res = verify_batches(c, model, (1, 3, 8), blobs=False)
     assert res.ok, res.worst.result.describe()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("net", sorted((NETS / "detection").glob("*.prototxt")), ids=lambda p: p.stem)
+def test_detection_nets_refused_at_the_proposal_layer(net):
+    """py-faster-rcnn's Proposal handles one image: the Faster R-CNN and R-FCN nets keep a fixed batch."""
+    with pytest.raises(ProtonetError, match=r"\.prototxt:\d+: layer 'proposal' \(Proposal\): --batch dynamic"):
+        compile_net(net, options=BuildOptions(dynamic_batch=True), optimize=True)
 
 
 @pytest.mark.parametrize("text,layer,why", [
@@ -128,12 +138,9 @@ def test_batch_dependent_layers_refused_at_the_layer(text, layer, why):
     assert why in msg, msg
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "protonet", *args], capture_output=True, text=True,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=300)
 
 
-def test_cli_compile_and_infer_any_batch(tmp_path):
+def test_cli_compile_and_infer_any_batch(tmp_path, run_cli):
     out = tmp_path / "lenet.onnx"
     r = run_cli("compile", str(NETS / "lenet.prototxt"), "--batch", "dynamic", "-o", str(out))
     assert r.returncode == 0, r.stderr
@@ -156,7 +163,7 @@ layer { name: "proposal" type: "Proposal" bottom: "scores" bottom: "deltas" bott
 """
 
 
-def test_cli_proposal_net_refused(tmp_path):
+def test_cli_proposal_net_refused(tmp_path, run_cli):
     net = tmp_path / "rpn.prototxt"
     net.write_text(PROPOSAL_NET)
     r = run_cli("compile", str(net), "--batch", "dynamic", "-o", str(tmp_path / "f.onnx"))
