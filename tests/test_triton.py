@@ -164,7 +164,7 @@ def test_embedded_preprocessing_takes_uint8(tmp_path, run_cli):
                    'convolution_param { num_output: 4 kernel_size: 3 } }\n'
                    'layer { name: "prob" type: "Softmax" bottom: "conv" top: "prob" }\n')
     r = run_cli("export-triton", str(net), "--repo", str(tmp_path / "repo"), "--mean", "104,117,123",
-                "--embed-preprocess")
+                "--embed-preprocess", "--image-size", "8,8")
     assert r.returncode == 0, r.stderr
     cfg = check_repo_model(tmp_path / "repo" / "tiny")
     assert type(cfg.input[0]).DESCRIPTOR.fields_by_name["data_type"].enum_type.values_by_number[
