@@ -211,10 +211,11 @@ def test_errors_are_the_cli_messages(tmp_path, capsys):
 
 
 def test_upgrade(tmp_path):
-    """A V1 definition upgraded through the API equals the checked-in expected upgrade."""
+    """A V0 definition upgraded through the API equals the checked-in expected upgrade."""
     src = ROOT / "tests" / "data" / "legacy" / "v0_types.prototxt"
     steps = protonet.upgrade(src, tmp_path / "new.prototxt")
-    assert steps and "V0" in steps[0] or "V1" in steps[0]
+    assert steps == ["V0 -> V1 layers", "V1 -> V2 layers"]
+    assert protonet.upgrade(tmp_path / "new.prototxt", tmp_path / "again.prototxt") == []  # already current
     from protonet.frontend import read_net
 
     got = read_net(tmp_path / "new.prototxt").net
