@@ -322,10 +322,11 @@ def _progress_bar(total: int) -> Any:
 
 
 def run_batch_cli(args: Any, spec: str, session: Any, name: str, shape: Sequence[int], meta: Any,
-                  reader: Reader) -> int:
+                  reader: Reader, announce: Callable[[], None] = lambda: None) -> int:
     """``protonet infer MODEL DIR|LIST.txt -o results.csv|.jsonl`` (module docstring): photos feed
-    input ``name`` of ``shape`` through ``meta``. Returns the exit code (0, or
-    :data:`EXIT_SOME_FAILED` when some images could not be read)."""
+    input ``name`` of ``shape`` through ``meta``; ``announce()`` says the preprocessing once the
+    options and the list are checked. Returns the exit code (0, or :data:`EXIT_SOME_FAILED` when
+    some images could not be read)."""
     fmt = result_format(args.out)
     if args.draw or args.segmentation:
         raise ProtonetError("--draw and --segmentation write one picture: give one image, not a folder or list")
@@ -336,6 +337,7 @@ def run_batch_cli(args: Any, spec: str, session: Any, name: str, shape: Sequence
     out_shapes = {o.name: tuple(d if isinstance(d, int) else -1 for d in o.shape)
                   for o in session.session.get_outputs()}
     cols = csv_columns(reader, out_shapes)
+    announce()
     bar = _progress_bar(len(paths))
 
     def report(f: Failure) -> None:

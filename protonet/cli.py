@@ -543,8 +543,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     reader.check_labels(m.outputs)
     if is_batch_input(spec, args.out):
         name, shape, meta, said = _photo_preprocess(args, m, spec)
-        _say_preprocess(said, meta)
-        return run_batch_cli(args, spec, sess, name, shape, meta, reader)
+        return run_batch_cli(args, spec, sess, name, shape, meta, reader, lambda: _say_preprocess(said, meta))
     photo = Path(spec).suffix.lower() in IMAGE_SUFFIXES
     answers.check_pictures(reader, m.outputs, photo, args.draw, args.segmentation)
     shape: tuple[int, ...] = ()
