@@ -20,9 +20,11 @@ kind               produced by (or, without metadata, shaped like)      answer
 ``other``          anything else                                         shape only
 =================  ===================================================  ==============================
 
-Boxes are given in pixels of the original photo: a box in net-input pixels (x, y) lies at
-``((x + left) · W0 / tw, (y + top) · H0 / th)`` on an H0 x W0 photo that was resized to
-th x tw and cut at (top, left) (:class:`Geometry`; the identity when the input was an array).
+Boxes are given in pixels of the original photo: a corner at (x, y) in net-input pixels lies at
+``((x + left) / sx, (y + top) / sy)`` on a photo that the preprocessing resized by (sy, sx)
+(target size over photo size, or the shorter-side factor) and cut at (top, left)
+(:class:`Geometry`, from :func:`protonet.images.resize_plan`); for an array input they stay in
+the input's pixels, or as the net gives them when it has several inputs.
 
 Labels (:func:`read_labels`): a text file with one label a line (line k names class k; Caffe's
 ``synset_words.txt`` lines such as ``n01440764 tench, Tinca tinca`` are shown whole, as Caffe's
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -122,7 +125,7 @@ def read_labels(path: str | Path) -> Labels:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ProtonetError(f"labels are not UTF-8 text (byte {e.start})", loc) from None
-    if Path(path).suffix.lower() == ".prototxt" or text.lstrip().startswith("item"):
+    if Path(path).suffix.lower() == ".prototxt" or re.match(r"\s*item\s*\{", text):
         return Labels(_label_map(text, loc), str(path))
     lines = text.splitlines()
     if not lines:

@@ -75,6 +75,10 @@ def test_labels_synset_words_shown_whole_and_label_map(tmp_path: Path):
                   'item { name: "person" label: 15 }\n')
     m = read_labels(lm)
     assert len(m) == 16 and m.name(0) == "background" and m.name(15) == "person" and m.name(3) == "3"
+    lm.rename(tmp_path / "labelmap.txt")  # recognised by its content too; a label starting "item" is a label
+    assert read_labels(tmp_path / "labelmap.txt").name(15) == "person"
+    (tmp_path / "items.txt").write_text("item one\nitem two\n")
+    assert read_labels(tmp_path / "items.txt").names == ("item one", "item two")
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(ProtonetError, match="empty.txt: no labels"):
         read_labels(tmp_path / "empty.txt")
