@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .frontend.preprocess import Preprocess, PreprocessOptions
     from .ir import Graph
     from .pipeline import Compiled, VerifyResult
+    from .quantize import AccuracyReport
     from .runtime import Session
 
 log = logging.getLogger(__name__)
@@ -338,7 +339,7 @@ class Model:
         from .runtime import make_session
 
         if provider not in self._sessions:
-            self._sessions[provider] = make_session(self.path if self._proto is not None else self.built, provider)
+            self._sessions[provider] = make_session(self.path if self.path is not None else self.built, provider)
         return self._sessions[provider]
 
     def feeds(self, inputs: Inputs, seed: int | None = None) -> dict[str, np.ndarray]:
@@ -424,6 +425,23 @@ class Model:
         return draw(c.graph, path, self.summary(), inputs=[self.net, self.options.weights, self.path],
                     symbolic=symbolic)
 
+
+    def reduce_precision(self, precision: str, calibrate: PathLike | None = None, *, holdout: int | None = None,
+                         min_agreement: float = 0.99, min_sqnr: float = 20.0, det_threshold: float = 0.5,
+                         force: bool = False, int8_activations: str = "uint8",
+                         calibration_method: str = "minmax") -> tuple["Model", "AccuracyReport"]:
+        """An ``"int8"`` or ``"fp16"`` copy of this compiled model and its accuracy against this one,
+        measured on inputs held back from calibration (``calibrate``: a folder of images or an .npz)
+        and gated, as ``compile --precision`` (:mod:`protonet.quantize`): a failed gate raises
+        VerificationError unless ``force``."""
+        from .quantize import Gate, Int8Options, compile_precision
+
+        red = compile_precision(self.compiled, self.onnx, precision, None if calibrate is None else str(calibrate),
+                                Gate(min_agreement, min_sqnr, det_threshold), holdout,
+                                Int8Options(int8_activations, calibration_method), force, self.options.seed)
+        m = Model(proto=red.model)
+        m.net, m.options = self.net, self.options
+        return m, red.report
 
 def mismatch_error(res: "VerifyResult") -> VerificationError | None:
     """The error a verification with a mismatch raises (None when every blob is within tolerance)."""

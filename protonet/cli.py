@@ -438,7 +438,7 @@ def _compile_built(args: argparse.Namespace, net: str) -> tuple[Any, Any]:
     if args.verify:
         _print_verify(m.verify(provider=args.provider), args.all)
     if args.precision != "fp32":
-        built = _reduce_precision(args, c, built)
+        built = _reduce_precision(args, m)
     if args.embed_preprocess:
         from .embed import embed_preprocess
 
@@ -453,21 +453,20 @@ def _compile_built(args: argparse.Namespace, net: str) -> tuple[Any, Any]:
     return c, built
 
 
-def _reduce_precision(args: argparse.Namespace, c: Any, built: Any) -> Any:
-    """The --precision build of ``built``, its accuracy printed (a failed gate raises, exit 3)."""
-    from .export import split_model
-    from .quantize import Gate, Int8Options, compile_precision
-
+def _reduce_precision(args: argparse.Namespace, m: Any) -> Any:
+    """The --precision build of ``m`` (:meth:`protonet.api.Model.reduce_precision`), its accuracy
+    printed (a failed gate raises, exit 3)."""
     if args.opset is not None and args.opset < 13:
         raise ProtonetError(f"--precision {args.precision} needs opset 13 or later (per-channel quantization); "
                             f"got --opset {args.opset}")
-    red = compile_precision(c, built.to_model(), args.precision, args.calibrate,
-                            Gate(args.min_agreement, args.min_sqnr, args.det_threshold), args.holdout,
-                            Int8Options(args.int8_activations, args.calibration_method), args.force, args.seed)
-    _say(red.report.describe())
-    if not red.report.passed:
-        _say(f"accuracy gate failed; written anyway (--force)")
-    return split_model(red.model)
+    reduced, report = m.reduce_precision(
+        args.precision, args.calibrate, holdout=args.holdout, min_agreement=args.min_agreement,
+        min_sqnr=args.min_sqnr, det_threshold=args.det_threshold, force=args.force,
+        int8_activations=args.int8_activations, calibration_method=args.calibration_method)
+    _say(report.describe())
+    if not report.passed:
+        _say("accuracy gate failed; written anyway (--force)")
+    return reduced.built
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -448,6 +448,7 @@ def to_int8(model: Any, calibration: Sequence[Sample], options: Int8Options = In
                                 + (" (try --calibration-method minmax)" if options.method != "minmax" else "")) \
                 from None
         model8 = onnx.load_model(dst)
+    model8.producer_name, model8.producer_version = model.producer_name, model.producer_version
     if chatter.getvalue():
         log.debug("onnxruntime's calibrator: %s", chatter.getvalue().strip())
     return model8

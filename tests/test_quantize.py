@@ -102,8 +102,10 @@ def test_cli_gate_exits_3_and_writes_nothing_and_force_writes(tmp_path: Path):
     cal = _npz(tmp_path)
     out = tmp_path / "tiny8.onnx"
     r = run("compile", str(net), "-w", str(w), "-o", str(out), "--precision", "int8", "--calibrate", str(cal),
-            "--min-agreement", "0")
+            "--min-agreement", "0", "--mean", "1,2,3")
     assert r.returncode == 0, r.stderr
+    kept = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert '"mean_value":[1.0,2.0,3.0]' in kept["protonet.preprocess"]  # the int8 model keeps the preprocessing
     assert "int8 accuracy vs fp32 on 8 held-out input(s) (32 used for calibration)" in r.stdout
     assert "prob (classifier): top-1 agreement" in r.stdout and out.exists()
     out.unlink()
@@ -142,6 +144,7 @@ def test_int8_is_qdq_with_per_channel_weight_scales(tmp_path: Path):
     model, c = _fp32(net, w)
     samples = q.load_samples(_npz(tmp_path), {"data": (1, 3, 8, 8)})
     m8 = q.to_int8(model, samples)
+    assert m8.producer_name == "protonet"
     ops = [n.op_type for n in m8.graph.node]
     assert ops.count("QuantizeLinear") >= 3 and ops.count("DequantizeLinear") >= 5
     assert "Sum" not in ops and "Add" in ops  # the Eltwise SUM became a quantizable Add
@@ -367,3 +370,21 @@ def test_res10_face_detector_int8_keeps_the_faces(real_models):
     for row in a:
         k = int(np.argmax(q._iou(row[3:7], b[:, 3:7])))
         assert q._iou(row[3:7], b[k:k + 1, 3:7])[0] >= 0.9 and abs(row[2] - b[k, 2]) < 0.05
+
+
+def test_api_model_reduce_precision(tmp_path: Path):
+    """protonet.compile(...).reduce_precision: the same build and gate as the command line."""
+    import protonet
+
+    net, w = _tiny(tmp_path, tie=False)
+    m = protonet.compile(net, w)
+    int8, report = m.reduce_precision("int8", _npz(tmp_path), min_agreement=0, holdout=10)
+    assert report.precision == "int8" and report.samples == 10 and report.calibration == 30
+    assert any(n.op_type == "QuantizeLinear" for n in int8.onnx.graph.node)
+    x = np.random.default_rng(5).normal(0, 2, (1, 3, 8, 8)).astype(np.float32)
+    assert q.sqnr_db(m.run({"data": x})["prob"], int8.run({"data": x})["prob"]) > 15
+    int8.save(tmp_path / "t8.onnx")
+    assert onnx.load(tmp_path / "t8.onnx").graph.input[0].name == "data"
+    net, w = _tiny(tmp_path, tie=True)
+    with pytest.raises(VerificationError):
+        protonet.compile(net, w).reduce_precision("int8", _npz(tmp_path))
