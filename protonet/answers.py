@@ -274,8 +274,8 @@ class Box:
 
 @dataclass(frozen=True)
 class Answer:
-    """What one output says about one image: ``classes`` (top-k), ``boxes``, or a ``mask``
-    (class per pixel of the score map)."""
+    """What one output says about one image: ``classes`` (top-k, and the whole row of ``scores``),
+    ``boxes``, or a ``mask`` (class per pixel of the score map)."""
 
     output: str
     kind: str
@@ -283,6 +283,7 @@ class Answer:
     boxes: tuple[Box, ...] = ()
     mask: np.ndarray | None = field(default=None, compare=False)
     num_classes: int = 0
+    scores: np.ndarray | None = field(default=None, compare=False)  # a classifier's whole row
 
     def record(self) -> Any:
         """A JSON-ready value: a list of classes or boxes, or the mask's class pixel counts."""
@@ -329,7 +330,8 @@ class Reader:
             if kind in ("classes", "segmentation", "label_map") and image >= y.shape[0]:
                 continue
             if kind == "classes":
-                res.append(Answer(name, kind, classes=self.rank(y.reshape(y.shape[0], -1)[image])))
+                row = y.reshape(y.shape[0], -1)[image]
+                res.append(Answer(name, kind, classes=self.rank(row), scores=row))
             elif kind == "detections":
                 res.append(Answer(name, kind, boxes=self.detections(y, image, geometry)))
             elif kind == "proposals":

@@ -4,7 +4,9 @@
 
 - the images: a folder's JPEG, PNG and BMP files (by suffix, any case; its sub-folders too),
   in sorted path order; or a list file (``.txt``) of image paths, one a line, relative to the
-  list's folder (blank lines and lines starting with ``#`` are skipped);
+  list's folder (blank lines and lines starting with ``#`` are skipped), optionally with Caffe's
+  class label after the path (:func:`list_entries`; then the summary gives the accuracy,
+  :class:`Accuracy`);
 - each image goes through the model's preprocessing (:func:`protonet.images.photo_feed`) on a
   pool of threads that decodes ahead of the inference (a bounded window of images), so that
   decoding overlaps the run (Pillow and onnxruntime release the GIL);
@@ -28,6 +30,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -66,8 +69,22 @@ def is_batch_input(spec: str, out: str | None) -> bool:
         (out is not None and Path(out).suffix.lower() in RESULT_FORMATS)
 
 
-def list_images(spec: str | Path) -> list[str]:
-    """The images named by ``spec`` (module docstring): a folder, a list file or one image."""
+@dataclass(frozen=True)
+class Entry:
+    """One image of a folder or list: its path, and the class label a Caffe list gives it."""
+
+    path: str
+    label: int | None = None
+    line: int | None = None  # in the list file
+
+
+_LABELLED = re.compile(r"(.*?\S)\s+(-?\d+)")
+
+
+def list_entries(spec: str | Path) -> list[Entry]:
+    """The images named by ``spec`` (module docstring): a folder, a list file or one image. A list
+    line "PATH LABEL" whose last word is an integer and whose whole text names no file is Caffe's
+    ``ImageData`` / ``convert_imageset`` list format: the path, then the image's class."""
     path = Path(spec)
     if path.is_dir():
         found = []
@@ -76,20 +93,32 @@ def list_images(spec: str | Path) -> list[str]:
             found += [os.path.join(root, f) for f in sorted(files) if Path(f).suffix.lower() in IMAGE_SUFFIXES]
         if not found:
             raise ProtonetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder", Location(str(spec)))
-        return found
+        return [Entry(f) for f in found]
     if path.suffix.lower() != ".txt":
-        return [str(spec)]
+        return [Entry(str(spec))]
     data = read_input(path, "image list", (limits.current().max_net_text_bytes, "MAX_NET_TEXT_BYTES"))
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ProtonetError(f"the image list is not UTF-8 text (byte {e.start})", Location(str(spec))) from None
-    base = path.parent
-    names = [line.strip() for line in text.splitlines()]
-    images = [str(base / n) if not os.path.isabs(n) else n for n in names if n and not n.startswith("#")]
-    if not images:
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        where, label = os.path.join(path.parent, line), None
+        m = _LABELLED.fullmatch(line)
+        if m and not os.path.exists(where):
+            where, label = os.path.join(path.parent, m.group(1)), int(m.group(2))
+        entries.append(Entry(where, label, number))
+    if not entries:
         raise ProtonetError("the list names no images", Location(str(spec)))
-    return images
+    return entries
+
+
+def list_images(spec: str | Path) -> list[str]:
+    """The paths of :func:`list_entries`."""
+    return [e.path for e in list_entries(spec)]
 
 
 @dataclass(frozen=True)
@@ -115,6 +144,7 @@ class Summary:
 
 @dataclass(frozen=True)
 class _Decoded:
+    index: int  # in the list
     path: str
     array: np.ndarray  # what the input takes for one image: (C, H, W), or (H, W, C) uint8 when embedded
     geometry: Geometry
@@ -155,12 +185,12 @@ class Runner:
         self.meta, self.reader = meta, reader
         self.workers = workers or min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
 
-    def _decode(self, path: str) -> _Decoded | Failure:
+    def _decode(self, index: int, path: str) -> _Decoded | Failure:
         from .images import photo_feed
 
         try:
             x = photo_feed(path, self.meta, self.shape)[0]
-            return _Decoded(path, x, photo_geometry(path, self.meta, self.shape))
+            return _Decoded(index, path, x, photo_geometry(path, self.meta, self.shape))
         except ProtonetError as e:
             return Failure(path, str(e))
         except MemoryError:
@@ -172,7 +202,7 @@ class Runner:
         """The paths decoded in order, at most ``2 * max(chunk, workers)`` images ahead."""
         ahead = 2 * max(self.chunk, self.workers)
         pending: collections.deque[Future[_Decoded | Failure]] = collections.deque()
-        todo = iter(paths)
+        todo = iter(enumerate(paths))
         with ThreadPoolExecutor(self.workers, thread_name_prefix="protonet-decode") as pool:
             try:
                 while True:
@@ -180,7 +210,7 @@ class Runner:
                         p = next(todo, None)
                         if p is None:
                             break
-                        pending.append(pool.submit(self._decode, p))
+                        pending.append(pool.submit(self._decode, *p))
                     if not pending:
                         return
                     yield pending.popleft().result()
@@ -198,10 +228,10 @@ class Runner:
         outs = self.session.run({self.input: x})
         return [self.reader.read(outs, i, d.geometry) for i, d in enumerate(items)]
 
-    def run(self, paths: Sequence[str], on_row: Callable[[str, list[Answer]], None],
+    def run(self, paths: Sequence[str], on_row: Callable[[int, list[Answer]], None],
             on_error: Callable[[Failure], None] = lambda f: None,
             progress: Callable[[int], None] = lambda n: None) -> Summary:
-        """Run every image; ``on_row(path, answers)`` in input order for each image read,
+        """Run every image; ``on_row(index, answers)`` in input order for each image read,
         ``on_error`` for each one that could not be, ``progress(n)`` as images are done."""
         t0 = time.perf_counter()
         failed: list[Failure] = []
@@ -211,7 +241,7 @@ class Runner:
         def flush() -> None:
             nonlocal done
             for d, answers in zip(items, self._run_chunk(items)):
-                on_row(d.path, answers)
+                on_row(d.index, answers)
             done += len(items)
             progress(len(items))
             items.clear()
@@ -278,17 +308,68 @@ def csv_cells(cols: Sequence[tuple[str, str, int]], path: str, answers: Sequence
 class ResultWriter:
     """Rows of a CSV or JSON Lines file, written as they come into the open stream."""
 
-    def __init__(self, stream: io.TextIOBase, fmt: str, cols: Sequence[tuple[str, str, int]]):
-        self.fmt, self.cols, self.stream = fmt, list(cols), stream
+    def __init__(self, stream: Any, fmt: str, cols: Sequence[tuple[str, str, int]], truth: bool = False):
+        self.fmt, self.cols, self.stream, self.truth = fmt, list(cols), stream, truth
         self.csv = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
         if self.csv is not None:
-            self.csv.writerow(["path"] + [c for c, _, _ in self.cols])
+            self.csv.writerow(["path"] + (["truth"] if truth else []) + [c for c, _, _ in self.cols])
 
-    def row(self, path: str, answers: Sequence[Answer]) -> None:
+    def row(self, entry: Entry, answers: Sequence[Answer]) -> None:
+        """One image's row (with its list label under ``truth`` when the list gives labels)."""
         if self.csv is not None:
-            self.csv.writerow(csv_cells(self.cols, path, answers))
+            cells = csv_cells(self.cols, entry.path, answers)
+            if self.truth:
+                cells.insert(1, "" if entry.label is None else str(entry.label))
+            self.csv.writerow(cells)
         else:
-            self.stream.write(json.dumps(row_record(path, answers), ensure_ascii=False) + "\n")
+            rec = row_record(entry.path, answers)
+            if self.truth:
+                rec = {"path": rec.pop("path"), "truth": entry.label, **rec}
+            self.stream.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+@dataclass
+class Accuracy:
+    """Caffe's Accuracy layer over the labelled images, on one classification output: an image
+    counts for top-k when fewer than k classes score strictly above its label's class (so ties
+    count as hits, as in Caffe)."""
+
+    output: str
+    k: int
+    seen: int = 0
+    top1: int = 0
+    topk: int = 0
+
+    def add(self, label: int | None, answers: Sequence[Answer]) -> None:
+        row = next((a.scores for a in answers if a.output == self.output), None)
+        if label is None or row is None:
+            return
+        above = int(np.sum(row > row[label]))
+        self.seen += 1
+        self.top1 += above < 1
+        self.topk += above < self.k
+
+    def describe(self) -> str:
+        if not self.seen:
+            return ""
+        return (f"; output {quote(self.output)}: top-1 accuracy {self.top1 / self.seen:.4f}, top-{self.k} "
+                f"{self.topk / self.seen:.4f} over {self.seen} labelled image(s)")
+
+
+def _accuracy(entries: Sequence[Entry], reader: Reader, out_shapes: Mapping[str, Sequence[int]],
+              spec: str) -> Accuracy | None:
+    """The accuracy of the first classification output, when the list gives labels (each checked
+    to be one of its classes, as Caffe's Accuracy layer checks)."""
+    labelled = [e for e in entries if e.label is not None]
+    output = next((n for n, s in out_shapes.items() if reader.kind(n, s) == "classes"), None)
+    if not labelled or output is None:
+        return None
+    classes = int(np.prod(out_shapes[output][1:]))
+    for e in labelled:
+        if e.label is not None and (e.label < 0 or 0 < classes <= e.label):
+            raise ProtonetError(f"label {e.label} is not a class of output {quote(output)} ({classes} classes)",
+                                Location(spec, e.line))
+    return Accuracy(output, reader.top_k)
 
 
 def result_format(out: str | None) -> str:
@@ -330,13 +411,15 @@ def run_batch_cli(args: Any, spec: str, session: Any, name: str, shape: Sequence
     fmt = result_format(args.out)
     if args.draw or args.segmentation:
         raise ProtonetError("--draw and --segmentation write one picture: give one image, not a folder or list")
-    paths = list_images(spec)
+    entries = list_entries(spec)
+    paths = [e.path for e in entries]
     batch = getattr(args, "batch", None)  # an integer, or 'dynamic' (how a prototxt was compiled)
     runner = Runner(session, name, shape, meta, reader, batch if isinstance(batch, int) else None,
                     getattr(args, "workers", None))
     out_shapes = {o.name: tuple(d if isinstance(d, int) else -1 for d in o.shape)
                   for o in session.session.get_outputs()}
     cols = csv_columns(reader, out_shapes)
+    accuracy = _accuracy(entries, reader, out_shapes, spec)
     announce()
     bar = _progress_bar(len(paths))
 
@@ -350,8 +433,15 @@ def run_batch_cli(args: Any, spec: str, session: Any, name: str, shape: Sequence
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
-            w = ResultWriter(f, fmt, cols)
-            summary.append(runner.run(paths, w.row, report, bar.update if bar is not None else lambda n: None))
+            w = ResultWriter(f, fmt, cols, truth=any(e.label is not None for e in entries))
+
+            def row(index: int, answers: list[Answer]) -> None:
+                entry = entries[index]
+                w.row(entry, answers)
+                if accuracy is not None:
+                    accuracy.add(entry.label, answers)
+
+            summary.append(runner.run(paths, row, report, bar.update if bar is not None else lambda n: None))
 
     try:
         write_atomic(args.out, write, inputs=[args.model, spec, getattr(args, "weights", None)] + paths)
@@ -361,5 +451,6 @@ def run_batch_cli(args: Any, spec: str, session: Any, name: str, shape: Sequence
     s = summary[0]
     failed = f"; {len(s.failed)} could not be read (skipped, listed above)" if s.failed else ""
     print(f"{s.done} of {s.images} image(s) in {s.seconds:.2f} s ({s.rate:.1f} images/s) on "
-          f"{session.provider.upper()}, batch {s.batch}{failed}; wrote {args.out}", flush=True)
+          f"{session.provider.upper()}, batch {s.batch}{failed}"
+          f"{accuracy.describe() if accuracy is not None else ''}; wrote {args.out}", flush=True)
     return EXIT_SOME_FAILED if s.failed else 0

@@ -21,7 +21,8 @@ from PIL import Image
 
 from protonet import cli
 from protonet.answers import Reader, output_types
-from protonet.batchrun import EXIT_SOME_FAILED, Runner, list_images
+from protonet.answers import Answer
+from protonet.batchrun import EXIT_SOME_FAILED, Accuracy, Runner, list_images
 from protonet.images import load_image
 from protonet.runtime import make_session
 
@@ -34,7 +35,7 @@ layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
   convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.1 } } }
 layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: AVE global_pooling: true } }
 layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc"
-  inner_product_param { num_output: 10 weight_filler { type: "gaussian" std: 0.5 } } }
+  inner_product_param { num_output: 10 weight_filler { type: "gaussian" std: 0.05 } } }
 layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
 """
 
@@ -170,7 +171,7 @@ def test_dynamic_batch_chunks_and_fixed_batch_mismatch(folder, tmp_path: Path, c
     sess.run = lambda feeds: (seen.append(len(feeds["data"])), real_run(feeds))[1]
     rows: list[tuple[str, list]] = []
     runner = Runner(sess, "data", (-1, 3, 4, 4), None, Reader({}, top_k=3), batch=5, workers=2)
-    summary = runner.run(good[:12], lambda p, a: rows.append((p, a)))
+    summary = runner.run(good[:12], lambda i, a: rows.append((good[i], a)))
     assert seen == [5, 5, 2] and summary.done == 12 and not summary.failed  # no padding for a dynamic batch
     for path, (a,) in rows:
         x = load_image(path, None, (1, 3, 4, 4))[0]
@@ -198,3 +199,42 @@ def test_dynamic_batch_chunks_and_fixed_batch_mismatch(folder, tmp_path: Path, c
     assert cli.main(["infer", str(d / "m.onnx"), str(photos), "-o", str(tmp_path / "r.npz")]) == 2
     assert "r.npz: results go to a .csv or .jsonl file, not .npz" in capsys.readouterr().err
     assert not (tmp_path / "r.csv").exists()
+
+
+def test_caffe_list_with_labels_gives_accuracy(folder, tmp_path: Path, capsys):
+    """Caffe's ImageData list format, "PATH LABEL": the label is kept in the rows ("truth") and the
+    summary gives top-1 and top-k accuracy as Caffe's Accuracy layer counts them."""
+    d, photos, good = folder
+    model = d / "m.onnx"
+    sess = make_session(str(model), "cpu")
+    lines, hits1, hits3 = [], 0, 0
+    for i, p in enumerate(good[:20]):
+        prob = sess.run({"data": load_image(p, None, (8, 3, 16, 16))})["prob"][0]
+        order = np.argsort(-prob, kind="stable")
+        assert np.all(np.diff(prob[order[:5]]) < 0)  # no ties among the five best: the ranks are unambiguous
+        label = int(order[i % 4])  # the 1st, 2nd, 3rd or 4th best class in turn
+        hits1 += i % 4 == 0
+        hits3 += i % 4 < 3
+        lines.append(f"{os.path.relpath(p, tmp_path)} {label}")
+    (tmp_path / "val.txt").write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert cli.main(["infer", str(model), str(tmp_path / "val.txt"), "-o", str(tmp_path / "r.csv"),
+                     "--top-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert (hits1, hits3) == (5, 15)
+    assert "output 'prob': top-1 accuracy 0.2500, top-3 0.7500 over 20 labelled image(s)" in out
+    with open(tmp_path / "r.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["truth"] for r in rows] == [line.rsplit(" ", 1)[1] for line in lines]
+    assert [os.path.normpath(r["path"]) for r in rows] == good[:20]  # joined to the list's folder
+    # a label that is not a class: located at its line, before anything runs
+    (tmp_path / "bad.txt").write_text(f"{good[0]} 3\n{good[1]} 10\n")
+    assert cli.main(["infer", str(model), str(tmp_path / "bad.txt"), "-o", str(tmp_path / "b.csv")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"{tmp_path / 'bad.txt'}:2: label 10 is not a class of "
+                                                    f"output 'prob' (10 classes)")
+    # ties count as hits, as in Caffe's Accuracy layer (fewer than k classes strictly above the label's)
+    acc = Accuracy("prob", 2)
+    row = np.float32([0.4, 0.4, 0.2])
+    for label in (1, 2):
+        acc.add(label, [Answer("prob", "classes", scores=row)])
+    assert (acc.seen, acc.top1, acc.topk) == (2, 1, 1)
