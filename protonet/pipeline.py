@@ -15,7 +15,7 @@ from .export import Built, build, split_model
 from .frontend import LoadedNet, deploy_step, dialect_step, load_net
 from .ir import Graph
 from .reference import ReferenceInterpreter
-from .runtime import make_session
+from .runtime import Session, make_session
 from .tolerances import Comparison, compare
 
 log = logging.getLogger(__name__)
@@ -147,9 +147,10 @@ def verify_batches(c: Compiled, model: Any, batches: Sequence[int] | None = None
 
     checks: list[BlobCheck] = []
     results = []
+    sess = make_session(model, provider)  # one session serves every batch size
     for b in batches or VERIFY_BATCHES:
         cb = at_batch(c, b)
-        results.append(verify_model(cb, model, random_inputs(cb.graph, seed), provider, src, blobs=blobs))
+        results.append(verify_model(cb, sess, random_inputs(cb.graph, seed), provider, src, blobs=blobs))
         checks += [replace(x, source=f"{x.source}, batch {b}") for x in results[-1].blobs]
     return VerifyResult(checks, results[-1].provider, results[-1].outputs)
 
@@ -275,13 +276,13 @@ def build_model(c: Compiled, opset: int | None = None) -> Built:
 
 def verify_model(c: Compiled, model: Any, feeds: Mapping[str, np.ndarray], provider: str = "auto",
                  src: str = "model", blobs: bool = True) -> VerifyResult:
-    """Verify an artifact: ``model`` (a Built, a ModelProto, its bytes, or a path: what compile writes)
+    """Verify an artifact: ``model`` (a Built, a ModelProto, its bytes, a path: what compile writes; or its Session)
     runs in onnxruntime and its network outputs are compared with the float64 reference; the
     intermediate blobs come from a debug export of the same graph (:func:`verify_graph`; not with
     ``blobs`` False). When passes ran, the outputs are also compared with the reference run of
     the unoptimized graph, which follows the same near-tie choices where they are ties there too.
     A model with a symbolic (dynamic) dimension runs at the graph's."""
-    sess = make_session(model, provider)
+    sess = model if isinstance(model, Session) else make_session(model, provider)
     _check_interface(c.graph, sess, src)
     got = sess.run(feeds)
     choices: dict[str, tuple[list[np.ndarray], list[np.ndarray] | None]] = {}

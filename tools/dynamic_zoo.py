@@ -40,14 +40,14 @@ def check_net(net: Path, batches: tuple[int, ...]) -> dict:
     except ProtonetError as e:
         return {"net": net, "refused": str(e).replace(str(ROOT) + "/", "")}
     compile_s = time.perf_counter() - t0
-    sess = make_session(model, "cpu", threads=THREADS)
+    sess = make_session(model, "cpu", threads=THREADS)  # one session for every batch size
     row: dict = {"net": net, "compile_s": compile_s, "ratio": {}, "ms_per_image": {}, "ok": True}
     for b in batches:
         # the network outputs against the reference of the graph as compiled (the passes are
         # proven against the unoptimized graph elsewhere: benchmarks/zoo.md, tests/test_passes.py)
         cb = replace(at_batch(c, b), unoptimized=None)
         feeds = random_inputs(cb.graph, 0)
-        res = verify_model(cb, model, feeds, "cpu", blobs=False)
+        res = verify_model(cb, sess, feeds, "cpu", blobs=False)
         row["ok"] &= res.ok
         row["ratio"][b] = res.worst.ratio
         sess.run(feeds)  # warm-up at this batch
@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     nets = [n.resolve() for n in args.nets] or sorted((ROOT / "nets").glob("*.prototxt")) + sorted(
         (ROOT / "nets" / "detection").glob("*.prototxt"))
     rows = []
-    command = "python tools/dynamic_zoo.py" + (f" --batches {args.batches}" if args.batches != "1,3,8" else "")
+    command = "python tools/dynamic_zoo.py" + (f" --batches {args.batches}" if args.batches != "1,3,8" else "") + (
+        " " + " ".join(str(n.relative_to(ROOT)) if n.is_relative_to(ROOT) else str(n) for n in nets) if args.nets else "")
     for net in nets:
         row = check_net(net, batches)
         rows.append(row)
