@@ -130,12 +130,16 @@ def _user(built: Built, name: str) -> onnx.NodeProto | None:
 
 
 def _attr_difference(n1: onnx.NodeProto, n2: onnx.NodeProto) -> str:
+    """What differs between two nodes, in words (" (attribute axis)", " (its op type)", ...)."""
+    if n1.op_type != n2.op_type:
+        return f" ({n1.op_type} vs {n2.op_type})"
     a1 = {a.name: a for a in n1.attribute}
     a2 = {a.name: a for a in n2.attribute}
     for name in sorted(a1.keys() | a2.keys()):
         if a1.get(name) != a2.get(name):
             return f" (attribute {name})"
-    return ""
+    return " (its inputs)" if list(n1.input) != list(n2.input) else " (its outputs)" if list(n1.output) != list(
+        n2.output) else ""
 
 
 def _refuse(node: Node | None, why: str) -> None:

@@ -213,3 +213,15 @@ def test_committed_schema_is_tritonclients():
     fields(model_config_pb2.ModelConfig.DESCRIPTOR, theirs)
     for name, fs in ours.items():
         assert fs.items() <= theirs[name].items(), name
+
+
+def test_fp16_model_keeps_the_dynamic_batch(tmp_path, run_cli):
+    """--precision goes through compile's reduced-precision path; the fp16 model keeps fp32 I/O
+    and the symbolic batch, so Triton batches it."""
+    r = run_cli("export-triton", str(NETS / "lenet.prototxt"), "--repo", str(tmp_path / "repo"), "--precision", "fp16")
+    assert r.returncode == 0, r.stderr
+    cfg = check_repo_model(tmp_path / "repo" / "lenet")
+    model = onnx.load(tmp_path / "repo" / "lenet" / "1" / "model.onnx")
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    sess = make_session(tmp_path / "repo" / "lenet" / "1" / "model.onnx", "cpu")
+    assert sess.run({"data": np.zeros((cfg.max_batch_size, 1, 28, 28), np.float32)})["prob"].shape == (8, 10)
