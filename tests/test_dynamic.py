@@ -191,3 +191,22 @@ def test_api_compile_dynamic_runs_any_batch():
     res = m.verify()
     assert res.ok and {b.source for b in res.blobs} >= {"model, batch 1", "model, batch 3", "model, batch 8"}
     assert m.verify({"data": x}).blobs[0].shape == (4, 10)
+
+
+def test_a_lowering_that_writes_the_batch_into_an_attribute_is_refused(monkeypatch):
+    """The comparison sees attributes too: a ReLU lowered with the batch size as its slope."""
+    from protonet.layers import registry
+
+    relu = registry.get("ReLU")
+
+    def baked(attrs, g):
+        g.op("LeakyRelu", [g.inputs[0]], g.outputs, alpha=float(g.in_shapes[0][0]))
+
+    monkeypatch.setattr(relu, "lower", baked)
+    text = ('layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 } } }\n'
+            'layer { name: "r" type: "ReLU" bottom: "x" top: "y" }')
+    with pytest.raises(ProtonetError) as e:
+        build_model(compile_text(text))
+    assert str(e.value) == ("net.prototxt:2: layer 'r' (ReLU): --batch dynamic: the lowering of this layer depends on "
+                            "the batch size: its ONNX LeakyRelu node differs between batch 1 and 2 (attribute alpha); "
+                            "compile with a fixed --batch N")
