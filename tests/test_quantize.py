@@ -65,6 +65,15 @@ def run(*args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT)
 
 
+def main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """The command line in this process (exit code, stdout, stderr); ``run`` spawns one."""
+    from protonet import cli
+
+    code = cli.main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def _fp32(net: Path, w: Path) -> tuple[onnx.ModelProto, object]:
     c = compile_net(net, w, optimize=True)
     return build_model(c).to_model(), c
@@ -97,27 +106,27 @@ def test_int8_agreement_is_measured_against_a_second_computation(tmp_path: Path)
         q.reduce_precision(model, "int8", calib, held, q.output_kinds(c.graph))
 
 
-def test_cli_gate_exits_3_and_writes_nothing_and_force_writes(tmp_path: Path):
+def test_cli_gate_exits_3_and_writes_nothing_and_force_writes(tmp_path: Path, capsys: pytest.CaptureFixture):
     net, w = _tiny(tmp_path, tie=False)
     cal = _npz(tmp_path)
     out = tmp_path / "tiny8.onnx"
-    r = run("compile", str(net), "-w", str(w), "-o", str(out), "--precision", "int8", "--calibrate", str(cal),
-            "--min-agreement", "0", "--mean", "1,2,3")
-    assert r.returncode == 0, r.stderr
+    code, stdout, err = main(capsys, "compile", str(net), "-w", str(w), "-o", str(out), "--precision", "int8",
+                             "--calibrate", str(cal), "--min-agreement", "0", "--mean", "1,2,3")
+    assert code == 0, err
     kept = {p.key: p.value for p in onnx.load(out).metadata_props}
     assert '"mean_value":[1.0,2.0,3.0]' in kept["protonet.preprocess"]  # the int8 model keeps the preprocessing
-    assert "int8 accuracy vs fp32 on 8 held-out input(s) (32 used for calibration)" in r.stdout
-    assert "prob (classifier): top-1 agreement" in r.stdout and out.exists()
+    assert "int8 accuracy vs fp32 on 8 held-out input(s) (32 used for calibration)" in stdout
+    assert "prob (classifier): top-1 agreement" in stdout and out.exists()
     out.unlink()
     net, w = _tiny(tmp_path, tie=True)
     r = run("compile", str(net), "-w", str(w), "-o", str(out), "--precision", "int8", "--calibrate", str(cal))
     assert r.returncode == 3, r.stderr
     assert "int8 build refused: prob fails top-1 agreement >= 99.00%" in r.stderr and not out.exists()
     assert not list(tmp_path.glob("*.onnx*")), "nothing written, no temporary left"
-    r = run("compile", str(net), "-w", str(w), "-o", str(out), "--precision", "int8", "--calibrate", str(cal),
-            "--force")
-    assert r.returncode == 0, r.stderr
-    assert "FAIL" in r.stdout and "written anyway (--force)" in r.stdout and out.exists()
+    code, stdout, err = main(capsys, "compile", str(net), "-w", str(w), "-o", str(out), "--precision", "int8",
+                             "--calibrate", str(cal), "--force")
+    assert code == 0, err
+    assert "FAIL" in stdout and "written anyway (--force)" in stdout and out.exists()
     meta = {p.key: p.value for p in onnx.load(out).metadata_props}
     assert '"precision": "int8"' in meta[q.METADATA_KEY]
 
@@ -185,16 +194,17 @@ def test_fp16_keeps_fp32_io_and_runs_on_cpu(tmp_path: Path):
     assert red.report.samples == 6 and red.report.calibration == 0 and red.report.passed
 
 
-def test_cli_fp16_without_calibration_uses_random_inputs_and_says_so(tmp_path: Path):
+def test_cli_fp16_without_calibration_uses_random_inputs_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                    caplog: pytest.LogCaptureFixture):
     net, w = _tiny(tmp_path, tie=False)
     out = tmp_path / "tiny16.onnx"
-    r = run("compile", str(net), "-w", str(w), "-o", str(out), "--precision", "fp16")
-    assert r.returncode == 0, r.stderr
-    assert "random inputs" in r.stderr and "fp16 accuracy vs fp32 on 8 held-out input(s):" in r.stdout
+    code, stdout, err = main(capsys, "compile", str(net), "-w", str(w), "-o", str(out), "--precision", "fp16")
+    assert code == 0, err
+    assert "random inputs" in caplog.text and "fp16 accuracy vs fp32 on 8 held-out input(s):" in stdout
     m = onnx.load(out)
     assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    r = run("compile", str(net), "-w", str(w), "-o", str(out), "--precision", "int8")
-    assert r.returncode == 2 and "--precision int8 needs --calibrate" in r.stderr
+    code, stdout, err = main(capsys, "compile", str(net), "-w", str(w), "-o", str(out), "--precision", "int8")
+    assert code == 2 and "--precision int8 needs --calibrate" in err
 
 
 # -- calibration inputs --------------------------------------------------------------------------
@@ -258,7 +268,7 @@ def test_empty_and_corrupt_calibration_sets_are_located(tmp_path: Path):
         q.load_samples(bad, {"a": (1, 3, 8, 8), "b": (1, 3, 8, 8)})
 
 
-def test_cli_corrupt_image_in_the_calibration_folder_exits_2(tmp_path: Path):
+def test_cli_corrupt_image_in_the_calibration_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture):
     net, w = _tiny(tmp_path, tie=False)
     folder = tmp_path / "cal"
     folder.mkdir()
@@ -266,9 +276,10 @@ def test_cli_corrupt_image_in_the_calibration_folder_exits_2(tmp_path: Path):
         Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(folder / f"{i}.png")
     (folder / "9.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     out = tmp_path / "t.onnx"
-    r = run("compile", str(net), "-w", str(w), "-o", str(out), "--precision", "int8", "--calibrate", str(folder))
-    assert r.returncode == 2 and f"{folder / '9.png'}: cannot read image" in r.stderr and not out.exists()
-    assert "Traceback" not in r.stderr
+    code, stdout, err = main(capsys, "compile", str(net), "-w", str(w), "-o", str(out), "--precision", "int8",
+                             "--calibrate", str(folder))
+    assert code == 2 and f"{folder / '9.png'}: cannot read image" in err and not out.exists()
+    assert "Traceback" not in err
 
 
 # -- measures, hand-checked --------------------------------------------------------------------
