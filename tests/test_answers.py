@@ -330,6 +330,12 @@ def test_compiled_score_map_to_png(tmp_path: Path, capsys):
     rows, cols = ([int((y + 0.5) * 8 / n) for y in range(n)] for n in (12, 16))  # 8 -> 12: 0 0 1 2 2 3 ...
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "seg.png")), classes[rows][:, cols])
     assert len(np.unique(classes)) > 1
+    # with Caffe's ArgMax (axis 1) after it, the net gives the classes itself: the same PNG
+    net.write_text(net.read_text() + 'layer { name: "am" type: "ArgMax" bottom: "score" top: "am" '
+                   'argmax_param { axis: 1 } }\n')
+    code, out, _ = infer(capsys, str(net), str(tmp_path / "p.png"), "--segmentation", str(tmp_path / "am.png"))
+    assert code == 0 and "output 'am': shape (1, 1, 8, 8)\n  class per pixel (8x8)" in out
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "am.png")), classes[rows][:, cols])
 
 
 def test_compiled_proposal_rois_and_scores(tmp_path: Path, capsys):
