@@ -436,7 +436,7 @@ class Model:
         VerificationError unless ``force``."""
         from .quantize import Gate, Int8Options, compile_precision
 
-        red = compile_precision(self.compiled, self.onnx, precision, None if calibrate is None else str(calibrate),
+        red = compile_precision(self.compiled, self.built, precision, None if calibrate is None else str(calibrate),
                                 Gate(min_agreement, min_sqnr, det_threshold), holdout,
                                 Int8Options(int8_activations, calibration_method), force, self.options.seed)
         m = Model(proto=red.model)

@@ -277,8 +277,8 @@ def split_samples(samples: Sequence[Sample], holdout: int | None = None,
 # -- conversions -------------------------------------------------------------------------------
 
 def sum_to_add(model: Any) -> Any:
-    """A copy of ``model`` where every two-input ``Sum`` is an ``Add`` (the same arithmetic);
-    onnxruntime quantizes Add (QLinearAdd) but not Sum."""
+    """A copy of ``model`` (a ModelProto) where every two-input ``Sum`` is an ``Add`` (the same
+    arithmetic, bit for bit); onnxruntime quantizes Add (QLinearAdd) but not Sum."""
     import onnx
 
     out = onnx.ModelProto()
@@ -287,6 +287,24 @@ def sum_to_add(model: Any) -> Any:
         if node.op_type == "Sum" and node.domain in ("", "ai.onnx") and len(node.input) == 2:
             node.op_type = "Add"
     return out
+
+
+def write_fp32(model: Any, path: Path) -> Any:
+    """Write the fp32 model (a :class:`protonet.export.Built`, streamed from its arrays, or a
+    ModelProto) to ``path`` with :func:`sum_to_add` applied (external data beside it when large);
+    returns the written graph's structure (a ModelProto, its large initializers left out for a
+    Built) for :func:`quantizable_nodes`."""
+    import onnx
+
+    from .export import Built, write_model
+
+    if isinstance(model, Built):  # only the structure is copied, the weights stream from the arrays
+        structure = sum_to_add(model.structure)
+        write_model(Built(structure, model.large), path)
+        return structure
+    prepared = sum_to_add(model)
+    onnx.save_model(prepared, path, save_as_external_data=prepared.ByteSize() > EXTERNAL_DATA_THRESHOLD)
+    return prepared
 
 
 #: the ONNX ops int8 covers: the arithmetic (Conv, Gemm, MatMul, Add, Mul), and the ops between them
@@ -402,9 +420,18 @@ class _Reader:
 
 def to_int8(model: Any, calibration: Sequence[Sample], options: Int8Options = Int8Options(),
             fp32_regions: Sequence[tuple[Sequence[str], Sequence[str]]] = ()) -> Any:
-    """Static int8 quantization of an fp32 ModelProto (QDQ, per-channel int8 weights) of the nodes
-    :func:`quantizable_nodes` picks, calibrated on ``calibration`` (see the module docstring).
-    Returns the quantized ModelProto."""
+    """Static int8 quantization of an fp32 model (a ModelProto or a :class:`protonet.export.Built`;
+    QDQ, per-channel int8 weights) of the nodes :func:`quantizable_nodes` picks, calibrated on
+    ``calibration`` (see the module docstring). Returns the quantized ModelProto."""
+    with tempfile.TemporaryDirectory(prefix="protonet-int8-") as d:
+        src = Path(d) / "fp32.onnx"
+        return quantize_file(src, write_fp32(model, src), calibration, options, fp32_regions)
+
+
+def quantize_file(src: Path, structure: Any, calibration: Sequence[Sample], options: Int8Options = Int8Options(),
+                  fp32_regions: Sequence[tuple[Sequence[str], Sequence[str]]] = ()) -> Any:
+    """:func:`to_int8` of the fp32 model that :func:`write_fp32` wrote to ``src`` (``structure``:
+    what it returned); onnxruntime reads the file itself, so the weights are never copied here."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
         quantize_static
@@ -420,18 +447,18 @@ def to_int8(model: Any, calibration: Sequence[Sample], options: Int8Options = In
         calibration = [calibration[int(k * step)] for k in range(HISTOGRAM_SAMPLES)]
         log.info("%s calibration on %d of the samples (its memory grows with each)", options.method,
                  len(calibration))
-    prepared = sum_to_add(model)
-    body = quantizable_nodes(prepared, fp32_regions)
+    body = quantizable_nodes(structure, fp32_regions)
     if not body:
         raise ProtonetError("int8: the net has no node that int8 quantization covers "
                             f"({', '.join(sorted(QUANTIZED_OPS))})")
-    large = prepared.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    large = any(t.data_location == onnx.TensorProto.EXTERNAL for t in structure.graph.initializer) or \
+        (src.with_name(src.name + ".data")).exists()
     chatter = io.StringIO()  # onnxruntime's calibrators print their progress
+    # np.errstate: onnxruntime computes a scale for every tensor of the quantized op types, also
+    # those left fp32 here (a detection head's ±inf masks give NaN there, and go unused)
     with tempfile.TemporaryDirectory(prefix="protonet-int8-") as d, _quiet_root_logger(), \
-            contextlib.redirect_stdout(chatter):
-        src, dst = Path(d) / "fp32.onnx", Path(d) / "int8.onnx"
-        onnx.save_model(prepared, src, save_as_external_data=large)
-        del prepared
+            contextlib.redirect_stdout(chatter), np.errstate(invalid="ignore", divide="ignore"):
+        dst = Path(d) / "int8.onnx"
         try:
             quantize_static(
                 str(src), str(dst), Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -448,7 +475,7 @@ def to_int8(model: Any, calibration: Sequence[Sample], options: Int8Options = In
                                 + (" (try --calibration-method minmax)" if options.method != "minmax" else "")) \
                 from None
         model8 = onnx.load_model(dst)
-    model8.producer_name, model8.producer_version = model.producer_name, model.producer_version
+    model8.producer_name, model8.producer_version = structure.producer_name, structure.producer_version
     if chatter.getvalue():
         log.debug("onnxruntime's calibrator: %s", chatter.getvalue().strip())
     return model8
@@ -465,15 +492,20 @@ def _chunk(samples: int) -> int:
 
 
 def to_fp16(model: Any) -> Any:
-    """An fp16 copy of an fp32 ModelProto for the GPU: weights and arithmetic in float16, the
+    """An fp16 copy of an fp32 model (a ModelProto or a :class:`protonet.export.Built`) for the GPU: weights and arithmetic in float16, the
     graph's inputs and outputs kept float32 (Casts at the edges), the ops that onnxruntime's
     converter keeps in float32 (its ``DEFAULT_OP_BLOCK_LIST``: NonMaxSuppression, TopK, ...)
     left so. Values beyond float16's range are clamped to ±65504 by the converter."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
+    from .export import Built
+
+    if isinstance(model, Built):
+        copy = model.to_model()
+    else:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
     return convert_float_to_float16(copy, keep_io_types=True)
 
 
@@ -596,8 +628,8 @@ def reduce_precision(model: Any, precision: str, calibration: Sequence[Sample], 
                      kinds: Mapping[str, str], gate: Gate = Gate(), options: Int8Options = Int8Options(),
                      force: bool = False, src: str | None = None,
                      fp32_regions: Sequence[tuple[Sequence[str], Sequence[str]]] = ()) -> Reduced:
-    """``model`` (an fp32 ModelProto) in ``precision`` (fp16 or int8: calibrated on ``calibration``,
-    :func:`to_int8`), its accuracy measured against ``model`` on ``held_out`` (:func:`measure`) and
+    """``model`` (fp32: a ModelProto or a :class:`protonet.export.Built`) in ``precision`` (fp16, or
+    int8 calibrated on ``calibration``: :func:`to_int8`), its accuracy measured against ``model`` on ``held_out`` (:func:`measure`) and
     gated: raises VerificationError when the gate fails, unless ``force``. The reduced model
     records the report under ``metadata_props["protonet.precision"]``."""
     from .runtime import make_session
@@ -607,8 +639,14 @@ def reduce_precision(model: Any, precision: str, calibration: Sequence[Sample], 
     if not held_out or (precision == "int8" and not calibration):
         raise ProtonetError(f"{precision}: no inputs to {'measure accuracy on' if not held_out else 'calibrate on'}",
                             Location(src))
-    reduced = to_int8(model, calibration, options, fp32_regions) if precision == "int8" else to_fp16(model)
-    ref = run_outputs(make_session(model, "cpu"), held_out)
+    with tempfile.TemporaryDirectory(prefix="protonet-fp32-") as d:
+        fp32 = Path(d) / "fp32.onnx"  # the fp32 model, written once: onnxruntime reads it for both uses
+        structure = write_fp32(model, fp32)
+        if precision == "int8":
+            reduced = quantize_file(fp32, structure, calibration, options, fp32_regions)
+        else:
+            reduced = to_fp16(model)
+        ref = run_outputs(make_session(str(fp32), "cpu"), held_out)
     got = run_outputs(make_session(reduced, "cpu"), held_out)
     report = AccuracyReport(precision, len(held_out), len(calibration) if precision == "int8" else 0,
                             tuple(measure(ref, got, kinds, gate)))
