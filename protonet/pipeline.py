@@ -395,18 +395,22 @@ class _Follower:
 
 
 class _OnnxBlobs:
-    """The debug export's blobs, fetched in graph order a chunk at a time (one onnxruntime run per
-    chunk, of at most CHUNK_BYTES of blobs unless one blob is bigger) and each given out once, so
-    that verify holds the blobs of one chunk, not all of them."""
+    """onnxruntime's value of every blob of the graph, fetched in graph order a chunk at a time
+    and each given out once. A chunk holds at most ``budget`` bytes of blobs (unless one blob is
+    bigger); each chunk runs its own debug export, the graph cut after the chunk's last layer
+    with the chunk's blobs as outputs (:func:`protonet.passes.dead_code`), so that onnxruntime
+    holds one chunk of blobs (an export with every blob an output keeps them all to the end of
+    the run) and verify's memory stays near that of the net's live blobs."""
 
-    def __init__(self, sess: Any, feeds: Mapping[str, np.ndarray], graph: Graph, budget: int = CHUNK_BYTES):
-        self.sess, self.feeds = sess, feeds
-        exposed = set(sess.output_names)
+    def __init__(self, graph: Graph, feeds: Mapping[str, np.ndarray], provider: str, budget: int | None = None):
+        self.graph, self.feeds, self.provider_asked = graph, feeds, provider
+        budget = CHUNK_BYTES if budget is None else budget
         self.chunks: list[list[str]] = [[]]
         size = 0
+        inputs = {v.name for v in graph.inputs}
         for node in graph.nodes:
             for v in node.outputs:
-                if v.name not in exposed or v in graph.inputs:
+                if v.name in inputs:
                     continue
                 nbytes = 4 * int(np.prod(v.shape, dtype=np.int64))
                 if self.chunks[-1] and size + nbytes > budget:
@@ -417,23 +421,37 @@ class _OnnxBlobs:
         self.where = {name: k for k, names in enumerate(self.chunks) for name in names}
         self.loaded: dict[str, np.ndarray] = {}
         self.current = -1
+        self.provider = provider
 
-    def take(self, name: str) -> np.ndarray | None:
+    def _run(self, names: list[str]) -> dict[str, np.ndarray]:
+        from .passes.dead_code import dead_code
+
+        sub = self.graph.copy()
+        values = sub.values
+        sub.outputs = [values[n] for n in names]
+        dead_code(sub)
+        sess = make_session(build(sub), self.provider_asked)
+        self.provider = sess.provider
+        return sess.run({v.name: self.feeds[v.name] for v in sub.inputs})
+
+    def take(self, name: str, keep: bool = False) -> np.ndarray | None:
+        """The blob ``name`` (None when it is not one of the graph's); ``keep``: hold it for
+        another call while its chunk is the one loaded."""
         k = self.where.get(name)
         if k is None:
             return None
         if k != self.current:
             self.loaded = {}  # the previous chunk's remaining blobs were not asked for
-            self.loaded = self.sess.run(self.feeds, self.chunks[k])
+            self.loaded = self._run(self.chunks[k])
             self.current = k
-        return self.loaded.pop(name, None)
+        return self.loaded.get(name) if keep else self.loaded.pop(name, None)
 
 
 def verify_graph(graph: Graph, feeds: Mapping[str, np.ndarray], provider: str = "auto",
                  choices: dict[str, tuple[list[np.ndarray], list[np.ndarray] | None]] | None = None
                  ) -> VerifyResult:
-    """Every blob of the graph but its inputs, float64 reference vs onnxruntime (fp32) running a
-    debug export (every blob a graph output). This is not the model compile writes:
+    """Every blob of the graph but its inputs, float64 reference vs onnxruntime (fp32) running
+    debug exports (the graph with its blobs as outputs). This is not the model compile writes:
     :func:`verify_model` checks the network outputs on that one.
 
     The comparison streams: the reference runs node by node, each top is compared as it is
@@ -449,9 +467,7 @@ def verify_graph(graph: Graph, feeds: Mapping[str, np.ndarray], provider: str = 
     reference's network outputs, ``outputs`` the debug export's."""
     from .layers import registry
 
-    model = build(graph, expose_all=True)  # compile checks; this copy only adds outputs
-    sess = make_session(model, provider)
-    blobs = _OnnxBlobs(sess, feeds, graph)
+    blobs = _OnnxBlobs(graph, feeds, provider)
     checks: list[BlobCheck] = []
     got_outputs: dict[str, np.ndarray] = {}
     outs = {v.name for v in graph.outputs}
@@ -484,4 +500,4 @@ def verify_graph(graph: Graph, feeds: Mapping[str, np.ndarray], provider: str = 
     reference = ReferenceInterpreter(graph).run(feeds, on_node=on_node)
     if choices is not None:
         choices.update(follow.taken)
-    return VerifyResult(checks, sess.provider, got_outputs, reference)
+    return VerifyResult(checks, blobs.provider, got_outputs, reference)

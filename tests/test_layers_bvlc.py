@@ -502,3 +502,34 @@ def test_memory_data_errors():
                 'memory_data_param { batch_size: 2 channels: 3 height: 4 } }', match="must all be")
     build_error('layer { name: "m" type: "MemoryData" top: "data" '
                 'memory_data_param { batch_size: 2 channels: 3 height: 4 width: 4 } }', match="needs 2 top")
+
+
+def test_conv2d_in_bands_of_output_rows_is_the_whole_product(monkeypatch):
+    """The reference's convolution copies its im2col windows a band of output rows at a time
+    (memory); bands of one row, of two rows and the whole map give the same result, which a
+    direct sum over the window (stride 2, dilation 2, padding 1, two groups) also gives."""
+    import numpy as np
+
+    from protonet.layers import core
+    from protonet.layers.geometry import Window2D
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 9, 7))
+    w = rng.standard_normal((6, 2, 3, 2))
+    b = rng.standard_normal(6)
+    win = Window2D((3, 2), (2, 1), (1, 1), (2, 1))
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    ho, wo = (9 + 2 - 2 * 2 - 1) // 2 + 1, (7 + 2 - 1 - 1) // 1 + 1
+    direct = np.zeros((2, 6, ho, wo))
+    for o in range(6):
+        g = o // 3
+        for i in range(ho):
+            for j in range(wo):
+                patch = xp[:, 2 * g:2 * g + 2, 2 * i:2 * i + 5:2, j:j + 2]
+                direct[:, o, i, j] = (patch * w[o]).sum(axis=(1, 2, 3)) + b[o]
+    whole = core.conv2d(x, w, b, win, 2)
+    np.testing.assert_allclose(whole, direct, rtol=1e-12, atol=1e-12)
+    row = 2 * 3 * 2 * wo * 8  # bytes of one output row's windows (per group's channels x kernel)
+    for limit in (1, row * 2, row * 2 + 1):
+        monkeypatch.setattr(core, "IM2COL_BYTES", limit)
+        np.testing.assert_allclose(core.conv2d(x, w, b, win, 2), direct, rtol=1e-12, atol=1e-12)

@@ -301,3 +301,22 @@ def test_a_proposal_output_the_kernel_does_not_give_is_a_mismatch(tmp_path: Path
     monkeypatch.setattr(pipeline._OnnxBlobs, "take", tampered)
     res = verify_graph(c.graph, feeds, "cpu")
     assert "rois" in {b.name for b in res.blobs if not b.ok} and res.followed == 0
+
+
+def test_verify_in_chunks_compares_every_blob_the_same(monkeypatch):
+    """onnxruntime's blobs fetched a few at a time (each chunk its own cut of the graph) give the
+    same rows as one run with every blob."""
+    from protonet import pipeline
+    from protonet.pipeline import verify_graph
+
+    c = compile_net(LENET, optimize=False)
+    feeds = random_inputs(c.graph)
+    whole = verify_graph(c.graph, feeds, "cpu")
+    runs = []
+    real = pipeline._OnnxBlobs._run
+    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 1)  # one blob per chunk
+    monkeypatch.setattr(pipeline._OnnxBlobs, "_run", lambda self, names: runs.append(names) or real(self, names))
+    chunked = verify_graph(c.graph, feeds, "cpu")
+    assert len(runs) == len(whole.blobs) > 5 and all(len(r) == 1 for r in runs)
+    assert [(b.name, b.ratio) for b in chunked.blobs] == [(b.name, b.ratio) for b in whole.blobs]
+    assert chunked.ok

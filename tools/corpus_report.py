@@ -350,12 +350,27 @@ def check_file(path: str, work: Path, given: dict[str, tuple[int, ...]] | None =
     ok = v.ok and res["optimized_rel"] <= AGREE
     res["status"] = "verified" if ok else "mismatch"
     try:
-        blobs = make_session(export(c.unoptimized, expose_all=True, check=False), "cpu").run(feeds)
+        res.update(_opencv_run(path, weights, c.unoptimized, feeds, _Blobs(c.unoptimized, feeds)))
     except Exception as e:  # noqa: BLE001
         res.update(status="verify-crash", message=f"{type(e).__name__}: {e}"[:300])
-        return res
-    res.update(_opencv_run(path, weights, c.unoptimized, feeds, blobs))
     return res
+
+
+class _Blobs:
+    """protonet's blobs (onnxruntime, the unoptimized graph) by name, each fetched when first asked
+    for, a chunk of the graph at a time as verify fetches them (``pipeline._OnnxBlobs``), so that
+    a big net's blobs are not all held at once."""
+
+    def __init__(self, graph: Any, feeds: dict[str, Any]):
+        from protonet.pipeline import _OnnxBlobs
+
+        self.src = _OnnxBlobs(graph, feeds, "cpu")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.src.where
+
+    def __getitem__(self, name: str) -> Any:
+        return self.src.take(name, keep=True)
 
 
 # -- the parent: one forked process per file, then the report -----------------------------------

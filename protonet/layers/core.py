@@ -91,21 +91,31 @@ def parse_conv(layer: Any, ctx: LayerContext) -> ConvAttrs:
                      Filler.from_proto(p.weight_filler), Filler.from_proto(p.bias_filler))
 
 
+#: the most bytes of im2col windows that conv2d copies at once (it runs a band of output rows at a time)
+IM2COL_BYTES = 64 << 20
+
+
 def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: Window2D, group: int) -> np.ndarray:
-    """Caffe convolution as a grouped matrix product over im2col windows (per image)."""
+    """Caffe convolution as a grouped matrix product over im2col windows, per image and per band
+    of output rows (the windows' copy stays under IM2COL_BYTES)."""
     n, c, h, wd = x.shape
     o = w.shape[0]
     kh, kw = win.kernel
+    (sh, _), (dh, _) = win.stride, win.dilation
     ho = conv_output_size(h, kh, win.stride[0], win.pad[0], win.dilation[0])
     wo = conv_output_size(wd, kw, win.stride[1], win.pad[1], win.dilation[1])
     ph, pw = win.pad
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
     wm = w.reshape(group, o // group, -1)
     y = np.empty((n, o, ho * wo), dtype=np.result_type(x, w))
-    for i in range(n):  # one image at a time bounds the im2col buffer
-        cols = _windows(xp[i:i + 1], win.kernel, win.stride, win.dilation, (ho, wo))
-        cols = cols.reshape(group, (c // group) * kh * kw, ho * wo)
-        y[i] = np.matmul(wm, cols).reshape(o, ho * wo)
+    band = max(1, IM2COL_BYTES // max(1, c * kh * kw * wo * y.itemsize))
+    for i in range(n):
+        for r0 in range(0, ho, band):
+            r1 = min(ho, r0 + band)
+            rows = xp[i:i + 1, :, r0 * sh:(r1 - 1) * sh + dh * (kh - 1) + 1]
+            cols = _windows(rows, win.kernel, win.stride, win.dilation, (r1 - r0, wo))
+            cols = cols.reshape(group, (c // group) * kh * kw, (r1 - r0) * wo)
+            y[i, :, r0 * wo:r1 * wo] = np.matmul(wm, cols).reshape(o, (r1 - r0) * wo)
     y = y.reshape(n, o, ho, wo)
     if b is not None:
         y += b.reshape(1, o, 1, 1)
