@@ -399,3 +399,25 @@ def test_api_model_reduce_precision(tmp_path: Path):
     net, w = _tiny(tmp_path, tie=True)
     with pytest.raises(VerificationError):
         protonet.compile(net, w).reduce_precision("int8", _npz(tmp_path))
+
+
+@pytest.mark.parametrize("activation, method", [("uint8", "percentile"), ("uint8", "entropy"), ("int8", "minmax")])
+def test_the_other_int8_choices(tmp_path: Path, activation: str, method: str, caplog: pytest.LogCaptureFixture):
+    """int8 activations give int8 zero points; the histogram methods calibrate on 16 of 40 samples."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="protonet.quantize")
+    net, w = _tiny(tmp_path, tie=False)
+    model, _ = _fp32(net, w)
+    samples = q.load_samples(_npz(tmp_path), {"data": (1, 3, 8, 8)})
+    m8 = q.to_int8(model, samples, q.Int8Options(activation, method))
+    init = {t.name: numpy_helper.to_array(t) for t in m8.graph.initializer}
+    zps = {init[n.input[2]].dtype for n in m8.graph.node if n.op_type == "QuantizeLinear"}
+    assert zps == {np.dtype(activation)}
+    assert (f"{method} calibration on 16 of the samples" in caplog.text) == (method != "minmax")
+
+
+def test_calibration_chunks_never_end_on_the_last_sample():
+    """onnxruntime 1.31's calibrator fails when a chunk of activations ends exactly at the last sample."""
+    assert [q._chunk(n) for n in (1, 7, 8, 16, 32, 40, 840)] == [8, 8, 7, 7, 7, 7, 9]
+    assert all(n % q._chunk(n) for n in range(1, 2000))
