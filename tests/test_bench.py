@@ -241,11 +241,17 @@ def test_bench_peers_writes_its_table(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_peers.py"), "--nets", str(net), "--batches",
                         "1,2", "--rounds", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| tiny")]
-    assert [int(c[1]) for c in rows] == [1, 2]
-    for c in rows:
-        opencv, ours, ratio, diff = float(c[2]), float(c[3]), float(c[4].strip().rstrip("x")), float(c[5])
-        assert ratio == pytest.approx(opencv / ours, rel=0.01) and diff < 1e-5
+    lines = out.read_text().splitlines()
+    head = [c.strip() for c in next(line for line in lines if line.startswith("| net")).split("|")[1:-1]]
+    rows = [dict(zip(head, (c.strip() for c in line.split("|")[1:-1]))) for line in lines if line.startswith("| tiny")]
+    assert [int(r["batch"]) for r in rows] == [1, 2]
+    for r in rows:
+        opencv, ours, q8 = float(r["OpenCV 4.10 ms"]), float(r["protonet fp32 ms"]), float(r["protonet int8 ms"])
+        assert float(r["ratio fp32"].rstrip("x")) == pytest.approx(opencv / ours, rel=0.01)
+        assert float(r["ratio int8"].strip("()x")) == pytest.approx(opencv / q8, rel=0.01)
+        assert r["int8 gate"] in ("passes", "fails") and (r["int8 gate"] == "fails") == r["ratio int8"].startswith("(")
+        assert float(r["outputs: max diff / max"].split()[0]) < 1e-5
+    assert "int8 accuracy vs fp32 on 5 held-out input(s) (10 used for calibration)" in out.read_text()
     assert "## Machine" in out.read_text() and "1 rounds" in out.read_text()
 
 

@@ -76,6 +76,15 @@ def worker(tool: str, net: Path, weights: Path, batch: int, threads: int, out_di
 
         def forward():
             return sess.run({inp: x})[outp]
+    elif tool == "int8":
+        from protonet.runtime import make_session
+
+        sess = make_session(str(out_dir / "int8.onnx"), "cpu", threads=threads)
+        x = np.load(out_dir / "input.npy")
+        inp, outp = sess.input_names[0], sess.output_names[0]
+
+        def forward():
+            return sess.run({inp: x})[outp]
     else:
         import cv2
 
@@ -131,8 +140,34 @@ class Worker:
         return peak
 
 
-def measure(name: str, batches: list[int], rounds: int, threads: int) -> dict:
-    """One net, every batch size: protonet and OpenCV workers, interleaved."""
+#: the int8 build of one net (argv: net, caffemodel, folder): compiled once with a dynamic batch,
+#: quantized by protonet.quantize on seeded standard-normal inputs (the timing inputs' kind),
+#: CALIBRATION of them calibrating and HELD_OUT measuring the accuracy gate against fp32;
+#: writes folder/int8.onnx, prints the gate's verdict as JSON
+CALIBRATION, HELD_OUT = 10, 5
+#: nets whose int8 build is not run here, and why
+INT8_SKIPPED = {"vgg16": "its int8 build (protonet.quantize on 553 MB of weights) peaks at 3.4 GB of RSS, over the "
+                         "2.5 GB a process may take on this shared machine"}
+QUANTIZE = f"""
+import json, sys
+from pathlib import Path
+import numpy as np, onnx
+from protonet.api import compile
+from protonet.quantize import compile_precision
+net, weights, d = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+m = compile(net, weights, batch="dynamic")
+rng = np.random.default_rng(7)
+n = {CALIBRATION} + {HELD_OUT}
+np.savez(d / "calib.npz", **{{v.name: rng.standard_normal((n,) + tuple(v.shape[1:])).astype(np.float32)
+                              for v in m.compiled.graph.inputs}})
+red = compile_precision(m.compiled, m.built.to_model(), "int8", d / "calib.npz", holdout={HELD_OUT}, force=True)
+onnx.save(red.model, d / "int8.onnx")
+print(json.dumps({{"passed": red.report.passed, "report": red.report.describe()}}))
+"""
+
+
+def measure(name: str, batches: list[int], rounds: int, threads: int, int8: bool = True) -> dict:
+    """One net, every batch size: protonet fp32, protonet int8 (``int8``) and OpenCV workers, interleaved."""
     import numpy as np
 
     net = Path(name) if name.endswith(".prototxt") else ROOT / "nets" / f"{name}.prototxt"
@@ -141,29 +176,48 @@ def measure(name: str, batches: list[int], rounds: int, threads: int) -> dict:
         weights = Path(d) / "w.caffemodel"
         code = ("import sys; from protonet.pipeline import compile_net, save_caffemodel; "
                 "save_caffemodel(compile_net(sys.argv[1]).graph, sys.argv[2])")
-        subprocess.run([sys.executable, "-c", code, str(net), str(weights)], check=True,
-                       env=dict(os.environ, PYTHONPATH=str(ROOT)))  # fillers, seed 0, in its own process
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        subprocess.run([sys.executable, "-c", code, str(net), str(weights)], check=True, env=env)  # fillers, seed 0
+        gate = None
+        if int8 and net.stem in INT8_SKIPPED:
+            out["int8_skipped"] = INT8_SKIPPED[net.stem]
+        elif int8:
+            r = subprocess.run([sys.executable, "-c", QUANTIZE, str(net), str(weights), d], capture_output=True,
+                               text=True, env=env)
+            if r.returncode != 0:
+                raise RuntimeError(f"int8 build failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+            gate = json.loads(r.stdout.strip().splitlines()[-1])
+            out["int8_gate"] = gate
         for batch in batches:
-            ours = Worker("protonet", net, weights, batch, threads, Path(d))
-            theirs = Worker("opencv", net, weights, batch, threads, Path(d))
+            workers = [Worker("protonet", net, weights, batch, threads, Path(d))]
+            if gate is not None:
+                workers.append(Worker("int8", net, weights, batch, threads, Path(d)))
+            workers.append(Worker("opencv", net, weights, batch, threads, Path(d)))
+            times: dict[str, list[float]] = {w.tool: [] for w in workers}
             try:
                 for _ in range(WARMUP):
-                    ours.ask("run")
-                    theirs.ask("run")
-                t_ours, t_theirs = [], []
+                    for w in workers:
+                        w.ask("run")
                 for _ in range(rounds):
-                    t_ours.append(float(ours.ask("run")))
-                    t_theirs.append(float(theirs.ask("run")))
-                ours.ask("save")
-                theirs.ask("save")
+                    for w in workers:
+                        times[w.tool].append(float(w.ask("run")))
+                for w in workers:
+                    w.ask("save")
             finally:
-                peaks = (ours.close(), theirs.close())
+                peaks = {w.tool: w.close() for w in workers}
             a, b = np.load(Path(d) / "protonet.npy"), np.load(Path(d) / "opencv.npy")
+            t_ours, t_theirs = times["protonet"], times["opencv"]
+            if gate is not None:
+                q = np.load(Path(d) / "int8.npy")
+                out.setdefault("int8", []).append({"batch": batch, "ms": statistics.median(times["int8"]) * 1e3,
+                                                   "peak_mb": peaks["int8"],
+                                                   "top1": float((q.reshape(b.shape).reshape(len(b), -1).argmax(1)
+                                                                  == a.reshape(len(b), -1).argmax(1)).mean())})
             out["batches"].append({"batch": batch, "protonet_ms": statistics.median(t_ours) * 1e3,
                                    "opencv_ms": statistics.median(t_theirs) * 1e3,
                                    "rel_diff": float(np.abs(a.reshape(b.shape) - b).max() / np.abs(b).max()),
                                    "one_hot": bool(np.isin(b, (0.0, 1.0)).all()),
-                                   "protonet_peak_mb": peaks[0], "opencv_peak_mb": peaks[1]})
+                                   "protonet_peak_mb": peaks["protonet"], "opencv_peak_mb": peaks["opencv"]})
     return out
 
 
@@ -175,41 +229,72 @@ def render(rows: list[tuple[str, dict]], args: argparse.Namespace, started: str,
            wall: float) -> str:
     from machine import markdown
 
+    int8 = not args.no_int8
     lines = ["# protonet and OpenCV dnn, side by side", "",
-             f"`python tools/bench_peers.py --rounds {args.rounds} --threads {args.threads}` ({started} UTC, "
-             f"{wall / 60:.1f} min). Same prototxt, same caffemodel (Caffe's fillers, seed 0), same input; "
-             f"{args.threads} threads each (onnxruntime `intra_op_num_threads`, `cv2.setNumThreads`); "
-             f"{WARMUP} warm-up calls each, then {args.rounds} rounds of protonet and OpenCV alternating; "
-             "medians of whole forward passes with host input and output. **ratio** = OpenCV / protonet "
-             "(above 1: protonet is faster). protonet runs fp32 (optimized graph: BatchNorm and Scale "
-             "folded, activations fused) on onnxruntime's CPU provider.", "",
+             f"`python tools/bench_peers.py --rounds {args.rounds} --threads {args.threads}"
+             f"{' --no-int8' if not int8 else ''}` ({started} UTC, {wall / 60:.1f} min). Same prototxt, same "
+             f"caffemodel (Caffe's fillers, seed 0), same input; {args.threads} threads each (onnxruntime "
+             f"`intra_op_num_threads`, `cv2.setNumThreads`); {WARMUP} warm-up calls each, then {args.rounds} "
+             f"rounds of protonet fp32{', protonet int8' if int8 else ''} and OpenCV in turn; medians of whole "
+             "forward passes with host input and output. **ratio** = OpenCV / protonet (above 1: protonet is "
+             "faster). protonet fp32 is the optimized graph (BatchNorm and Scale folded, activations fused) on "
+             "onnxruntime's CPU provider."
+             + (f" protonet int8 is `compile --batch dynamic --precision int8` (protonet.quantize: static QDQ, "
+                f"per-channel int8 weights) calibrated on {CALIBRATION} standard-normal inputs, its accuracy gate "
+                f"(top-1 agreement with fp32 >= 99%, SQNR) measured on {HELD_OUT} more; an int8 ratio is quoted "
+                "only where that gate passes (in parentheses where it fails)." if int8 else ""), "",
              f"The machine is shared (load average {loads[0]} at the start, {loads[1]} at the end): few "
              "rounds and medians keep the run short; the ratios, measured under the same load, are the "
-             "figures to quote, the milliseconds less so.", "",
-             "| net | batch | OpenCV 4.10 ms | protonet fp32 ms | ratio | outputs: max diff / max | peak RSS "
-             "protonet, OpenCV |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "figures to quote, the milliseconds less so.", ""]
+    head = ["net", "batch", "OpenCV 4.10 ms", "protonet fp32 ms", "ratio fp32"]
+    if int8:
+        head += ["protonet int8 ms", "ratio int8", "int8 gate"]
+    head += ["outputs: max diff / max", "peak RSS fp32, OpenCV"]
+    lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    fp32_ratios, int8_ratios = [], []
     for label, res in rows:
         if "error" in res:
-            lines.append(f"| {label} | - | failed: {res['error']} | | | | |")
+            lines.append(f"| {label} | - | failed: {res['error']} |" + " |" * (len(head) - 3))
             continue
+        q8 = {q["batch"]: q for q in res.get("int8", [])}
+        gate = res.get("int8_gate")
         for b in res["batches"]:
-            lines.append(f"| {label} | {b['batch']} | {_ms(b['opencv_ms'])} | {_ms(b['protonet_ms'])} | "
-                         f"{b['opencv_ms'] / b['protonet_ms']:.3g}x | {b['rel_diff']:.1e}"
-                         f"{' (one-hot)' if b.get('one_hot') else ''} | "
-                         f"{b['protonet_peak_mb']:.0f} MB, {b['opencv_peak_mb']:.0f} MB |")
-    ratios = [b["opencv_ms"] / b["protonet_ms"] for _, r in rows if "error" not in r for b in r["batches"]]
-    if ratios:
-        geo = statistics.geometric_mean(ratios)
-        lines += ["", f"Geometric mean of the ratios: {geo:.2f}x over {len(ratios)} rows; protonet is faster "
-                      f"in {sum(r > 1 for r in ratios)} of them."]
-    lines += ["", "int8: not in this table (protonet's reduced-precision builds had not landed when it was "
-                  "run); fp32 only.", "",
-              "Each tool runs in its own worker process (peak RSS per process in the last column); the "
-              "difference column (largest absolute difference of the network outputs over the largest "
-              "output) shows that both ran the same net on the same weights; where it says one-hot, the "
-              "softmax of the filler-weight net saturates (every probability exactly 0 or 1), so there it "
-              "only says that both chose the same class for every image.", "", "## Machine", ""] + markdown()
-    return "\n".join(lines) + "\n"
+            r = b["opencv_ms"] / b["protonet_ms"]
+            fp32_ratios.append(r)
+            cells = [label, str(b["batch"]), _ms(b["opencv_ms"]), _ms(b["protonet_ms"]), f"{r:.3g}x"]
+            if int8:
+                q = q8.get(b["batch"])
+                if q is None or gate is None:
+                    cells += ["-", "-", "-"]
+                else:
+                    r8 = b["opencv_ms"] / q["ms"]
+                    if gate["passed"]:
+                        int8_ratios.append(r8)
+                    cells += [_ms(q["ms"]), f"{r8:.3g}x" if gate["passed"] else f"({r8:.3g}x)",
+                              "passes" if gate["passed"] else "fails"]
+            cells += [f"{b['rel_diff']:.1e}{' (one-hot)' if b.get('one_hot') else ''}",
+                      f"{b['protonet_peak_mb']:.0f} MB, {b['opencv_peak_mb']:.0f} MB"]
+            lines.append("| " + " | ".join(cells) + " |")
+    for what, ratios in (("fp32", fp32_ratios), ("int8 (gate passing)", int8_ratios)):
+        if ratios:
+            lines += ["", f"Geometric mean of the {what} ratios: {statistics.geometric_mean(ratios):.2f}x over "
+                          f"{len(ratios)} rows; protonet is faster in {sum(r > 1 for r in ratios)} of them."]
+    if int8:
+        reports = [f"- {label}: " + (res["int8_gate"]["report"].replace("\n", " ") if res.get("int8_gate")
+                                     else f"not run: {res['int8_skipped']}")
+                   for label, res in rows if res.get("int8_gate") or res.get("int8_skipped")]
+        lines += ["", "int8 accuracy gate per net (filler weights and noise inputs: it says that the int8 model "
+                      "computes what the fp32 one does on such inputs, not how a trained model fares on photos; "
+                      "benchmarks/photo.md and the README's reduced-precision section have trained-model "
+                      "figures):", ""] + reports
+    else:
+        lines += ["", "int8: not run (--no-int8); fp32 only."]
+    lines += ["", "Each build runs in its own worker process (peak RSS per process in the last column); the "
+                  "difference column (largest absolute difference of the fp32 network outputs over the largest "
+                  "output) shows that protonet and OpenCV ran the same net on the same weights; where it says "
+                  "one-hot, the softmax of the filler-weight net saturates (every probability exactly 0 or 1), "
+                  "so there it only says that both chose the same class for every image.", "", "## Machine", ""]
+    return "\n".join(lines + markdown()) + "\n"
 
 
 def main() -> int:
@@ -219,7 +304,8 @@ def main() -> int:
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--worker", choices=["protonet", "opencv"], help=argparse.SUPPRESS)
+    ap.add_argument("--no-int8", action="store_true", help="fp32 only (no int8 build)")
+    ap.add_argument("--worker", choices=["protonet", "int8", "opencv"], help=argparse.SUPPRESS)
     ap.add_argument("--net", help=argparse.SUPPRESS)
     ap.add_argument("--weights", help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
@@ -236,7 +322,7 @@ def main() -> int:
     rows = []
     for name in names:
         try:
-            res = measure(name, batches, args.rounds, args.threads)
+            res = measure(name, batches, args.rounds, args.threads, not args.no_int8)
         except (RuntimeError, subprocess.CalledProcessError) as e:
             res = {"error": str(e)}
         rows.append((labels.get(name, Path(name).stem), res))
