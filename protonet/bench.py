@@ -126,15 +126,15 @@ class BenchResult:
     dynamic: bool = False  # one model with a symbolic batch ran every size
 
     def to_json(self) -> dict[str, Any]:
-        out = {"model": self.model, "provider": self.provider, "precision": self.precision,
-               "threads": self.threads, "io_binding": self.io_binding, "cuda_graph": self.cuda_graph,
-               "dynamic_batch": self.dynamic, "results": []}
+        results = []
         for b in self.batches:
             row = b.latency.to_json()
             if b.layers:
                 row["per_layer"] = {"run_ms": b.run_ms, "layers": [r.to_json() for r in b.layers]}
-            out["results"].append(row)
-        return out
+            results.append(row)
+        return {"model": self.model, "provider": self.provider, "precision": self.precision,
+                "threads": self.threads, "io_binding": self.io_binding, "cuda_graph": self.cuda_graph,
+                "dynamic_batch": self.dynamic, "results": results}
 
     def render_json(self) -> str:
         return json.dumps(self.to_json(), indent=2)
@@ -175,7 +175,7 @@ def render_layers(layers: list[LayerTime]) -> list[str]:
     return _columns(rows, left=2)
 
 
-def _columns(rows: list[tuple[str, ...]], left: int) -> list[str]:
+def _columns(rows: Sequence[tuple[str, ...]], left: int) -> list[str]:
     """Aligned columns: the first ``left`` left-aligned, the others right-aligned; a rule under the head."""
     from .errors import printable
 
@@ -307,10 +307,10 @@ def onnx_targets(path: str, batches: list[int] | None, seed: int = 0, precision:
         rng = np.random.default_rng(seed)
         feeds = {}
         for name, elem, dims in inputs:
-            shape = [b if i == 0 else d for i, d in enumerate(dims)]
-            if any(d is None for d in shape):
+            if any(d is None for d in dims[1:]):
                 raise ProtonetError(f"{path}: input '{name}' has a symbolic dimension other than the batch "
                                     f"({dims}); bench needs every other dimension fixed")
+            shape = [b, *(int(d) for d in dims[1:] if d is not None)] if dims else []
             dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
             x = rng.standard_normal(shape) if dtype.kind == "f" else np.zeros(shape)
             feeds[name] = x.astype(dtype)
@@ -333,7 +333,8 @@ def net_targets(compile_at: Callable[[int | str | None], Any], batches: list[int
     from .pipeline import random_inputs
     from .quantize import head_regions
 
-    for b in [None] if dynamic else batches or [None]:
+    sizes: list[int | None] = [None] if dynamic or not batches else list(batches)
+    for b in sizes:
         m = compile_at("dynamic" if dynamic else b)
         graph = m.compiled.graph
 
