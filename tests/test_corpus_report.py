@@ -231,3 +231,17 @@ def test_big_inputs_are_tried_smaller():
     assert cr._reduced((1, 3, 473, 473)) == [(1, 3, 120, 120), (1, 3, 240, 240)]
     assert cr._reduced((1, 3, 360, 480)) == [(1, 3, 96, 120), (1, 3, 184, 240)]
     assert cr._reduced((1, 3, 224, 224)) == [] and cr._reduced((1, 10)) == []
+
+
+def test_detections_are_compared_as_caffe_rows_in_one_order():
+    """protonet keeps Caffe's order (class by class, each by score) and pads with -1 rows;
+    OpenCV orders by score across classes and pads with 0 rows: the same detections compare equal."""
+    import numpy as np
+
+    a = [0, 1, 0.9, 0.1, 0.1, 0.2, 0.2]
+    b = [0, 1, 0.5, 0.3, 0.3, 0.4, 0.4]
+    c = [0, 2, 0.7, 0.5, 0.5, 0.6, 0.6]
+    ours = np.array([a, b, c, [-1] * 7])  # label 1 (by score), then label 2
+    theirs = np.array([a, c, b, [0] * 7])  # by score
+    assert cr.detections(ours).tolist() == cr.detections(theirs, opencv=True).tolist() == [a, b, c]
+    assert cr.detections(np.array([a, [-1] * 7, [-1] * 7])).shape == (1, 7)

@@ -173,10 +173,16 @@ def _opencv_run(path: str, weights: str, graph: Any, feeds: dict[str, Any], blob
     except cv2.error as e:
         return {"opencv": "fails to run", "opencv_error": _cv_message(e)}
 
-    def rel(a: Any, b: Any) -> float | None:
+    detection_blobs = {n.outputs[0].name for n in graph.nodes if n.type == "DetectionOutput"}
+
+    def rel(a: Any, b: Any, blob: str = "") -> float | None:
         a, b = np.asarray(a), np.asarray(b)
         if a.size == b.size and a.shape != b.shape:
             a = a.reshape(b.shape)
+        if blob in detection_blobs and a.shape == b.shape:
+            a, b = detections(a, opencv=True), detections(b)
+            if a.shape != b.shape:
+                return float("inf")  # another number of detections
         return compare(a, b).ratio if a.shape == b.shape else None
 
     compared: dict[str, float] = {}
@@ -187,13 +193,13 @@ def _opencv_run(path: str, weights: str, graph: Any, feeds: dict[str, Any], blob
         if key is None:
             notes.append(f"{v.name}: not an OpenCV output ({', '.join(names)})")
             continue
-        r = rel(outs[key], blobs[v.name])
+        r = rel(outs[key], blobs[v.name], v.name)
         if r is None:
             notes.append(f"{v.name}: shape {tuple(np.shape(outs[key]))} in OpenCV, {tuple(blobs[v.name].shape)} in "
                          "protonet")
         else:
             compared[v.name] = r
-    layers = {k: r for k, r in ((k, rel(outs[k], blobs[b])) for k, b in pairs.items()) if r is not None}
+    layers = {k: r for k, r in ((k, rel(outs[k], blobs[b], b)) for k, b in pairs.items()) if r is not None}
     out: dict[str, Any] = {"opencv": "runs", "opencv_rel": compared, "opencv_notes": notes,
                            "opencv_layers": len(layers)}
     if compared:
@@ -208,6 +214,20 @@ def _opencv_run(path: str, weights: str, graph: Any, feeds: dict[str, Any], blob
             if known is not None and known.applies(first.attrs):
                 out["opencv_diverges"] = known.why
     return out
+
+
+def detections(out: Any, opencv: bool = False) -> Any:
+    """An SSD DetectionOutput's rows [image, label, score, x1, y1, x2, y2] as a set: Caffe's
+    rows only (SSD's detection_output_layer.cpp emits exactly the kept detections; protonet and
+    OpenCV pad their fixed-size output, protonet with rows of -1, OpenCV with rows of 0), sorted
+    by image, label, descending score and corners (Caffe emits them class by class, OpenCV by
+    score across classes)."""
+    import numpy as np
+
+    rows = np.asarray(out, dtype=np.float64).reshape(-1, 7)
+    rows = rows[np.any(rows != 0, axis=1)] if opencv else rows[rows[:, 0] >= 0]
+    order = np.lexsort((rows[:, 6], rows[:, 5], rows[:, 4], rows[:, 3], -rows[:, 2], rows[:, 1], rows[:, 0]))
+    return rows[order]
 
 
 def _cv_message(e: Exception) -> str:
@@ -531,6 +551,14 @@ def render(entries: list[Entry], results: dict[str, dict[str, Any]], machine: li
             files = [e.local for e, r in opencv_wrong if r["opencv_first_diff_type"] == kind]
             lines.append(f"- {kind} ({len(files)} files): {OPENCV_DIVERGES[kind].why}.")
         lines.append("")
+    ssd = [e for e, r in cv_cmp if any(n.endswith("detection_out") for n in r.get("opencv_rel", {}))]
+    if ssd:
+        lines += [f"SSD's DetectionOutput ({len(ssd)} files) is compared as a set of detections: SSD's "
+                  "detection_output_layer.cpp emits exactly the kept rows, class by class (a std::map over labels), "
+                  "each class by descending score; OpenCV orders all rows by score and pads its fixed-size output "
+                  "with rows of 0, protonet keeps Caffe's order and pads with rows of -1 (Caffe's own filler for an "
+                  "image without detections). Both tools' rows that are detections are sorted the same way and "
+                  "compared; a different count is a difference.", ""]
     by_reason: dict[str, list[tuple[Entry, dict[str, Any]]]] = {}
     for e, r in refused:
         by_reason.setdefault(f"{r['reason']}|{r['gap']}", []).append((e, r))
