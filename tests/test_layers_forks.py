@@ -396,3 +396,30 @@ def test_detection_output_errors():
     error(_det_layer(""), ((1, 12), (1, 6), (1, 2, 8)), "bottom 0 \\(loc\\) holds 12 values")
     error('layer { name: "det" type: "DetectionOutput" bottom: "in0" bottom: "in1" bottom: "in2" top: "out" }',
           shapes, "num_classes must be set")
+
+
+# -- Reorg ----------------------------------------------------------------------------------------
+
+def test_reorg_reads_the_bottom_as_darknet_does():
+    """darknet's reorg_cpu (forward = reverse = 0) with the bottom's C=4, H=2, W=2, stride 2:
+    the bottom's memory 0..15 is read as a (1, 4, 4) array X (not as its own (4, 2, 2)), and
+    plane (oy·2 + ox) of the (4, 2, 2) result is X[2j + oy, 2i + ox]: [[0, 2], [8, 10]], then
+    [[1, 3], [9, 11]], [[4, 6], [12, 14]], [[5, 7], [13, 15]]; the top is that memory as (16, 1, 1)."""
+    layer = 'layer { name: "r" type: "Reorg" bottom: "in0" top: "out" reorg_param { stride: 2 } }'
+    flat = [0, 2, 8, 10, 1, 3, 9, 11, 4, 6, 12, 14, 5, 7, 13, 15]
+    check(layer, [np.arange(16).reshape(1, 4, 2, 2)], np.array(flat).reshape(1, 16, 1, 1))
+
+
+def test_reorg_reverse_scatters_channels_into_a_finer_grid():
+    """reverse: true (darknet's forward flag 1), bottom (8, 1, 1), stride 2, C' = 2: top
+    (2, 2, 2)[c, oy, ox] = bottom[(2·oy + ox)·2 + c]: [[0, 2], [4, 6]] and [[1, 3], [5, 7]]."""
+    layer = 'layer { name: "r" type: "Reorg" bottom: "in0" top: "out" reorg_param { stride: 2 reverse: true } }'
+    check(layer, [np.arange(8).reshape(1, 8, 1, 1)], [[[[0, 2], [4, 6]], [[1, 3], [5, 7]]]])
+
+
+def test_reorg_errors():
+    error('layer { name: "r" type: "Reorg" bottom: "in0" top: "out" reorg_param { stride: 2 } }', ((1, 4, 3, 2),),
+          "height and width by 2")
+    error('layer { name: "r" type: "Reorg" bottom: "in0" top: "out" reorg_param { stride: 2 reverse: true } }',
+          ((1, 6, 3, 3),), "channels divisible by 4")
+    error('layer { name: "r" type: "Reorg" bottom: "in0" top: "out" }', ((1, 4, 2, 2),), "stride must be set")

@@ -8,6 +8,7 @@ Interp                 PSPNet (hszhao/PSPNet) / DeepLab v2: bilinear, align-corn
 ReLU6                  the MobileNet-v2 ReLU6 add-on
 DepthwiseConvolution   yonghenglh6/DepthwiseConvolution; ConvolutionDepthwise: caffe-mobilenet
 ShuffleChannel         ShuffleNet (farmingyard)
+Reorg                  YOLOv2 ports (eric612/MobileNet-YOLO): darknet's reorg_cpu, quirks included
 Permute, Normalize     SSD (weiliu89/caffe, branch ssd)
 Axpy                   SENet (hujie-frank/SENet)
 BN                     PSPNet (hszhao/PSPNet, yjxiong layout); SegNet's 2-blob form on request
@@ -455,6 +456,86 @@ class ShuffleChannel(Layer):
         y = g.op("Reshape", [g.inputs[0], g.int64s([0, a.group, s[1] // a.group, rest], "grouped")])
         y = g.op("Transpose", [y], perm=[0, 2, 1, 3])
         g.op("Reshape", [y, g.int64s([0] + list(s[1:]), "shape")], g.outputs)
+
+
+# -- Reorg ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReorgAttrs:
+    stride: int
+    reverse: bool
+
+
+@register
+class Reorg(Layer):
+    """YOLOv2's space-to-depth as the YOLO Caffe ports compute it (eric612/MobileNet-YOLO's
+    reorg_layer: darknet's ``reorg_cpu`` called with the bottom's C, H, W and forward =
+    ``reverse``), quirks included: it is not a plain space-to-depth. With stride s and
+    C' = C/s², the bottom's memory is read as a (C', H·s, W·s) array X and the top's memory,
+    written in (C, H, W) order, holds T[(oy·s + ox)·C' + c, j, i] = X[c, j·s + oy, i·s + ox];
+    the top is then declared (C·s², H/s, W/s). ``reverse: true`` runs the same index map the
+    other way (darknet's forward flag): the bottom read as (C, H, W) is scattered into a
+    (C', H·s, W·s) top. Caffe's buffers need C divisible by s² and H, W by s (else the fork
+    writes past its top; with ``reverse`` only C)."""
+
+    type_name = "Reorg"
+    examples = (
+        Example('layer { name: "r" type: "Reorg" bottom: "in0" top: "out" reorg_param { stride: 2 } }',
+                ((2, 8, 4, 6),), "s2"),
+        Example('layer { name: "r" type: "Reorg" bottom: "in0" top: "out" reorg_param { stride: 2 reverse: true } }',
+                ((1, 8, 2, 3),), "reverse"),
+    )
+
+    def parse(self, layer: Any, ctx: LayerContext) -> ReorgAttrs:
+        p = layer.reorg_param
+        if not p.HasField("stride") or p.stride < 1:
+            raise ctx.error("reorg_param.stride must be set to a positive number")
+        return ReorgAttrs(int(p.stride), bool(p.reverse))
+
+    def infer(self, a: ReorgAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        s = shapes[0]
+        need_4d(s, ctx)
+        _, c, h, w = s
+        st = a.stride
+        if c % (st * st) or (not a.reverse and (h % st or w % st)):
+            raise ctx.error(f"stride {st} needs channels divisible by {st * st}" + ("" if a.reverse else
+                            f" and height and width by {st}") + f", got {tuple(s)} (the fork would write past its top)")
+        return [self.infer_shape(a, s)]
+
+    @staticmethod
+    def _views(a: ReorgAttrs, s: Shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """reorg_cpu's index map as a reshape, a transpose and a reshape, with the bottom's C, H,
+        W: the (C', H, s, W, s) view of the (C', H·s, W·s) side and the (s, s, C', H, W) view of
+        the (C, H, W) side."""
+        n, c, h, w = s
+        st, c2 = a.stride, c // (a.stride * a.stride)
+        return (n, c2, h, st, w, st), (n, st, st, c2, h, w)
+
+    def kernel(self, a: ReorgAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
+        x = xs[0]
+        out = self.infer_shape(a, x.shape)
+        big, small = self._views(a, x.shape)
+        if a.reverse:  # top (C', H·s, W·s)[c, j·s+oy, i·s+ox] = bottom (C, H, W)[(oy·s+ox)·C'+c, j, i]
+            y = x.reshape(small).transpose(0, 3, 4, 1, 5, 2)
+        else:  # top (C, H, W)[(oy·s+ox)·C'+c, j, i] = bottom (C', H·s, W·s)[c, j·s+oy, i·s+ox]
+            y = x.reshape(big).transpose(0, 3, 5, 1, 2, 4)
+        return [np.ascontiguousarray(y).reshape(out)]
+
+    def infer_shape(self, a: ReorgAttrs, s: Shape) -> Shape:
+        n, c, h, w = s
+        st = a.stride
+        return (n, c // (st * st), h * st, w * st) if a.reverse else (n, c * st * st, h // st, w // st)
+
+    def lower(self, a: ReorgAttrs, g: Lowering) -> None:
+        s = g.in_shapes[0]
+        big, small = self._views(a, s)
+        if a.reverse:
+            y = g.op("Reshape", [g.inputs[0], g.int64s(small, "spread")])
+            y = g.op("Transpose", [y], perm=[0, 3, 4, 1, 5, 2])
+        else:
+            y = g.op("Reshape", [g.inputs[0], g.int64s(big, "spread")])
+            y = g.op("Transpose", [y], perm=[0, 3, 5, 1, 2, 4])
+        g.op("Reshape", [y, g.int64s(self.infer_shape(a, s), "shape")], g.outputs)
 
 
 # -- Permute -------------------------------------------------------------------------------------
