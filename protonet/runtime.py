@@ -104,7 +104,8 @@ def provider_chain(provider: str, usable: Collection[str], gpu: GpuOptions = Gpu
 
 @functools.cache
 def _tensorrt_present() -> bool:
-    """TensorRT's runtime library loads (from the system, or from the ``tensorrt`` wheels)."""
+    """TensorRT's runtime library loads (from the system, or from the ``tensorrt`` wheels' ``tensorrt_libs``
+    folder; loaded once, onnxruntime's TensorRT provider finds it by its soname)."""
     import ctypes
     import importlib.util
 

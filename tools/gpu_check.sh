@@ -32,9 +32,8 @@ python3 -m venv "$VENV"
 . "$VENV/bin/activate"
 timeout 240 pip install --quiet --no-index --find-links "$WHEELS" "protonet[cuda]"
 EXTRA=()
-if ls "$WHEELS"/tensorrt* >/dev/null 2>&1; then
-    timeout 120 pip install --quiet --no-index --find-links "$WHEELS" "$(basename "$(ls "$WHEELS"/tensorrt*.whl | head -1)" | cut -d- -f1)" \
-        && EXTRA=(--tensorrt)
+if compgen -G "$WHEELS/tensorrt*.whl" >/dev/null; then
+    timeout 120 pip install --quiet --no-index --find-links "$WHEELS" "$WHEELS"/tensorrt*.whl && EXTRA=(--tensorrt)
 fi
 python -c "import onnxruntime as o; o.preload_dlls(); o.print_debug_info()" 2>/dev/null || true
 cd /tmp  # the installed protonet, not the source tree, is what runs
