@@ -35,15 +35,6 @@ INSTANCES = 2
 START_TIMEOUT_S = 120
 
 
-def dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with a named batch dimension on every input and output (LeNet's graph is
-    batch-agnostic: Conv, MaxPool, Flatten(axis=1), Gemm, Softmax)."""
-    for v in list(model.graph.input) + list(model.graph.output):
-        v.type.tensor_type.shape.dim[0].dim_param = "N"
-    onnx.checker.check_model(model)
-    return model
-
-
 def uint8_model() -> onnx.ModelProto:
     """Takes uint8 images (as a model with embedded preprocessing does): (x - 128) * 0.5, then a
     per-channel mean over H, W."""
@@ -86,22 +77,31 @@ def env_for(tmp: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import protonet.api as api
+    """One server for the module: LeNet's prototxt (compiled by serve, with a dynamic batch),
+    a hand-made uint8 model, and LeNet compiled with --embed-preprocess (uint8 images, its
+    batch fixed at 1: served unbatched). The references are the same nets compiled here."""
+    import protonet
 
     d = tmp_path_factory.mktemp("serve")
+    net = ROOT / "nets" / "lenet.prototxt"
     lenet = d / "lenet.onnx"
-    onnx.save(dynamic_batch(api.compile(ROOT / "nets" / "lenet.prototxt").onnx), lenet)
+    protonet.compile(net, batch="dynamic").save(lenet)
     u8 = d / "camera-u8.onnx"
     onnx.save(uint8_model(), u8)
+    embedded = d / "lenet-embedded.onnx"
+    r = subprocess.run([sys.executable, "-m", "protonet", "compile", str(net), "--scale", "0.00390625",
+                        "--embed-preprocess", "--image-size", "32,32", "--resize", "28,28", "-o", str(embedded)],
+                       capture_output=True, text=True, env=env_for(d), timeout=120)
+    assert r.returncode == 0, r.stderr
     tmp = d / "tmp"
     tmp.mkdir()
     ports = free_ports(3)
     proc = subprocess.Popen(
-        serve_cmd(str(lenet), str(u8), "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
+        serve_cmd(str(net), str(u8), str(embedded), "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
                   "--metrics-port", str(ports[2]), "--max-batch", str(MAX_BATCH), "--instances", str(INSTANCES),
                   "--provider", "cpu", "--queue-delay-us", "100000"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env_for(tmp), cwd=d)
-    run = Running(proc, ports, tmp, {"lenet": lenet, "camera-u8": u8})
+    run = Running(proc, ports, tmp, {"lenet": lenet, "camera-u8": u8, "lenet-embedded": embedded})
 
     def read() -> None:
         for line in proc.stdout:
@@ -114,6 +114,7 @@ def server(tmp_path_factory):
             pytest.fail("protonet serve did not start:\n" + "".join(run.out[-40:]))
         time.sleep(0.2)
     yield run
+    (d / "server.log").write_text("".join(run.out))  # for a failure's post-mortem
     if proc.poll() is None:
         proc.kill()
         proc.wait()
@@ -147,11 +148,12 @@ def http_infer(server: Running, x: np.ndarray, model: str = "lenet", name: str =
     return r.as_numpy(r.get_response()["outputs"][0]["name"])
 
 
-def grpc_infer(server: Running, x: np.ndarray, model: str = "lenet", name: str = "data") -> np.ndarray:
+def grpc_infer(server: Running, x: np.ndarray, model: str = "lenet", name: str = "data",
+               dtype: str = "FP32") -> np.ndarray:
     import tritonclient.grpc as tg
 
     c = tg.InferenceServerClient(server.grpc_url)
-    i = tg.InferInput(name, list(x.shape), "FP32")
+    i = tg.InferInput(name, list(x.shape), dtype)
     i.set_data_from_numpy(x)
     r = c.infer(model, [i])
     return r.as_numpy(r.get_response().outputs[0].name)
@@ -207,6 +209,20 @@ def test_uint8_images_are_taken_as_they_are(server):
     with pytest.raises(server_error(), match=r"(?i)data.?type|datatype|FP32|UINT8"):
         http_infer(server, x.astype(np.float32), "camera-u8", "image", "FP32")
     still_serving(server)
+
+
+def test_a_model_with_embedded_preprocessing_takes_uint8_images(server):
+    """LeNet compiled with --embed-preprocess: a 32x32 grey uint8 image (N, H, W, C), resized
+    and scaled inside the model; served unbatched (its batch is fixed at 1)."""
+    import tritonclient.http as th
+
+    cfg = th.InferenceServerClient(server.http_url).get_model_config("lenet-embedded")
+    assert cfg.get("max_batch_size", 0) == 0
+    assert [(i["name"], i["data_type"], i["dims"]) for i in cfg["input"]] == [("data", "TYPE_UINT8", [1, 32, 32, 1])]
+    img = np.random.default_rng(3).integers(0, 256, (1, 32, 32, 1), dtype=np.uint8)
+    want = ort_run(server.models["lenet-embedded"], img)
+    np.testing.assert_allclose(http_infer(server, img, "lenet-embedded", "data", "UINT8"), want, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(grpc_infer(server, img, "lenet-embedded", "data", "UINT8"), want, rtol=0, atol=1e-5)
 
 
 def test_concurrent_requests_are_batched(server):

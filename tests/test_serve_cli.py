@@ -38,7 +38,8 @@ def test_weights_pair_with_definitions(tmp_path):
     net = str(ROOT / "nets" / "lenet.prototxt")
     with pytest.raises(ProtonetError, match=r"-w: 2 weight file\(s\) for 1 net definition\(s\)"):
         prepare([str(onnx_path), net], ["a.caffemodel", "b.caffemodel"])
-    served = prepare([str(onnx_path), str(fixed)])
-    assert [(m.name, m.batched) for m in served] == [("m", True), ("fixed", False)]
+    served = prepare([str(onnx_path), str(fixed), net])
+    assert [(m.name, m.batched) for m in served] == [("m", True), ("fixed", False), ("lenet", True)]
+    assert served[2].inputs[0].shape == (1, 28, 28)  # a definition is compiled with --batch dynamic
     assert [(t.name, t.dtype, t.shape) for t in served[0].inputs] == [("image", np.uint8, (3, 8, 8))]
     assert served[1].inputs[0].shape == (2, 1, 28, 28)  # a fixed batch: served unbatched, whole shape

@@ -43,6 +43,7 @@ POOL = 32  # distinct input rows per model
 LOGITS = {"squeezenet1_1": "pool10", "resnet50": "fc1000"}
 MAX_ROWS = 4  # rows per request: 1..MAX_ROWS
 ATOL = 1e-5
+FULL_COUNT = 500  # requests per client the issue asks for
 
 
 def metrics(port: int, model: str) -> tuple[float, float, float]:
@@ -155,8 +156,23 @@ def start_server(paths: dict[str, Path], ports: list[int], args: argparse.Namesp
     raise SystemExit("protonet serve did not start:\n" + "".join(lines[-30:]))
 
 
+def direct(path: Path, inp: str, pool: np.ndarray, batch: int, rows: int = 64) -> float:
+    """Rows per second of one onnxruntime session in this process (protonet's, all cores), fed
+    ``batch`` rows at a time: what the server's figures are set beside."""
+    import protonet
+
+    sess = protonet.load(path).session("cpu")
+    x = np.concatenate([pool] * (batch // len(pool) + 1))[:batch]
+    sess.run({inp: x})  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(max(1, rows // batch)):
+        sess.run({inp: x})
+    return max(1, rows // batch) * batch / (time.perf_counter() - t0)
+
+
 def load(model: str, path: Path, count: int, args: argparse.Namespace, ports: list[int]) -> dict:
     inp, pool, refs = references(path, seed=len(model))
+    one, full = direct(path, inp, pool, 1), direct(path, inp, pool, args.max_batch)
     c0 = metrics(ports[2], model)
     clients = [Client(k, model, inp, pool, refs, count, (ports[0], ports[1]), seed=1000 + k)
                for k in range(args.clients)]
@@ -166,7 +182,10 @@ def load(model: str, path: Path, count: int, args: argparse.Namespace, ports: li
     for c in clients:
         c.join()
     wall = time.perf_counter() - t0
-    c1 = metrics(ports[2], model)
+    ok_sent = sum(len(c.latencies) for c in clients)
+    deadline = time.monotonic() + 30  # Triton's counters trail the last answers a little
+    while (c1 := metrics(ports[2], model))[2] - c0[2] < ok_sent and time.monotonic() < deadline:
+        time.sleep(0.2)
     lat = np.array([x for c in clients for x in c.latencies]) * 1000
     rows, execs, ok = (b - a for a, b in zip(c0, c1))
     errors = [e for c in clients for e in c.errors]
@@ -174,6 +193,7 @@ def load(model: str, path: Path, count: int, args: argparse.Namespace, ports: li
             "errors": len(errors), "first_error": errors[0] if errors else "",
             "rows": sum(c.rows for c in clients), "worst": max(c.worst for c in clients),
             "separation": {name: separation(r) for name, r in refs.items()},
+            "direct1": one, "direct_max": full,
             "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
             "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
             "wall": wall, "rps": len(lat) / wall, "ips": sum(c.rows for c in clients) / wall,
@@ -217,7 +237,19 @@ def render(results: list[dict], args: argparse.Namespace, argv: list[str], total
                      f"{r['errors']} | {r['worst']:.1e} | "
                      f"{', '.join(f'{k} {v:.1e}' for k, v in r['separation'].items())} | {r['p50']:.1f} | {r['p99']:.1f} | {r['rps']:.1f} | "
                      f"{r['ips']:.1f} | {r['triton_execs']:.0f} | {r['mean_batch']:.2f} |")
+    lines += ["", "Beside it, in the same run and just before each model's load: one onnxruntime session in the "
+              f"tool's own process (all cores), 64 rows fed 1 at a time and {args.max_batch} at a time.", "",
+              f"| model | served rows/s | direct rows/s, batch 1 | direct rows/s, batch {args.max_batch} | "
+              "served / direct batch 1 | served / direct batch max |", "|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['model']} | {r['ips']:.1f} | {r['direct1']:.1f} | {r['direct_max']:.1f} | "
+                     f"{r['ips'] / r['direct1']:.2f} | {r['ips'] / r['direct_max']:.2f} |")
     lines.append("")
+    for r in results:
+        if r["per_client"] < FULL_COUNT:
+            lines.append(f"- {r['model']} ran {args.clients} x {r['per_client']} requests, not {args.clients} x "
+                         f"{FULL_COUNT}: at the rate measured here the full count would have taken about "
+                         f"{r['wall'] * FULL_COUNT / r['per_client'] / 60:.0f} minutes on this shared machine.")
     for r in results:
         if r["errors"]:
             lines.append(f"- {r['model']}: first error: {r['first_error']}")
