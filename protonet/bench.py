@@ -155,6 +155,9 @@ class BenchResult:
             if b.layers:
                 lines += ["", f"per layer at batch {b.latency.batch} (onnxruntime profiler, mean of "
                               f"{len(b.latency.runs)} runs; one run {b.run_ms:.3f} ms under the profiler):"]
+                if self.provider != "cpu":
+                    lines.append("(on a GPU these are onnxruntime's per-node times on the host: kernels run "
+                                 "asynchronously, so a node's time is mostly its launch, not its kernel)")
                 lines += render_layers(b.layers)
         return "\n".join(lines)
 
