@@ -161,6 +161,10 @@ def bench_model(title: str, net: Path, weights: Path, meta: Preprocess, photos: 
                  f"{lat[name][0]:.2f} ms ({lat[name][1]:.2f})", f"{base / lat[name][0]:.2f}x"]
         out.append("| " + " | ".join(cells) + " |")
     out += [f"\nNo model: {f}" for f in failed]
+    if failed:
+        out += ["", "(onnxruntime's histogram calibrators (percentile, entropy) collect every tensor of the "
+                "quantized op types, also those inside a detection head that protonet keeps fp32, whose NMS "
+                "masks hold ±inf; MinMax collects them too, but the ranges of unquantized tensors go unused.)"]
     out += ["", f"({time.perf_counter() - t0:.0f} s for this model.)", ""]
     return out
 
@@ -189,6 +193,11 @@ def main() -> None:
                          Preprocess(input="data", shape=(1, 3, 300, 300), mean_value=(104.0, 177.0, 123.0),
                                     resize=(300, 300)),
                          photos, args.rounds, variants)
+    lines += [f"Load average at the end: {os.getloadavg()[0]:.1f}. On a shared machine the absolute latencies "
+              "are several times an idle one's (open_nsfw fp32 took 10.7 ms, the least of 30 runs, at a quieter "
+              "moment); the ratios come from runs interleaved round by round. The histogram methods run on "
+              f"{q.HISTOGRAM_SAMPLES} calibration samples: onnxruntime (1.31) keeps every sample's activations "
+              "in memory for them.", ""]
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))
 
