@@ -285,7 +285,7 @@ def render(rows: list[tuple[str, dict]], args: argparse.Namespace, started: str,
                    for label, res in rows if res.get("int8_gate") or res.get("int8_skipped")]
         lines += ["", "int8 accuracy gate per net (filler weights and noise inputs: it says that the int8 model "
                       "computes what the fp32 one does on such inputs, not how a trained model fares on photos; "
-                      "benchmarks/photo.md and the README's reduced-precision section have trained-model "
+                      "benchmarks/precision.md has trained-model "
                       "figures):", ""] + reports
     else:
         lines += ["", "int8: not run (--no-int8); fp32 only."]
