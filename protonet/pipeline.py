@@ -430,7 +430,10 @@ class _OnnxBlobs:
         values = sub.values
         sub.outputs = [values[n] for n in names]
         dead_code(sub)
-        sess = make_session(build(sub), self.provider_asked)
+        # onnxruntime's graph rewrites (fusing a Conv with the BatchNormalization after it when
+        # the Conv's top is not an output) would compute a blob differently in each cut, and a
+        # later cut could break a near-tie otherwise than the one that was followed: off
+        sess = make_session(build(sub), self.provider_asked, optimize=False)
         self.provider = sess.provider
         return sess.run({v.name: self.feeds[v.name] for v in sub.inputs})
 
