@@ -245,3 +245,9 @@ def test_detections_are_compared_as_caffe_rows_in_one_order():
     theirs = np.array([a, c, b, [0] * 7])  # by score
     assert cr.detections(ours).tolist() == cr.detections(theirs, opencv=True).tolist() == [a, b, c]
     assert cr.detections(np.array([a, [-1] * 7, [-1] * 7])).shape == (1, 7)
+
+
+def test_a_prior_count_mismatch_is_a_fork_priorbox():
+    r = cr.classify("deploy.prototxt:1756: layer 'detection_out' (DetectionOutput): bottom 0 (loc) holds 25600 "
+                    "values per image; 1000 priors × 1 location class(es) × 4 = 4000 expected", True)
+    assert r.key == "prior-count" and not r.gap and "FaceBoxes" in r.why
