@@ -194,10 +194,10 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
     _name_versions(g, versions)
     g.outputs = [v for v in current.values() if not v.users]
     if not g.outputs:
-        # Caffe runs a net whose last blobs all go into Silence layers (the colorization net):
-        # those blobs are its outputs (--output picks others)
+        # Caffe runs a net whose last blobs all go into Silence layers (the colorization net) or
+        # other sinks (DeepLab's MatWrite): those blobs are its outputs (--output picks others)
         g.outputs = [v for v in current.values() if v.users and v not in g.inputs
-                     and all(n.type == "Silence" for n in v.users)]
+                     and all(getattr(registry.get(n.type), "sink", False) for n in v.users)]
     if not g.outputs:
         raise ProtonetError("the net has no outputs", Location(loaded.path))
     g.lint()

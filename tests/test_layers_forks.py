@@ -423,3 +423,33 @@ def test_reorg_errors():
     error('layer { name: "r" type: "Reorg" bottom: "in0" top: "out" reorg_param { stride: 2 reverse: true } }',
           ((1, 6, 3, 3),), "channels divisible by 4")
     error('layer { name: "r" type: "Reorg" bottom: "in0" top: "out" }', ((1, 4, 2, 2),), "stride must be set")
+
+
+# -- Padding (DeepLab) ----------------------------------------------------------------------------
+
+def test_padding_pads_with_zeros_and_crops_with_negative_pads():
+    """DeepLab v1's padding_layer.cpp: top[h + pad_beg, w + pad_beg] = bottom[h, w] on both axes."""
+    x = np.arange(1, 7).reshape(1, 1, 2, 3)
+    check('layer { name: "p" type: "Padding" bottom: "in0" top: "out" padding_param { pad_beg: 1 pad_end: 0 } }',
+          [x], [[[[0, 0, 0, 0], [0, 1, 2, 3], [0, 4, 5, 6]]]])
+    y = np.arange(20).reshape(1, 1, 4, 5)  # crop 1 at the start, 2 at the end: rows 1, columns 1..2
+    check('layer { name: "p" type: "Padding" bottom: "in0" top: "out" padding_param { pad_beg: -1 pad_end: -2 } }',
+          [y], [[[[6, 7]]]])
+    error('layer { name: "p" type: "Padding" bottom: "in0" top: "out" padding_param { pad_beg: 1 pad_end: -1 } }',
+          ((1, 1, 4, 4),), "must both be >= 0")
+    error('layer { name: "p" type: "Padding" bottom: "in0" top: "out" padding_param { pad_beg: -2 pad_end: -2 } }',
+          ((1, 1, 4, 4),), "leave a 0x0 output")
+
+
+def test_matwrite_is_a_sink_whose_bottom_is_the_output(tmp_path):
+    """DeepLab's test nets end in MatWrite (a .mat file per image, at a path the file names):
+    nothing is written, and the blob it consumes is the net's output, as with Silence."""
+    from protonet.pipeline import compile_net
+
+    net = tmp_path / "deeplab.prototxt"
+    net.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 6 dim: 6 } } }\n'
+                   'layer { name: "crop" type: "Padding" bottom: "data" top: "crop" padding_param { pad_beg: -1 pad_end: -2 } }\n'
+                   'layer { name: "mat" type: "MatWrite" bottom: "crop" mat_write_param { prefix: "' + str(tmp_path) + '/x" } }\n')
+    c = compile_net(net)
+    assert [v.name for v in c.graph.outputs] == ["crop"] and c.graph.outputs[0].shape == (1, 2, 3, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deeplab.prototxt"]

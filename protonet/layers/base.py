@@ -130,6 +130,9 @@ class Layer:
     removed_at_inference: ClassVar[bool] = False
     #: copies its one bottom to every top (Split; eliminate_split)
     copies_bottom: ClassVar[bool] = False
+    #: consumes its bottoms and has no tops (Silence; DeepLab's MatWrite): when a net's last blobs
+    #: all go into such layers, those blobs are the net's outputs
+    sink: ClassVar[bool] = False
     #: its tops are selections made on its bottoms' values (a sort, NMS, a threshold), which
     #: rounding within the tolerance can change: verify checks a top that differs from the
     #: reference's by running the kernel on onnxruntime's own bottoms (see protonet.pipeline)

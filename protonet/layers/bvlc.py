@@ -725,6 +725,7 @@ class Silence(Layer):
 
     type_name = "Silence"
     num_bottoms = (1, None)
+    sink = True
     examples = (
         # a second layer keeps the example net with an output
         Example('layer { name: "s" type: "Silence" bottom: "in0" bottom: "in1" }\n'

@@ -9,6 +9,8 @@ ReLU6                  the MobileNet-v2 ReLU6 add-on
 DepthwiseConvolution   yonghenglh6/DepthwiseConvolution; ConvolutionDepthwise: caffe-mobilenet
 ShuffleChannel         ShuffleNet (farmingyard)
 Reorg                  YOLOv2 ports (eric612/MobileNet-YOLO): darknet's reorg_cpu, quirks included
+Padding                DeepLab v1 (TheLegendAli/DeepLab-Context, deeplab-public): pad or crop H and W
+MatWrite               DeepLab v1: a sink (the fork writes its bottom to .mat files; protonet writes nothing)
 Permute, Normalize     SSD (weiliu89/caffe, branch ssd)
 Axpy                   SENet (hujie-frank/SENet)
 BN                     PSPNet (hszhao/PSPNet, yjxiong layout); SegNet's 2-blob form on request
@@ -27,6 +29,7 @@ from ..limits import check_constant
 from .affine import scale_along
 from .base import (CONSTANT_ONE, CONSTANT_ZERO, Example, Filler, Layer, Shape, WeightSpec, need_4d, prod,
                    random_rois)
+from .bvlc import Silence
 from .core import Convolution, ConvAttrs, channel_shape, conv2d
 from .geometry import Window2D, conv_window
 from .lowering import Lowering
@@ -536,6 +539,70 @@ class Reorg(Layer):
             y = g.op("Reshape", [g.inputs[0], g.int64s(big, "spread")])
             y = g.op("Transpose", [y], perm=[0, 3, 5, 1, 2, 4])
         g.op("Reshape", [y, g.int64s(self.infer_shape(a, s), "shape")], g.outputs)
+
+
+# -- Padding (DeepLab) ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PaddingAttrs:
+    beg: int
+    end: int
+
+
+@register
+class Padding(Layer):
+    """DeepLab v1's Padding (padding_layer.cpp): the same pad_beg rows/columns before and pad_end
+    after, on both H and W. Both >= 0: zeros around the input; both <= 0: a crop of -pad_beg at
+    the start and -pad_end at the end. Signs may not mix (the fork stops), and the output must
+    keep a positive size."""
+
+    type_name = "Padding"
+    examples = (
+        Example('layer { name: "p" type: "Padding" bottom: "in0" top: "out" padding_param { pad_beg: 1 pad_end: 2 } }',
+                ((2, 3, 3, 4),), "pad"),
+        Example('layer { name: "p" type: "Padding" bottom: "in0" top: "out" '
+                'padding_param { pad_beg: -1 pad_end: -2 } }', ((1, 2, 5, 6),), "crop"),
+    )
+
+    def parse(self, layer: Any, ctx: LayerContext) -> PaddingAttrs:
+        p = layer.padding_param
+        beg, end = int(p.pad_beg), int(p.pad_end)
+        if not ((beg >= 0 and end >= 0) or (beg <= 0 and end <= 0)):
+            raise ctx.error(f"pad_beg {beg} and pad_end {end} must both be >= 0 (padding) or both <= 0 (a crop)")
+        return PaddingAttrs(beg, end)
+
+    def infer(self, a: PaddingAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        s = shapes[0]
+        need_4d(s, ctx)
+        h, w = s[2] + a.beg + a.end, s[3] + a.beg + a.end
+        if h <= 0 or w <= 0:
+            raise ctx.error(f"pad_beg {a.beg} and pad_end {a.end} leave a {h}x{w} output from {tuple(s)}")
+        return [(s[0], s[1], h, w)]
+
+    def kernel(self, a: PaddingAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
+        x = xs[0]
+        if a.beg >= 0 and a.end >= 0:
+            return [np.pad(x, ((0, 0), (0, 0), (a.beg, a.end), (a.beg, a.end)))]
+        h, wd = x.shape[2:]
+        return [x[:, :, -a.beg:h + a.end, -a.beg:wd + a.end]]
+
+    def lower(self, a: PaddingAttrs, g: Lowering) -> None:
+        # ONNX Pad takes negative pads as a crop
+        g.op("Pad", [g.inputs[0], g.int64s([0, 0, a.beg, a.beg, 0, 0, a.end, a.end], "pads")], g.outputs,
+             mode="constant")
+
+
+@register
+class MatWrite(Silence):
+    """DeepLab v1's MatWrite writes its bottom to one .mat file per image, at paths the prototxt
+    names. A compiled net writes no files that a definition names: here it consumes its bottoms
+    and has no tops, as Silence does, so a blob that only goes into it is a net output."""
+
+    type_name = "MatWrite"
+    examples = (
+        Example('layer { name: "m" type: "MatWrite" bottom: "in0" mat_write_param { prefix: "out/" } }\n'
+                'layer { name: "r" type: "ReLU" bottom: "in1" top: "out" }', ((1, 2, 3, 3), (2, 2)), "sink"),
+    )
 
 
 # -- Permute -------------------------------------------------------------------------------------
