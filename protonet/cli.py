@@ -715,7 +715,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             how = f"batched up to {opts.max_batch}" if m.batched else "unbatched (fixed batch)"
             _say(f"serve: {m.name} ({m.source}; {sig}; {how}; {opts.instances} instance(s) on {prov})")
         _say(f"serve: ready: HTTP {opts.host}:{opts.http_port}, gRPC {opts.host}:{opts.grpc_port}, "
-             f"metrics http://{opts.host}:{opts.metrics_port}/metrics")
+             f"metrics http://{opts.host}:{opts.metrics_port}/metrics; workspace {server.workdir}")
 
     stopped = serve(args.models, args.weights, opts, on_ready=ready)
     _say("serve: stopped" if stopped else "serve: Triton exited on its own")

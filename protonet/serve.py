@@ -307,6 +307,32 @@ def patient_handshake() -> bool:
     return True
 
 
+#: the longest path a Unix socket can have (sun_path, less its NUL); PyTriton's sockets live in
+#: the workspace, the longest being WORKSPACE/NAME_0_I-server.sock
+SOCKET_PATH_MAX = 107
+
+
+def _longest_socket(workdir: str, names: Sequence[str], instances: int) -> tuple[int, str]:
+    return max((len(f"{workdir}/ws{START_ATTEMPTS}/{n}_0_{instances - 1}-server.sock".encode()), n) for n in names)
+
+
+def make_workdir(names: Sequence[str], instances: int) -> Path:
+    """The server's temporary folder, in the temporary directory when PyTriton's socket paths
+    fit there (SOCKET_PATH_MAX), else in /tmp; a model name too long even there is refused."""
+    d = tempfile.mkdtemp(prefix="protonet-serve-")
+    if _longest_socket(d, names, instances)[0] <= SOCKET_PATH_MAX:
+        return Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+    d = tempfile.mkdtemp(prefix="pn-serve-", dir="/tmp")
+    size, name = _longest_socket(d, names, instances)
+    if size > SOCKET_PATH_MAX:
+        shutil.rmtree(d, ignore_errors=True)
+        raise ProtonetError(f"model name '{name}' is {size - SOCKET_PATH_MAX} characters too long for the "
+                            "Unix socket paths PyTriton makes of it: rename the file shorter")
+    log.info("the temporary directory's path is too long for PyTriton's sockets: the workspace is %s", d)
+    return Path(d)
+
+
 class Server:
     """A running Triton with the models bound: :meth:`start`, then :meth:`wait` until a stop
     signal or :meth:`stop`; the workspace is removed on stop."""
@@ -317,7 +343,7 @@ class Server:
         self.providers: list[str] = []
         self._stop = stop or threading.Event()
         self._triton: Any = None
-        self.workdir = Path(tempfile.mkdtemp(prefix="protonet-serve-"))
+        self.workdir = make_workdir([m.name for m in self.models], opts.instances)
 
     def start(self) -> None:
         from pytriton.triton import Triton, TritonConfig
@@ -331,7 +357,7 @@ class Server:
         sessions = make_sessions(self.models, o)
         self.providers = [sessions[m.name][0].provider for m in self.models]
         for attempt in range(1, START_ATTEMPTS + 1):
-            self._triton = Triton(config=config, workspace=self.workdir / f"workspace-{attempt}")
+            self._triton = Triton(config=config, workspace=self.workdir / f"ws{attempt}")
             bind_all(self._triton, self.models, sessions, o)
             try:
                 self._triton.run()

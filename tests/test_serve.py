@@ -57,6 +57,7 @@ class Running:
         self.proc, self.tmp, self.models = proc, tmp, models
         self.http, self.grpc, self.metrics = ports
         self.out: list[str] = []
+        self.stopping = False
 
     @property
     def http_url(self) -> str:
@@ -118,6 +119,16 @@ def server(tmp_path_factory):
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(autouse=True)
+def server_survives(request):
+    """After every test that used the server (before the SIGTERM test stops it), the server
+    process is still running; if not, its last output says why."""
+    yield
+    run = request.node.funcargs.get("server")
+    if run is not None and not run.stopping and run.proc.poll() is not None:
+        pytest.fail(f"protonet serve exited ({run.proc.returncode}):\n" + "".join(run.out[-40:]))
 
 
 def ort_run(path: Path, x: np.ndarray) -> np.ndarray:
@@ -341,10 +352,13 @@ def test_sigterm_stops_cleanly(server):
     """Last in the module: SIGTERM ends it (exit 0), no tritonserver or stub is left, and the
     workspace (under the server's TMPDIR) is gone."""
     assert _ours(server)
+    server.stopping = True
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(60) == 0, "".join(server.out[-30:])
     time.sleep(0.5)
     assert _ours(server) == []
+    ready = next(line for line in server.out if line.startswith("serve: ready"))
+    assert not Path(ready.rsplit("workspace ", 1)[1].strip()).exists()
     # onnxruntime keeps a telemetry cache file, TMPDIR/.ses, in any process that makes a session
     assert [p.name for p in server.tmp.iterdir() if p.name != ".ses"] == []
     # PyTriton's shared-memory regions carry the server's pid

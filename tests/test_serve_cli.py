@@ -3,13 +3,14 @@ server itself is tested in test_serve.py, in an environment with PyTriton)."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from protonet.cli import main
 from protonet.errors import ProtonetError
-from protonet.serve import model_name, prepare
+from protonet.serve import SOCKET_PATH_MAX, make_workdir, model_name, prepare
 
 from test_serve import ROOT, uint8_model  # noqa: E402  (tests/ is on sys.path: conftest)
 
@@ -43,3 +44,24 @@ def test_weights_pair_with_definitions(tmp_path):
     assert served[2].inputs[0].shape == (1, 28, 28)  # a definition is compiled with --batch dynamic
     assert [(t.name, t.dtype, t.shape) for t in served[0].inputs] == [("image", np.uint8, (3, 8, 8))]
     assert served[1].inputs[0].shape == (2, 1, 28, 28)  # a fixed batch: served unbatched, whole shape
+
+
+def test_the_workspace_keeps_socket_paths_short(tmp_path, monkeypatch):
+    """PyTriton's Unix sockets live in the workspace: a long temporary directory moves it to
+    /tmp, and a name too long even there is refused."""
+    import tempfile
+
+    deep = tmp_path / ("d" * 60)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    d = make_workdir(["lenet-embedded"], 2)
+    try:
+        assert d.parent == Path("/tmp")
+        assert len(f"{d}/ws3/lenet-embedded_0_1-server.sock") <= SOCKET_PATH_MAX
+        assert list(deep.iterdir()) == []
+    finally:
+        d.rmdir()
+    before = set(Path("/tmp").glob("pn-serve-*"))
+    with pytest.raises(ProtonetError, match="characters too long for the Unix socket paths"):
+        make_workdir(["x" * 100], 1)
+    assert list(deep.iterdir()) == [] and set(Path("/tmp").glob("pn-serve-*")) == before
