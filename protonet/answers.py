@@ -26,6 +26,15 @@ Boxes are given in pixels of the original photo: a corner at (x, y) in net-input
 (:class:`Geometry`, from :func:`protonet.images.resize_plan`); for an array input they stay in
 the input's pixels, or as the net gives them when it has several inputs.
 
+Two-stage detectors (py-faster-rcnn's Faster R-CNN, py-R-FCN; :func:`two_stage_outputs`): a net
+with an ``im_info`` input (N, 3) whose outputs are a Proposal's rois (R, 5), class scores (R, C)
+and box deltas (R, 4·C, or R-FCN's class-agnostic (R, 8)) is read as py-faster-rcnn's
+``im_detect`` and its test code do (:func:`two_stage_detections`): a photo fills ``im_info`` with
+(input height, width, im_scale) (:func:`im_info`); each roi is taken back to the photo, moved by
+its class's deltas (``bbox_transform_inv``), clipped to the photo, and for each class j >= 1 the
+boxes with score > threshold go through NMS (IoU > ``--nms``, default 0.3, cfg.TEST.NMS, is
+suppressed) best first. The rois and deltas are then not answers of their own.
+
 Labels (:func:`read_labels`): a text file with one label a line (line k names class k; Caffe's
 ``synset_words.txt`` lines such as ``n01440764 tench, Tinca tinca`` are shown whole, as Caffe's
 ``classification`` example prints them), or SSD's ``labelmap.prototxt`` (a ``LabelMap`` text
@@ -50,6 +59,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_TOP_K = 5
+#: py-faster-rcnn's cfg.TEST.NMS: the IoU above which a class's lower-scored box is dropped
+DEFAULT_NMS = 0.3
 
 #: segmentation PNG: the VOC "void" index painted where the photo lies outside the net's input
 VOID = 255
@@ -210,12 +221,14 @@ def photo_geometry(path: str | Path, meta: Any, shape: Sequence[int]) -> Geometr
 
 
 def array_geometry(feeds: Mapping[str, np.ndarray]) -> Geometry | None:
-    """For an array input: the input's own pixels when the net has one 4-D input, else None
-    (boxes are then left as the net gives them)."""
-    if len(feeds) != 1:
+    """For an array input: the input's own pixels when the net has one 4-D input (beside it, at
+    most a two-stage detector's im_info, :func:`im_info_input`), else None (boxes are then left
+    as the net gives them)."""
+    info = im_info_input({n: x.shape for n, x in feeds.items()})
+    images = [x for n, x in feeds.items() if n != info]
+    if len(images) != 1:
         return None
-    x = next(iter(feeds.values()))
-    return Geometry.identity(x.shape[-2:]) if x.ndim == 4 else None
+    return Geometry.identity(images[0].shape[-2:]) if images[0].ndim == 4 else None
 
 
 def model_output_types(model: Any) -> dict[str, str]:
@@ -306,6 +319,8 @@ class Reader:
     labels: Labels | None = None
     threshold: float = DEFAULT_THRESHOLD
     top_k: int = DEFAULT_TOP_K
+    nms: float = DEFAULT_NMS  # a two-stage detector's per-class NMS threshold
+    two_stage: "TwoStage | None" = None  # the model's two-stage detector outputs, if it is one
 
     def kind(self, name: str, shape: Sequence[int]) -> str:
         return output_kind(self.types.get(name), shape)
@@ -324,9 +339,15 @@ class Reader:
     def read(self, outs: Mapping[str, np.ndarray], image: int = 0, geometry: Geometry | None = None) -> list[Answer]:
         """The answers for batch item ``image`` of ``outs``, boxes placed by ``geometry``."""
         kinds = {name: self.kind(name, y.shape) for name, y in outs.items()}
+        ts = self.two_stage if self.two_stage is not None and set(self.two_stage.names) <= outs.keys() else None
         res = []
         for name, y in outs.items():
             kind = kinds[name]
+            if ts is not None and name in ts.names:
+                if name == ts.scores:
+                    res.append(Answer(name, "detections", boxes=two_stage_detections(
+                        outs[ts.rois], y, outs[ts.deltas], geometry, self.threshold, self.nms, self.labels, image)))
+                continue
             if kind in ("classes", "segmentation", "label_map") and image >= y.shape[0]:
                 continue
             if kind == "classes":
@@ -383,6 +404,127 @@ def _f32(x: Any) -> float:
 
 def _num_classes(shape: Sequence[int]) -> int:
     return int(np.prod(shape[1:])) if len(shape) > 1 else int(shape[0])
+
+
+# -- two-stage detectors -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TwoStage:
+    """A two-stage detector's outputs: the Proposal's ``rois`` (R, 5), the class ``scores`` (R, C)
+    and the box ``deltas`` (R, 4·C; R-FCN's class-agnostic (R, 8))."""
+
+    rois: str
+    scores: str
+    deltas: str
+
+    @property
+    def names(self) -> tuple[str, str, str]:
+        return self.rois, self.scores, self.deltas
+
+
+def im_info_input(inputs: Mapping[str, Sequence[int]]) -> str | None:
+    """The input that takes py-faster-rcnn's im_info: an (N, 3) input beside a 4-D image input
+    (the one named ``im_info`` when there are several), else None."""
+    if not any(len(s) == 4 for s in inputs.values()):
+        return None
+    rows = [n for n, s in inputs.items() if len(s) == 2 and s[1] == 3]
+    return "im_info" if "im_info" in rows else (rows[0] if len(rows) == 1 else None)
+
+
+def two_stage_outputs(types: Mapping[str, str], outputs: Mapping[str, Sequence[int]],
+                      inputs: Mapping[str, Sequence[int]]) -> TwoStage | None:
+    """The model's :class:`TwoStage` outputs when it is a two-stage detector: an im_info input
+    (:func:`im_info_input`), one Proposal rois output (R, 5) (by its recorded layer type), and two
+    more (R, ·) outputs, scores (R, C) and deltas (R, 4·C) or (R, 8) (``cls_prob`` and
+    ``bbox_pred`` preferred when several pairs fit); else None."""
+    if im_info_input(inputs) is None:
+        return None
+    rois = [n for n, s in outputs.items() if output_kind(types.get(n), s) == "proposals"]
+    if len(rois) != 1:
+        return None
+    r = tuple(outputs[rois[0]])[0]
+    rows = {n: tuple(s) for n, s in outputs.items() if len(s) == 2 and s[0] == r and types.get(n) != "Proposal"}
+    pairs = [(a, b) for a in rows for b in rows
+             if a != b and rows[a][1] >= 2 and rows[b][1] in (4 * rows[a][1], 8)]
+    if not pairs:
+        return None
+    a, b = ("cls_prob", "bbox_pred") if ("cls_prob", "bbox_pred") in pairs else pairs[0]
+    return TwoStage(rois[0], a, b)
+
+
+def im_info(geometry: Geometry, shape: Sequence[int] = (1, 3)) -> np.ndarray:
+    """py-faster-rcnn's im_info for a photo (test.py ``_get_blobs``): [input height, input width,
+    im_scale] float32, one row per batch item of ``shape``. im_scale is the factor the photo was
+    resized by (net-input pixels per photo pixel); when the preprocessing resized the two sides by
+    different factors (a fixed --resize H,W), their geometric mean (py-faster-rcnn resizes both
+    sides alike)."""
+    sy, sx = geometry.scale
+    h, w = geometry.input_hw
+    scale = sy if sy == sx else float(np.sqrt(sy * sx))
+    row = np.array([h, w, scale], dtype=np.float32)
+    return np.broadcast_to(row, (max(1, int(shape[0])) if len(shape) == 2 else 1, 3)).copy()
+
+
+def feed_im_info(feeds: dict[str, np.ndarray], inputs: Mapping[str, Sequence[int]], geometry: Geometry,
+                 two_stage: TwoStage | None, source: str) -> str:
+    """Put :func:`im_info` for the photo into ``feeds`` when the net takes one
+    (:func:`im_info_input`); returns what to add to the preprocessing line ("" for other nets).
+    A net that takes im_info but whose outputs are not a two-stage detector's is warned about:
+    its Proposal's rois must be an output (compile with ``--output``)."""
+    name = im_info_input(inputs)
+    if name is None:
+        return ""
+    if two_stage is None:
+        log.warning("%s: the net takes %s but its outputs are not a two-stage detector's rois (R, 5), scores "
+                    "(R, C) and deltas (R, 4*C): to get boxes, compile it with --output for the Proposal's rois "
+                    "and the net's outputs (e.g. --output rois --output cls_prob --output bbox_pred)", source, name)
+    feeds[name] = im_info(geometry, inputs[name])
+    h, w, scale = (float(v) for v in feeds[name][0])
+    return f"; {name} = ({h:g}, {w:g}, {scale:.6g}) (input height, width, photo scale)"
+
+
+def two_stage_detections(rois: np.ndarray, scores: np.ndarray, deltas: np.ndarray, geometry: Geometry | None,
+                         threshold: float = DEFAULT_THRESHOLD, nms: float = DEFAULT_NMS,
+                         labels: Labels | None = None, image: int = 0) -> tuple[Box, ...]:
+    """The final detections of a two-stage detector, as py-faster-rcnn's ``im_detect`` and test
+    code compute them, in float32: the rois of batch item ``image`` (all-zero padding rows
+    dropped) are taken to the photo (``rois[:, 1:5] / im_scale``; :meth:`Geometry.to_photo`, which
+    also undoes a crop); each is moved by its class's deltas (dx, dy, dw, dh) with
+    ``bbox_transform_inv`` (w = x2 − x1 + 1, ctr = x1 + 0.5·w, ctr' = dx·w + ctr, w' = exp(dw)·w,
+    x1' = ctr' − 0.5·w', x2' = ctr' + 0.5·w'; deltas (R, 8): R-FCN's class-agnostic columns 4:8 for
+    every class) and clipped to the photo (x in [0, W − 1], y in [0, H − 1]); then for each class
+    j >= 1 the boxes with score > ``threshold``, ordered by descending score (equal scores: the
+    later row first, as numpy's ``argsort()[::-1]``), go through greedy NMS that drops a box whose
+    IoU (+1 convention) with a kept one is above ``nms``. Boxes come class by class, best first.
+    Without a geometry the boxes stay in net-input pixels, unclipped."""
+    from .layers.detection import clip_boxes, decode_boxes, nms_order
+
+    rows = np.asarray(rois, dtype=np.float32).reshape(-1, 5)
+    sc = np.asarray(scores, dtype=np.float32)
+    d = np.asarray(deltas, dtype=np.float32)
+    if sc.ndim != 2 or d.ndim != 2 or not rows.shape[0] == sc.shape[0] == d.shape[0]:
+        raise ProtonetError(f"two-stage detector outputs disagree: rois {tuple(np.shape(rois))}, scores "
+                            f"{sc.shape}, deltas {d.shape} (want (R, 5), (R, C), (R, 4*C) or (R, 8))")
+    k = d.shape[1] // 4
+    if d.shape[1] % 4 or k not in (sc.shape[1], 2):
+        raise ProtonetError(f"two-stage detector deltas {d.shape} fit neither 4 per class of {sc.shape[1]} "
+                            "nor the class-agnostic 8")
+    keep = (rows[:, 0] == image) & np.any(rows[:, 1:] != 0, axis=1)
+    boxes = rows[keep, 1:] if geometry is None else geometry.to_photo(rows[keep, 1:]).astype(np.float32)
+    pred = decode_boxes(np.repeat(boxes, k, axis=0), d[keep].reshape(-1, 4))
+    if geometry is not None:
+        pred = clip_boxes(pred, *geometry.photo_hw)
+    pred = pred.reshape(-1, k, 4)
+    sc = sc[keep]
+    found = []
+    for j in range(1, sc.shape[1]):
+        inds = np.flatnonzero(sc[:, j] > threshold)
+        order = inds[np.argsort(sc[inds, j], kind="stable")[::-1]]
+        cand = pred[order, j if k == sc.shape[1] else 1]
+        for i in nms_order(cand, nms):
+            found.append(Box(j, labels.name(j) if labels is not None else None, _f32(sc[order[i], j]),
+                             *map(float, cand[i])))
+    return tuple(found)
 
 
 # -- text --------------------------------------------------------------------------------------

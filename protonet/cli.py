@@ -233,7 +233,7 @@ def _add_precision_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_answer_options(p: argparse.ArgumentParser) -> None:
-    from .answers import DEFAULT_THRESHOLD, DEFAULT_TOP_K
+    from .answers import DEFAULT_NMS, DEFAULT_THRESHOLD, DEFAULT_TOP_K
 
     g = p.add_argument_group("answers (protonet.answers) and folders of images (protonet.batchrun)")
     g.add_argument("--labels", metavar="synset_words.txt", help="class names, one a line (line k names class k), "
@@ -242,6 +242,8 @@ def _add_answer_options(p: argparse.ArgumentParser) -> None:
                    help=f"classes shown per image (default {DEFAULT_TOP_K})")
     g.add_argument("--threshold", type=_finite, default=DEFAULT_THRESHOLD, metavar="T",
                    help=f"boxes with a score above T are shown (default {DEFAULT_THRESHOLD:g})")
+    g.add_argument("--nms", type=_fraction, default=DEFAULT_NMS, metavar="T",
+                   help=f"two-stage detectors: per-class NMS IoU threshold (default {DEFAULT_NMS:g})")
     g.add_argument("--draw", metavar="out.jpg", help="write the photo with its boxes and labels")
     g.add_argument("--segmentation", metavar="out.png",
                    help="write the class per pixel of a score map as a PNG of the photo's size (VOC colours)")
@@ -537,19 +539,26 @@ def cmd_infer(args: argparse.Namespace) -> int:
         m = _model(args, args.model, optimize=True)
         _report_loaded(m.compiled)
     sess = m.session(args.provider)
-    reader = answers.Reader(answers.model_output_types(m), answers.read_labels(args.labels) if args.labels else None,
-                            args.threshold, args.top_k)
+    types = answers.model_output_types(m)
+    reader = answers.Reader(types, answers.read_labels(args.labels) if args.labels else None, args.threshold,
+                            args.top_k, args.nms, answers.two_stage_outputs(types, m.outputs, m.inputs))
     reader.check_labels(m.outputs)
     if is_batch_input(spec, args.out):
+        if answers.im_info_input(m.inputs):
+            raise ProtonetError(f"{spec}: folders and lists feed single-input nets; give a two-stage detector "
+                                "one photo at a time")
         name, shape, meta, said = _photo_preprocess(args, m, spec)
         return run_batch_cli(args, spec, sess, name, shape, meta, reader, lambda: _say_preprocess(said, meta))
     photo = Path(spec).suffix.lower() in IMAGE_SUFFIXES
     answers.check_pictures(reader, m.outputs, photo, args.draw, args.segmentation)
     shape: tuple[int, ...] = ()
     meta = None
+    geometry: answers.Geometry | None = None
     if photo:
         name, shape, meta, said = _photo_preprocess(args, m, spec)
         feeds = {name: photo_feed(spec, meta, shape)}
+        geometry = answers.photo_geometry(spec, meta, shape)
+        said += answers.feed_im_info(feeds, m.inputs, geometry, reader.two_stage, args.model)
         check_input_shapes(feeds, m.inputs, spec)
         _say_preprocess(said, meta)
     else:
@@ -558,7 +567,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     outs = sess.run(feeds)
     dt = time.perf_counter() - t0
     _say(f"ran on {sess.provider.upper()} in {dt * 1e3:.1f} ms")
-    geometry = answers.photo_geometry(spec, meta, shape) if photo else answers.array_geometry(feeds)
+    if not photo:
+        geometry = answers.array_geometry(feeds)
     first = next(iter(feeds.values()))
     for line in answers.report(outs, reader, 1 if photo or not first.ndim else first.shape[0], geometry):
         _say(line)
@@ -602,11 +612,12 @@ def _photo_preprocess(args: argparse.Namespace, m: Any, spec: str) -> tuple[str,
     options over it; a model with embedded preprocessing gets the decoded uint8 image) and the
     line that says it (to print once a photo is read, :func:`_say_preprocess`): a model that carries
     none gets the raw pixels, with a warning."""
+    from . import answers
     from .frontend.preprocess import image_input
 
     src = args.model
-    if len(m.inputs) != 1:
-        raise ProtonetError(f"{spec}: an image can feed a single-input net only")
+    if len(m.inputs) - bool(answers.im_info_input(m.inputs)) != 1:
+        raise ProtonetError(f"{spec}: an image can feed a single-input net (or a two-stage detector's) only")
     opts = _preprocess_options(args)
     carried = m.metadata.get("protonet.preprocess")
     name, shape, meta = image_input(list(m.inputs.items()), carried, src)
