@@ -33,7 +33,9 @@ and box deltas (R, 4·C, or R-FCN's class-agnostic (R, 8)) is read as py-faster-
 (input height, width, im_scale) (:func:`im_info`); each roi is taken back to the photo, moved by
 its class's deltas (``bbox_transform_inv``), clipped to the photo, and for each class j >= 1 the
 boxes with score > threshold go through NMS (IoU > ``--nms``, default 0.3, cfg.TEST.NMS, is
-suppressed) best first. The rois and deltas are then not answers of their own.
+suppressed) best first. The rois and deltas are then not answers of their own. A compiled model
+carries the rois when it was compiled with ``--output rois --output cls_prob --output bbox_pred``;
+a net compiled for one run keeps them by itself (:func:`keep_rois`).
 
 Labels (:func:`read_labels`): a text file with one label a line (line k names class k; Caffe's
 ``synset_words.txt`` lines such as ``n01440764 tench, Tinca tinca`` are shown whole, as Caffe's
@@ -450,6 +452,21 @@ def two_stage_outputs(types: Mapping[str, str], outputs: Mapping[str, Sequence[i
         return None
     a, b = ("cls_prob", "bbox_pred") if ("cls_prob", "bbox_pred") in pairs else pairs[0]
     return TwoStage(rois[0], a, b)
+
+
+def keep_rois(graph: Any) -> str | None:
+    """For a two-stage detector compiled for a run (``protonet infer NET.prototxt``): make its
+    Proposal's rois a graph output as well, as ``im_detect`` reads ``net.blobs['rois']`` beside the
+    net's outputs (ROI pooling consumes them, so they are not a Caffe net output). Only for a net
+    with an im_info input (:func:`im_info_input`) and exactly one Proposal whose rois are not an
+    output yet; returns their name, or None when nothing was added."""
+    if im_info_input({v.name: tuple(v.shape) for v in graph.inputs}) is None:
+        return None
+    tops = [n.outputs[0] for n in graph.nodes if n.type == "Proposal"]
+    if len(tops) != 1 or any(v is tops[0] for v in graph.outputs):
+        return None
+    graph.outputs.append(tops[0])
+    return str(tops[0].name)
 
 
 def im_info(geometry: Geometry, shape: Sequence[int] = (1, 3)) -> np.ndarray:

@@ -538,6 +538,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     else:
         m = _model(args, args.model, optimize=True)
         _report_loaded(m.compiled)
+        answers.keep_rois(m.compiled.graph)
     sess = m.session(args.provider)
     types = answers.model_output_types(m)
     reader = answers.Reader(types, answers.read_labels(args.labels) if args.labels else None, args.threshold,

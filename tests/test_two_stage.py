@@ -166,6 +166,10 @@ def test_infer_two_stage_photo_end_to_end(tmp_path: Path, capsys):
     lines = [f"    {b.score:.4f}  {b.label}  at {b.x1:.1f}, {b.y1:.1f}, {b.x2:.1f}, {b.y2:.1f}" for b in want]
     assert f"output 'cls_prob': shape (16, 4)\n  {len(want)} box(es) (x1, y1, x2, y2):\n" + "\n".join(lines) in out
     assert f"wrote {tmp_path / 'out.jpg'} ({len(want)} box(es))" in out
+    # the net itself, compiled for the run: its rois are kept as an output by themselves
+    capsys.readouterr()
+    assert cli.main(["infer", str(net), str(photo), "--threshold", "0.3", "--labels", str(labels), *pre]) == 0
+    assert "\n".join(lines) in capsys.readouterr().out
     # the same outputs from the arrays: the photo's data and the im_info py-faster-rcnn would give
     np.savez(tmp_path / "x.npz", data=photo_feed(photo, meta, (1, 3, 64, 80)), im_info=np.float32([[64, 80, 2 / 3]]))
     assert cli.main(["infer", str(model), "--input", str(tmp_path / "x.npz"), "-o", str(tmp_path / "raw.npz")]) == 0
