@@ -194,10 +194,10 @@ def test_preferred_sizes():
     assert preferred_sizes(7) == [3, 7]
 
 
+@pytest.mark.serve
 def test_committed_schema_is_tritonclients():
-    """Where tritonclient is installed (CI's serve job), the committed schema's messages and
-    fields are among tritonclient's, with the same numbers and types."""
-    pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    """The committed schema's messages and fields are among tritonclient's, with the same numbers
+    and types (marked ``serve``: it runs in CI's serve venv, where tritonclient is installed)."""
     from tritonclient.grpc import model_config_pb2
 
     def fields(desc, seen):
