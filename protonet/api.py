@@ -443,6 +443,20 @@ class Model:
         m.net, m.options = self.net, self.options
         return m, red.report
 
+    def embed_preprocess(self, image_size: int | tuple[int, int] | None = None) -> "Model":
+        """A copy of this compiled model with its preprocessing in the graph (as ``compile
+        --embed-preprocess``, :mod:`protonet.embed`): the input takes a uint8 RGB image, N×H×W×C, of
+        any size, or of ``image_size`` (H, W; one number for a square) when given."""
+        from .embed import embed_preprocess
+
+        if self.preprocess is None:
+            raise ProtonetError("embed_preprocess: the model carries no preprocessing (compile it with mean=, "
+                                "scale=, resize=, ...)")
+        size = (image_size, image_size) if isinstance(image_size, int) else image_size
+        m = Model(proto=embed_preprocess(self.built, self.preprocess, size).to_model())
+        m.net, m.options = self.net, self.options
+        return m
+
 def mismatch_error(res: "VerifyResult") -> VerificationError | None:
     """The error a verification with a mismatch raises (None when every blob is within tolerance)."""
     if res.ok:

@@ -204,3 +204,25 @@ def test_grey_net_embedded(tmp_path):
     got = _session(out).run(None, {"data": img[None]})[0]
     want = _session(plain).run(None, {"data": preprocess_image(img, meta, (1, 1, 8, 10))})[0]
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_api_embed_preprocess_equals_the_plain_model_on_a_photo(plain, tmp_path):
+    """Model.embed_preprocess (the API's --embed-preprocess): fed the same photo, the embedded model
+    (uint8 image in) and the plain model (the numpy preprocessing) give the same outputs, and the
+    embedded one saves what compile --embed-preprocess writes."""
+    import protonet
+
+    m = protonet.compile(str(plain / "net.prototxt"), mean=(9.0,), scale=0.5)
+    e = m.embed_preprocess()
+    img = _image(13, 17)
+    Image.fromarray(img).save(tmp_path / "p.png")
+    assert e.preprocess is not None and e.preprocess.embedded
+    np.testing.assert_allclose(e.run(str(tmp_path / "p.png"))["fc"], m.run(str(tmp_path / "p.png"))["fc"],
+                               rtol=1e-5, atol=1e-6)
+    e.save(tmp_path / "api.onnx")
+    assert main(["compile", str(plain / "net.prototxt"), "-o", str(tmp_path / "cli.onnx"), "--embed-preprocess",
+                 "--mean", "9", "--scale", "0.5"]) == 0
+    np.testing.assert_array_equal(_session(tmp_path / "api.onnx").run(None, {"data": img[None]})[0],
+                                  _session(tmp_path / "cli.onnx").run(None, {"data": img[None]})[0])
+    with pytest.raises(protonet.ProtonetError, match="carries no preprocessing"):
+        protonet.compile(str(plain / "net.prototxt")).embed_preprocess()
