@@ -581,6 +581,19 @@ def render(entries: list[Entry], results: dict[str, dict[str, Any]], machine: li
     by_reason: dict[str, list[tuple[Entry, dict[str, Any]]]] = {}
     for e, r in refused:
         by_reason.setdefault(f"{r['reason']}|{r['gap']}", []).append((e, r))
+    tied = [(e, r) for e, r in rows if r.get("followed")]
+    if tied:
+        lines += [f"Near-ties ({len(tied)} files): where MAX pooling's mask or a Proposal's or DetectionOutput's sort and "
+                  "NMS chose otherwise in float32 on values equal within the tolerance, verify continued the reference with onnxruntime's "
+                  "choice (protonet.pipeline: a mask index only inside its window at a value within the tolerance of "
+                  "the maximum; a Proposal's or DetectionOutput's tops only when its kernel on onnxruntime's bottoms gives "
+                  "them):", ""]
+        for e, r in tied:
+            blobs = ", ".join(f"{k} {v}" for k, v in sorted(r["followed"].items()))
+            lines.append(f"- {e.local}: {blobs} element(s)" + (
+                f"; the optimized graph verified on its own ({r['optimized_followed']} followed)"
+                if r.get("optimized_followed") is not None else ""))
+        lines.append("")
     lines += ["## Refusals by reason", "", "| reason | files | verdict | why |", "|---|---:|---|---|"]
     for key, items in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
         r0 = items[0][1]
