@@ -500,6 +500,20 @@ def feed_im_info(feeds: dict[str, np.ndarray], inputs: Mapping[str, Sequence[int
     return f"; {name} = ({h:g}, {w:g}, {scale:.6g}) (input height, width, photo scale)"
 
 
+def photo_feeds(photo: str | Path, inputs: Mapping[str, Sequence[int]], name: str, shape: Sequence[int], meta: Any,
+                two_stage: TwoStage | None, source: str) -> tuple[dict[str, np.ndarray], Geometry, str]:
+    """The feeds of one photo, as `protonet infer PHOTO` and :meth:`protonet.Model.run` make them:
+    input ``name`` of ``shape`` gets the photo through ``meta``
+    (:func:`protonet.images.photo_feed`) and a two-stage detector's im_info input its
+    :func:`im_info` (:func:`feed_im_info`). Returns the feeds, where the input lies on the photo
+    (:func:`photo_geometry`) and what to add to the preprocessing line."""
+    from .images import photo_feed
+
+    feeds = {name: photo_feed(photo, meta, tuple(shape))}
+    geometry = photo_geometry(photo, meta, shape)
+    return feeds, geometry, feed_im_info(feeds, inputs, geometry, two_stage, source)
+
+
 def two_stage_detections(rois: np.ndarray, scores: np.ndarray, deltas: np.ndarray, geometry: Geometry | None,
                          threshold: float = DEFAULT_THRESHOLD, nms: float = DEFAULT_NMS,
                          labels: Labels | None = None, image: int = 0) -> tuple[Box, ...]:
@@ -708,15 +722,17 @@ def report(outs: Mapping[str, np.ndarray], reader: Reader, images: int, geometry
 
 
 def check_pictures(reader: Reader, shapes: Mapping[str, Sequence[int]], photo: bool, draw: str | None,
-                   segmentation: str | None) -> None:
+                   segmentation: str | None, folders: bool = False) -> None:
     """Refuse --draw / --segmentation before the run when they cannot be made: no photo, no
-    output of the kind, or a file type that is not written."""
+    output of the kind, or a file type that is not written (not checked with ``folders``, where
+    they name the folders that a folder or list of photos writes its pictures into)."""
     kinds = {reader.kind(n, s) for n, s in shapes.items()}
     for target, want, flag in ((draw, ("detections", "proposals"), "--draw"),
                                (segmentation, ("segmentation", "label_map"), "--segmentation")):
         if target is None:
             continue
-        check_picture_target(target, DRAW_FORMATS if flag == "--draw" else {".png": "PNG"}, flag)
+        if not folders:
+            check_picture_target(target, DRAW_FORMATS if flag == "--draw" else {".png": "PNG"}, flag)
         if not photo and flag == "--draw":
             raise ProtonetError(f"{flag} draws on the input photo: give an image (JPEG, PNG or BMP) as the input")
         if not kinds & set(want):

@@ -34,12 +34,13 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 
-from . import limits
+from . import answers, limits
 from .errors import Location, ProtonetError, VerificationError
 from .fileio import is_regular_file, note_input
 
 if TYPE_CHECKING:
     from .analysis import Summary
+    from .answers import TwoStage
     from .export import Built
     from .frontend.preprocess import Preprocess, PreprocessOptions
     from .ir import Graph
@@ -353,7 +354,11 @@ class Model:
                 log.warning("%s carries no preprocessing: feeding the raw pixels (0-255, BGR, resized to the "
                             "input's size); compile with mean=, scale=, resize=, crop=, channels=",
                             self.path or self.net)
-            feeds = read_inputs(str(inputs), list(shapes), shapes, self.preprocess, seed)
+            two_stage = None
+            if Path(inputs).suffix.lower() in IMAGE_SUFFIXES and answers.im_info_input(shapes):
+                two_stage = answers.two_stage_outputs(answers.model_output_types(self), self.outputs, shapes)
+            feeds = read_inputs(str(inputs), list(shapes), shapes, self.preprocess, seed, two_stage,
+                                str(self.path or self.net))
             src = str(inputs)
         else:
             if not isinstance(inputs, Mapping):
@@ -468,10 +473,13 @@ def mismatch_error(res: "VerifyResult") -> VerificationError | None:
 # -- input files ---------------------------------------------------------------------------------
 
 def read_inputs(spec: str, names: list[str], shapes: Mapping[str, tuple[int, ...]], meta: "Preprocess | None" = None,
-                seed: int = 0) -> dict[str, np.ndarray]:
+                seed: int = 0, two_stage: "TwoStage | None" = None, source: str | None = None) -> dict[str, np.ndarray]:
     """The input arrays named by ``spec``: an .npy (single input), an .npz (one array per input
-    name), an image file (single input; ``meta``, the model's Preprocess, applied), or 'random'.
-    An array's header (dtype, shape) is checked against the model before its data is read."""
+    name), an image file (``meta``, the model's Preprocess, applied; a single-input net, or a
+    two-stage detector whose im_info input gets the photo's, as `protonet infer` feeds it:
+    :func:`protonet.answers.photo_feeds`; ``two_stage``: its outputs, ``source``: the model, for
+    the warning when they are not a detector's), or 'random'. An array's header (dtype, shape)
+    is checked against the model before its data is read."""
     if spec == "random":
         rng = np.random.default_rng(seed)
         shapes = {n: (1,) + tuple(shapes[n][1:]) if shapes[n] and shapes[n][0] <= 0 else shapes[n] for n in names}
@@ -485,11 +493,10 @@ def read_inputs(spec: str, names: list[str], shapes: Mapping[str, tuple[int, ...
     note_input(path)
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
-        from .images import photo_feed
-
-        if len(names) != 1:
-            raise ProtonetError(f"{spec}: an image can feed a single-input net only")
-        return {names[0]: photo_feed(path, meta, shapes[names[0]])}
+        image = [n for n in names if n != answers.im_info_input(shapes)]
+        if len(image) != 1:
+            raise ProtonetError(f"{spec}: an image can feed a single-input net (or a two-stage detector's) only")
+        return answers.photo_feeds(path, shapes, image[0], shapes[image[0]], meta, two_stage, source or spec)[0]
     if suffix not in (".npy", ".npz"):
         raise ProtonetError(f"{spec}: unknown input format (use .npy, .npz, an image or 'random')")
     try:

@@ -20,6 +20,13 @@
   (:mod:`protonet.answers`): the top-k classes, the boxes above the threshold, or a score map's
   pixel count per class. CSV: one column per top-k class, label and score, boxes as JSON in one
   cell; JSON Lines: one object per image. Written atomically (:func:`protonet.fileio.write_atomic`);
+- pictures (:class:`Pictures`): ``--draw DIR`` and ``--segmentation DIR`` name folders (made when
+  missing) that get one picture per image read, as `protonet infer PHOTO --draw/--segmentation`
+  writes it (:func:`protonet.answers.write_pictures`): ``DIR/<stem>.jpg`` (the photo with its boxes,
+  JPEG) and ``DIR/<stem>.png`` (the class per pixel, VOC colours), ``<stem>`` the image's file name
+  without its suffix; images that share a stem get ``-N`` after it, N their position in the list
+  (:func:`picture_stems`). Each written atomically as its image is done; an image that cannot be
+  read gets none;
 - a progress bar with images/s on standard error when it is a terminal (tqdm), nothing otherwise.
 """
 from __future__ import annotations
@@ -41,7 +48,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from . import limits
-from .answers import Answer, Geometry, Reader, photo_geometry
+from .answers import Answer, Geometry, Reader, check_pictures, photo_geometry, write_pictures
 from .errors import Location, ProtonetError, printable, quote
 from .fileio import read_input, write_atomic
 
@@ -228,10 +235,10 @@ class Runner:
         outs = self.session.run({self.input: x})
         return [self.reader.read(outs, i, d.geometry) for i, d in enumerate(items)]
 
-    def run(self, paths: Sequence[str], on_row: Callable[[int, list[Answer]], None],
+    def run(self, paths: Sequence[str], on_row: Callable[[int, list[Answer], Geometry], None],
             on_error: Callable[[Failure], None] = lambda f: None,
             progress: Callable[[int], None] = lambda n: None) -> Summary:
-        """Run every image; ``on_row(index, answers)`` in input order for each image read,
+        """Run every image; ``on_row(index, answers, geometry)`` in input order for each image read,
         ``on_error`` for each one that could not be, ``progress(n)`` as images are done."""
         t0 = time.perf_counter()
         failed: list[Failure] = []
@@ -241,7 +248,7 @@ class Runner:
         def flush() -> None:
             nonlocal done
             for d, answers in zip(items, self._run_chunk(items)):
-                on_row(d.index, answers)
+                on_row(d.index, answers, d.geometry)
             done += len(items)
             progress(len(items))
             items.clear()
@@ -260,6 +267,69 @@ class Runner:
         if items:
             flush()
         return Summary(len(paths), done, tuple(failed), time.perf_counter() - t0, self.chunk)
+
+
+# -- pictures ------------------------------------------------------------------------------------
+
+def picture_stems(paths: Sequence[str]) -> list[str]:
+    """The name (without suffix) of each image's pictures: its file's stem; when several images
+    share a stem (compared without case, as some file systems compare names), each of them gets
+    ``-N``, N its 1-based position in the list (the next free number when an image's own stem
+    already takes that name), so that none overwrites another."""
+    stems = [Path(p).stem for p in paths]
+    count = collections.Counter(s.casefold() for s in stems)
+    taken = {s.casefold() for s in stems if count[s.casefold()] == 1}
+    names = []
+    for i, stem in enumerate(stems):
+        if count[stem.casefold()] > 1:
+            n = i + 1
+            while f"{stem}-{n}".casefold() in taken:
+                n += 1
+            stem = f"{stem}-{n}"
+            taken.add(stem.casefold())
+        names.append(stem)
+    return names
+
+
+def _folder(path: str, flag: str) -> Path:
+    """The pictures folder ``path`` of ``flag``, made when missing."""
+    where = Path(path)
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ProtonetError(f"{flag}: with a folder or list of images this names a folder for one picture per "
+                            f"image, and a file of that name exists", Location(path)) from None
+    except OSError as e:
+        raise ProtonetError(f"{flag}: cannot make the folder: {e.strerror or e}", Location(path)) from None
+    return where
+
+
+@dataclass(frozen=True)
+class Pictures:
+    """The ``--draw`` and ``--segmentation`` folders of a folder run (module docstring), each
+    image's picture stem (:func:`picture_stems`), and the files no picture may overwrite."""
+
+    draw: Path | None
+    segmentation: Path | None
+    stems: tuple[str, ...]
+    inputs: tuple[str | None, ...] = ()
+
+    @classmethod
+    def make(cls, draw: str | None, segmentation: str | None, paths: Sequence[str],
+             inputs: Sequence[str | None] = ()) -> "Pictures | None":
+        """The folders made (None when neither is given)."""
+        if draw is None and segmentation is None:
+            return None
+        return cls(None if draw is None else _folder(draw, "--draw"),
+                   None if segmentation is None else _folder(segmentation, "--segmentation"),
+                   tuple(picture_stems(paths)), tuple(inputs))
+
+    def write(self, index: int, path: str, answers: Sequence[Answer], geometry: Geometry) -> int:
+        """Write image ``index``'s pictures (at ``path``); returns how many."""
+        stem = self.stems[index]
+        draw = None if self.draw is None else str(self.draw / f"{stem}.jpg")
+        segmentation = None if self.segmentation is None else str(self.segmentation / f"{stem}.png")
+        return len(write_pictures(answers, path, geometry, draw, segmentation, self.inputs + (path,)))
 
 
 # -- result files ------------------------------------------------------------------------------
@@ -409,8 +479,6 @@ def run_batch_cli(args: Any, spec: str, session: Any, name: str, shape: Sequence
     options and the list are checked. Returns the exit code (0, or :data:`EXIT_SOME_FAILED` when
     some images could not be read)."""
     fmt = result_format(args.out)
-    if args.draw or args.segmentation:
-        raise ProtonetError("--draw and --segmentation write one picture: give one image, not a folder or list")
     entries = list_entries(spec)
     paths = [e.path for e in entries]
     batch = getattr(args, "batch", None)  # an integer, or 'dynamic' (how a prototxt was compiled)
@@ -420,6 +488,10 @@ def run_batch_cli(args: Any, spec: str, session: Any, name: str, shape: Sequence
                   for o in session.session.get_outputs()}
     cols = csv_columns(reader, out_shapes)
     accuracy = _accuracy(entries, reader, out_shapes, spec)
+    check_pictures(reader, out_shapes, True, args.draw, args.segmentation, folders=True)
+    inputs = [args.model, spec, getattr(args, "weights", None)]
+    pictures = Pictures.make(args.draw, args.segmentation, paths, inputs)
+    drawn = 0
     announce()
     bar = _progress_bar(len(paths))
 
@@ -435,22 +507,27 @@ def run_batch_cli(args: Any, spec: str, session: Any, name: str, shape: Sequence
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             w = ResultWriter(f, fmt, cols, truth=any(e.label is not None for e in entries))
 
-            def row(index: int, answers: list[Answer]) -> None:
+            def row(index: int, answers: list[Answer], geometry: Geometry) -> None:
+                nonlocal drawn
                 entry = entries[index]
                 w.row(entry, answers)
                 if accuracy is not None:
                     accuracy.add(entry.label, answers)
+                if pictures is not None:
+                    drawn += pictures.write(index, entry.path, answers, geometry)
 
             summary.append(runner.run(paths, row, report, bar.update if bar is not None else lambda n: None))
 
     try:
-        write_atomic(args.out, write, inputs=[args.model, spec, getattr(args, "weights", None)] + paths)
+        write_atomic(args.out, write, inputs=inputs + paths)
     finally:
         if bar is not None:
             bar.close()
     s = summary[0]
     failed = f"; {len(s.failed)} could not be read (skipped, listed above)" if s.failed else ""
+    pics = "" if pictures is None else f"; {drawn} picture(s) in " + " and ".join(
+        str(d) for d in (pictures.draw, pictures.segmentation) if d is not None)
     print(f"{s.done} of {s.images} image(s) in {s.seconds:.2f} s ({s.rate:.1f} images/s) on "
           f"{session.provider.upper()}, batch {s.batch}{failed}"
-          f"{accuracy.describe() if accuracy is not None else ''}; wrote {args.out}", flush=True)
+          f"{accuracy.describe() if accuracy is not None else ''}{pics}; wrote {args.out}", flush=True)
     return EXIT_SOME_FAILED if s.failed else 0

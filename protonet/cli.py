@@ -530,7 +530,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from . import answers
     from .api import check_input_shapes, load
     from .batchrun import is_batch_input, run_batch_cli
-    from .images import IMAGE_SUFFIXES, photo_feed
+    from .images import IMAGE_SUFFIXES
 
     spec = _infer_input(args)
     if args.model.endswith(".onnx"):
@@ -557,9 +557,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     geometry: answers.Geometry | None = None
     if photo:
         name, shape, meta, said = _photo_preprocess(args, m, spec)
-        feeds = {name: photo_feed(spec, meta, shape)}
-        geometry = answers.photo_geometry(spec, meta, shape)
-        said += answers.feed_im_info(feeds, m.inputs, geometry, reader.two_stage, args.model)
+        feeds, geometry, more = answers.photo_feeds(spec, m.inputs, name, shape, meta, reader.two_stage, args.model)
+        said += more
         check_input_shapes(feeds, m.inputs, spec)
         _say_preprocess(said, meta)
     else:

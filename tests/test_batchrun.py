@@ -171,7 +171,7 @@ def test_dynamic_batch_chunks_and_fixed_batch_mismatch(folder, tmp_path: Path, c
     sess.run = lambda feeds: (seen.append(len(feeds["data"])), real_run(feeds))[1]
     rows: list[tuple[str, list]] = []
     runner = Runner(sess, "data", (-1, 3, 4, 4), None, Reader({}, top_k=3), batch=5, workers=2)
-    summary = runner.run(good[:12], lambda i, a: rows.append((good[i], a)))
+    summary = runner.run(good[:12], lambda i, a, g: rows.append((good[i], a)))
     assert seen == [5, 5, 2] and summary.done == 12 and not summary.failed  # no padding for a dynamic batch
     for path, (a,) in rows:
         x = load_image(path, None, (1, 3, 4, 4))[0]
