@@ -364,18 +364,24 @@ def quantizable_nodes(model: Any, fp32_regions: Sequence[tuple[Sequence[str], Se
     computes on data derived from a graph input (constant subgraphs stay fp32), it is not in a
     lowering listed in ``fp32_regions`` ((input, output) tensor names, :func:`head_regions`), and,
     unless it is one of :data:`ANCHOR_OPS`, an input is a graph input or comes from a qualifying
-    node (so the Flatten after a Softmax stays fp32)."""
+    node (so the Flatten after a Softmax stays fp32). A square (``Mul`` of a tensor by itself) and
+    the nodes computed from squares alone stay fp32, anchors included: a uint8 grid over x² loses
+    the small values (so LRN's sum of squares, a 1×1 Conv, keeps its precision)."""
     graph = model.graph
     excluded: set[str] = set()
     for ins, outs in fp32_regions:
         excluded |= _between(model, ins, outs) | _predictors(model, ins)
     live = {i.name for i in graph.input} - {t.name for t in graph.initializer}
     quantized: set[str] = set(live)  # tensors that are (or come straight from) quantized values
+    squares: set[str] = set()  # tensors computed from squares alone
     chosen = []
     for node in graph.node:
-        derived = any(i in live for i in node.input)
+        data = [i for i in node.input if i in live]
+        derived = bool(data)
+        if (node.op_type == "Mul" and len(set(node.input)) == 1) or (data and all(i in squares for i in data)):
+            squares.update(node.output)
         ok = (derived and node.op_type in QUANTIZED_OPS and node.domain in ("", "ai.onnx")
-              and node.name not in excluded
+              and node.name not in excluded and node.output[0] not in squares
               and (node.op_type in ANCHOR_OPS or any(i in quantized for i in node.input)))
         if derived:
             live.update(node.output)

@@ -79,6 +79,15 @@ def test_lrn_across_channels_divides_alpha_by_size():
           x, (np.array([1 / 6, 2 / 15, 3 / 14])).reshape(1, 3, 1, 1))
 
 
+def test_lrn_across_channels_beta_three_quarters():
+    # AlexNet's beta 0.75 (lowered without Pow); size 3, alpha 3, k 2 on channels [1, 2, 3, 4]:
+    # c0: 2 + (1+4) = 7; c1: 2 + (1+4+9) = 16; c2: 2 + (4+9+16) = 31; c3: 2 + (9+16) = 27
+    x = np.array([1.0, 2.0, 3.0, 4.0]).reshape(1, 4, 1, 1)
+    scale = np.array([7.0, 16.0, 31.0, 27.0]).reshape(1, 4, 1, 1)
+    check('layer { name: "n" type: "LRN" bottom: "in0" top: "out" lrn_param { local_size: 3 alpha: 3 beta: 0.75 k: 2 } }',
+          x, x / scale ** 0.75)
+
+
 def test_lrn_within_channel_averages_over_window():
     # size 3 (pad 1), alpha 9, beta 1: each 3x3 window covers the whole 2x2 map: sum of squares 30,
     # mean 30/9, scale 1 + 9*30/9 = 31 (k is not used within a channel)

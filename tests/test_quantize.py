@@ -14,8 +14,10 @@ import pytest
 from onnx import numpy_helper
 from PIL import Image
 
+from harness import build_text
 from protonet import quantize as q
 from protonet.errors import ProtonetError, VerificationError
+from protonet.export import export
 from protonet.frontend import caffemodel_bytes
 from protonet.frontend.preprocess import Preprocess
 from protonet.images import load_image
@@ -324,6 +326,22 @@ def test_head_layers_stay_fp32():
     # det/add reads the fp32 Sub: it stays fp32 too; the constant Add derives from no input
     assert q.quantizable_nodes(model) == ["body", "loc", "loc_flat"]
     assert q.quantizable_nodes(model, [(["loc_flat", "prior"], ["det"])]) == ["body"]
+
+
+def test_lrn_sum_of_squares_stays_fp32():
+    """An across-channel LRN is lowered as x² -> 1x1 Conv (band of alpha/n) -> x / scale^0.75: the
+    square and what is computed from squares alone (that Conv included) stay fp32, while the
+    convolutions around the LRN are quantized."""
+    net = """input: "data" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "norm1" type: "LRN" bottom: "conv1" top: "norm1" lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 } }
+layer { name: "conv2" type: "Convolution" bottom: "norm1" top: "conv2" convolution_param { num_output: 2 kernel_size: 1 } }
+"""
+    model = export(build_text(net))
+    ops = [(n.name, n.op_type) for n in model.graph.node]
+    assert ("norm1", "Mul") in ops and ("norm1_1", "Conv") in ops
+    assert q.quantizable_nodes(model) == ["conv1", "relu1", "conv2"]
 
 
 # -- trained models on real photos (slow: benchmarks/precision.md has the full figures) ------------
