@@ -88,6 +88,23 @@ def test_lrn_across_channels_beta_three_quarters():
           x, x / scale ** 0.75)
 
 
+@pytest.mark.parametrize("size,alpha,beta,k", [(5, 1e-4, 0.75, 1.0), (3, 2.0, 0.6, 2.0), (7, 0.5, 1.0, 1.0),
+                                                (1, 0.3, 0.75, 0.5)])
+def test_lrn_across_channels_lowering_agrees_with_onnx_lrn(size, alpha, beta, k):
+    """A second implementation: onnxruntime's own LRN kernel (the op protonet no longer emits, for speed)."""
+    import onnx.helper as h
+    from onnx import TensorProto
+
+    x = np.random.default_rng(size).standard_normal((2, 9, 3, 4)) * 3
+    _, ort_out = run_both(f'layer {{ name: "n" type: "LRN" bottom: "in0" top: "out" lrn_param {{ local_size: {size} '
+                          f'alpha: {alpha} beta: {beta} k: {k} }} }}', x)
+    v = [h.make_tensor_value_info(n, TensorProto.FLOAT, x.shape) for n in ("x", "y")]
+    lrn = h.make_graph([h.make_node("LRN", ["x"], ["y"], size=size, alpha=alpha, beta=beta, bias=k)], "lrn", v[:1], v[1:])
+    model = h.make_model(lrn, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    onnx_lrn = make_session(model, "cpu").run({"x": x.astype(np.float32)})["y"]
+    np.testing.assert_allclose(ort_out, onnx_lrn, rtol=1e-5, atol=1e-6)
+
+
 def test_lrn_within_channel_averages_over_window():
     # size 3 (pad 1), alpha 9, beta 1: each 3x3 window covers the whole 2x2 map: sum of squares 30,
     # mean 30/9, scale 1 + 9*30/9 = 31 (k is not used within a channel)
