@@ -364,15 +364,22 @@ def quantizable_nodes(model: Any, fp32_regions: Sequence[tuple[Sequence[str], Se
     computes on data derived from a graph input (constant subgraphs stay fp32), it is not in a
     lowering listed in ``fp32_regions`` ((input, output) tensor names, :func:`head_regions`), and,
     unless it is one of :data:`ANCHOR_OPS`, an input is a graph input or comes from a qualifying
-    node (so the Flatten after a Softmax stays fp32). A square (``Mul`` of a tensor by itself) and
-    the nodes computed from squares alone stay fp32, anchors included: a uint8 grid over x² loses
-    the small values (so LRN's sum of squares, a 1×1 Conv, keeps its precision)."""
+    node (so the Flatten after a Softmax stays fp32). A square (``Mul`` of a tensor by itself, with
+    the ``Mul`` by a constant that scaled that tensor) and the nodes computed from squares alone
+    stay fp32, anchors included: a uint8 grid over x² loses the small values (so LRN's sum of
+    squares, a 1×1 Conv, keeps its precision)."""
     graph = model.graph
     excluded: set[str] = set()
     for ins, outs in fp32_regions:
         excluded |= _between(model, ins, outs) | _predictors(model, ins)
     live = {i.name for i in graph.input} - {t.name for t in graph.initializer}
     quantized: set[str] = set(live)  # tensors that are (or come straight from) quantized values
+    producer = {o: n for n in graph.node for o in n.output}
+    consts = {t.name for t in graph.initializer}
+    for n in graph.node:  # the scaling before a square (LRN squares √(alpha/n)·x)
+        scaling = producer.get(n.input[0]) if n.op_type == "Mul" and len(set(n.input)) == 1 else None
+        if scaling is not None and scaling.op_type == "Mul" and any(i in consts for i in scaling.input):
+            excluded.add(scaling.name)
     squares: set[str] = set()  # tensors computed from squares alone
     chosen = []
     for node in graph.node:

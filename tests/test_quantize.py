@@ -22,6 +22,7 @@ from protonet.frontend import caffemodel_bytes
 from protonet.frontend.preprocess import Preprocess
 from protonet.images import load_image
 from protonet.pipeline import build_model, compile_net
+from protonet.reference import ReferenceInterpreter
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -339,9 +340,36 @@ layer { name: "norm1" type: "LRN" bottom: "conv1" top: "norm1" lrn_param { local
 layer { name: "conv2" type: "Convolution" bottom: "norm1" top: "conv2" convolution_param { num_output: 2 kernel_size: 1 } }
 """
     model = export(build_text(net))
-    ops = [(n.name, n.op_type) for n in model.graph.node]
-    assert ("norm1", "Mul") in ops and ("norm1_1", "Conv") in ops
+    lrn = [n.op_type for n in model.graph.node if n.name.startswith("norm1")]
+    assert lrn == ["Mul", "Mul", "Conv", "Sqrt", "Sqrt", "Mul", "Div"]  # √(alpha/n)·x, its square, the band sum, ...
     assert q.quantizable_nodes(model) == ["conv1", "relu1", "conv2"]
+
+
+def test_fp16_lrn_holds_squares_past_float16_range():
+    """fp16 computes LRN's squares without overflow: with x up to 600, x² (360000) is past
+    float16's 65504, but the lowering squares √(alpha/n)·x. onnx's reference evaluator computes
+    each node in the dtype it is given (onnxruntime's CPU runs float16 nodes in float32)."""
+    from onnx.reference import ReferenceEvaluator
+
+    net = """input: "data" input_shape { dim: 1 dim: 8 dim: 3 dim: 3 }
+layer { name: "norm1" type: "LRN" bottom: "data" top: "norm1" lrn_param { local_size: 5 alpha: 0.0001 beta: 0.75 } }
+"""
+    g = build_text(net)
+    x = np.random.default_rng(0).random((1, 8, 3, 3)) * 600
+    want = ReferenceInterpreter(g).run({"data": x})["norm1"]
+    fp16 = q.to_fp16(export(g))
+    done, todo = {"data", *(t.name for t in fp16.graph.initializer)}, list(fp16.graph.node)
+    order = []  # the converter appends its input Casts last; the evaluator runs nodes as listed
+    while todo:
+        n = next(n for n in todo if all(i in done for i in n.input))
+        todo.remove(n)
+        order.append(n)
+        done.update(n.output)
+    del fp16.graph.node[:]
+    fp16.graph.node.extend(order)
+    (got,) = ReferenceEvaluator(fp16).run(None, {"data": x.astype(np.float32)})
+    assert np.all(np.isfinite(got)) and want.max() > 100
+    np.testing.assert_allclose(got, want, rtol=4e-3, atol=0.05)
 
 
 # -- trained models on real photos (slow: benchmarks/precision.md has the full figures) ------------

@@ -628,15 +628,17 @@ class LRN(Layer):
 
 def _lower_lrn_across(a: LRNAttrs, g: Lowering) -> None:
     """ACROSS_CHANNELS as plain arithmetic, several times faster on onnxruntime's CPU than its LRN
-    kernel (benchmarks/lrn.md): x² through a 1×1 Conv whose C×C weight holds alpha/n on the band of
-    channels |c - c'| <= n//2 (the zero padding of the window is the band's clipping at the edges) and
-    whose bias is k, then x · scale^-beta; for beta = 0.75 (AlexNet's, GoogLeNet's) as
-    x / (√scale · √√scale), which avoids Pow."""
+    kernel (benchmarks/lrn.md): (√(alpha/n) · x)² through a 1×1 Conv whose C×C weight is 1 on the
+    band of channels |c - c'| <= n//2 (the zero padding of the window is the band's clipping at the
+    edges) and whose bias is k, then x · scale^-beta; for beta = 0.75 (AlexNet's, GoogLeNet's) as
+    x / (√scale · √√scale), which avoids Pow. x is scaled before it is squared so that an fp16 build
+    holds the squares (x² alone passes float16's 65504 once |x| > 256)."""
     x, c = g.inputs[0], g.in_shapes[0][1]
     half = (a.size - 1) // 2
     offset = np.arange(c)[:, None] - np.arange(c)[None, :]
-    band = np.where(np.abs(offset) <= half, np.float32(a.alpha / a.size), np.float32(0))
-    scale = g.op("Conv", [g.op("Mul", [x, x]), g.const(band.reshape(c, c, 1, 1), "lrn_band"),
+    band = (np.abs(offset) <= half).astype(np.float32)
+    scaled = g.op("Mul", [x, g.const(np.sqrt(a.alpha / a.size), "sqrt_alpha_over_n")])
+    scale = g.op("Conv", [g.op("Mul", [scaled, scaled]), g.const(band.reshape(c, c, 1, 1), "lrn_band"),
                           g.const(np.full(c, a.k), "lrn_k")])
     if a.beta == 0.75:
         root = g.op("Sqrt", [scale])
