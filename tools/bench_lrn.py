@@ -1,6 +1,6 @@
 """Caffe's across-channel LRN on onnxruntime's CPU: its LRN kernel against protonet's lowering.
 
-    python tools/bench_lrn.py [--out benchmarks/lrn.md] [--rounds 21]
+    python tools/bench_lrn.py [--out benchmarks/lrn.md] [--rounds 31]
 
 protonet lowers ACROSS_CHANNELS LRN as x² -> 1x1 Conv with a banded C×C weight (alpha/n on the
 band, bias k) -> x / (√s · √√s) for beta 0.75 (x · s^-beta otherwise); the old lowering was the
@@ -103,8 +103,13 @@ def cell(t: tuple[float, float]) -> str:
     return f"{t[0]:.2f} ({t[1]:.2f})"
 
 
+def ratio(a: tuple[float, float], b: tuple[float, float]) -> str:
+    """a / b of the medians (of the minima)."""
+    return f"{a[0] / b[0]:.2f}x ({a[1] / b[1]:.2f}x)"
+
+
 def op_table(rounds: int) -> list[str]:
-    rows = ["| LRN input (batch 1) | ORT LRN op, ms | protonet lowering, ms | old / new (medians) | max rel. diff |",
+    rows = ["| LRN input (batch 1) | ORT LRN op, ms | protonet lowering, ms | old / new | max rel. diff |",
             "|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as d:
         for where, c, h, w in LRN_SHAPES:
@@ -118,18 +123,18 @@ def op_table(rounds: int) -> list[str]:
             yo, yn = feeder(so, x)()[0], feeder(sn, x)()[0]
             rel = float(np.max(np.abs(yn - yo) / np.maximum(np.abs(yo), 1e-6)))
             rows.append(f"| {where}: {c}×{h}×{w} | {cell(t['old'])} | {cell(t['new'])} | "
-                        f"{t['old'][0] / t['new'][0]:.1f}x | {rel:.1e} |")
+                        f"{ratio(t['old'], t['new'])} | {rel:.1e} |")
     return rows
 
 
 def net_table(rounds: int) -> list[str]:
-    rows = ["| net (fp32) | batch | ORT LRN op, ms | protonet lowering, ms | old / new (medians) |",
+    rows = ["| net (fp32) | batch | ORT LRN op, ms | protonet lowering, ms | old / new |",
             "|---|---|---|---|---|"]
     for name in ("alexnet", "googlenet"):
         for batch in (1, 8):
             old, new, x = models(str(ROOT / "nets" / f"{name}.prototxt"), batch)
             t = race({"old": feeder(session(old), x), "new": feeder(session(new), x)}, rounds)
-            rows.append(f"| {name} | {batch} | {cell(t['old'])} | {cell(t['new'])} | {t['old'][0] / t['new'][0]:.2f}x |")
+            rows.append(f"| {name} | {batch} | {cell(t['old'])} | {cell(t['new'])} | {ratio(t['old'], t['new'])} |")
             del old, new
             gc.collect()
     return rows
@@ -150,28 +155,30 @@ def int8_table(rounds: int) -> list[str]:
         del m
         gc.collect()
     t = race(runs, rounds)
-    rows = ["| AlexNet, batch 1 | fp32, ms | int8, ms | fp32 / int8 (medians) |", "|---|---|---|---|"]
+    rows = ["| AlexNet, batch 1 | fp32, ms | int8, ms | fp32 / int8 |", "|---|---|---|---|"]
     for label, what in (("old", "ORT LRN op"), ("new", "protonet lowering")):
         f, i = t[f"fp32 {label}"], t[f"int8 {label}"]
-        rows.append(f"| {what} | {cell(f)} | {cell(i)} | {f[0] / i[0]:.2f}x |")
+        rows.append(f"| {what} | {cell(f)} | {cell(i)} | {ratio(f, i)} |")
     return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=DEFAULT_OUT)
-    ap.add_argument("--rounds", type=int, default=21)
+    ap.add_argument("--rounds", type=int, default=31)
     args = ap.parse_args()
     from machine import write_report
 
     load0 = os.getloadavg()
-    results = ["LRN alone; ms as median (minimum):", "", *op_table(args.rounds), "",
+    results = ["ms as median (minimum) of the rounds; ratios of the medians (of the minima). The LRN alone:", "",
+               *op_table(args.rounds), "",
                "Whole nets, fp32:", "", *net_table(args.rounds), "",
                "int8 against fp32:", "", *int8_table(args.rounds)]
     load1 = os.getloadavg()
     loads = f"- load average (1, 5, 15 min): {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f} at the start, " \
             f"{load1[0]:.1f} {load1[1]:.1f} {load1[2]:.1f} at the end (other people's runs share the 2 cores)"
-    notes = ["The variants of each table run interleaved round by round in one process; ratios are of medians. "
+    notes = ["The variants of each table run interleaved round by round in one process; ratios of medians, "
+             "and of minima in parentheses. "
              "Minima are given because the machine is shared: they show each variant's undisturbed speed.",
              "Weights are random (well-scaled), inputs random: speed only. Exactness is checked by "
              "`protonet verify` and tests/test_caffe_semantics.py (max rel. diff above: lowering against ORT's op)."]
