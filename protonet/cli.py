@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .api import MAX_DIM
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, ProtonetError, printable, quote
 from .fileio import Terminated, is_regular_file, note_input, protect_inputs, save_npz, unwind_on_signals, writes_stdout

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from . import __version__
+from .version import __version__
 from .errors import Location, ProtonetError
 from .fileio import is_stream_target, write_atomic
 from .frontend.schema import is_repeated

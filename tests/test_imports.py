@@ -66,6 +66,8 @@ def package_graph() -> dict[str, set[str]]:
     for mod, path in paths.items():
         deps = {d for d in imports_of(path, modules) if d in modules and d != mod}
         graph[mod] = deps
+    # the package's lazy exports (PEP 562 __getattr__ imports them by name on first use)
+    graph["protonet"] |= {f"protonet.{m}" for m in protonet._EXPORTS.values()}
     return graph
 
 
