@@ -21,6 +21,7 @@ from .frontend.python_layers import refusal as python_refusal
 from .ir import Graph, Node, Value
 from .layers import registry
 from .layers.base import prod
+from .layers.ssd import FACEBOXES, PriorCountError, faceboxes_candidate
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,40 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
                 reuse: Graph | None = None) -> tuple[Graph, WeightReport]:
     """Build the IR for a loaded (upgraded, filtered) net. ``reuse``: the same net built before
     (at another batch size, unoptimized): a layer whose blobs have the same names and shapes there
-    takes those arrays instead of reading or filling its own."""
+    takes those arrays instead of reading or filling its own.
+
+    The PriorBox rule: SSD's, unless a DetectionOutput's loc/conf bottoms hold predictions for
+    another number of priors than SSD's PriorBox layers give, the net has a PriorBox with three
+    min_sizes, and sfzhang15/FaceBoxes' PriorBox (same type name; :mod:`.layers.ssd`) gives
+    exactly that number: then every PriorBox of the net follows that fork (``loaded.dialects``),
+    and a note located at the first such PriorBox says so. Otherwise SSD's count error stands."""
+    notes = list(loaded.notes)
+    try:
+        return _build_graph(loaded, weights, options, reuse)
+    except PriorCountError as ssd_error:
+        first = next((i for i, lp in enumerate(loaded.net.layer) if faceboxes_candidate(lp)), None)
+        if FACEBOXES in loaded.dialects or first is None:
+            raise
+        loaded.notes[:] = notes
+        loaded.dialects.add(FACEBOXES)
+        try:
+            g, report = _build_graph(loaded, weights, options, reuse)
+        except ProtonetError:
+            loaded.dialects.discard(FACEBOXES)
+            loaded.notes[:] = notes
+            raise ssd_error from None
+        det = next(n for n in g.nodes if n.loc.layer == ssd_error.loc.layer and n.type == "DetectionOutput")
+        lp = loaded.net.layer[first]
+        loaded.notes.append(f"{loaded.loc(lp, first).prefix()}: read as sfzhang15/FaceBoxes' PriorBox (21 priors per "
+                            f"cell for three min_sizes, the anchors of min_size 32 and 64 densified): DetectionOutput "
+                            f"'{det.loc.layer}' gets predictions for {det.attrs.geometry.num_priors} priors, which "
+                            f"that fork's rule gives and SSD's ({ssd_error.priors}) does not; every PriorBox of the "
+                            f"net follows the fork")
+        return g, report
+
+
+def _build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | None = None,
+                 reuse: Graph | None = None) -> tuple[Graph, WeightReport]:
     opts = options or BuildOptions()
     if not loaded.net.layer:
         raise ProtonetError("the file defines no layers", Location(loaded.path))
@@ -126,7 +160,7 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
 
     for index, lp in enumerate(loaded.net.layer):
         loc = loaded.loc(lp, index)
-        ctx = LayerContext(loc)
+        ctx = LayerContext(loc, frozenset(loaded.dialects))
         layer = registry.get(lp.type)
         assert layer is not None  # check_types
         canonical = registry.canonical_name(lp.type)

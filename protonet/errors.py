@@ -115,8 +115,11 @@ class LayerContext:
     Layers never format locations themselves: they call ``ctx.error(msg)``.
     """
 
-    def __init__(self, loc: Location):
+    def __init__(self, loc: Location, dialects: frozenset[str] = frozenset()):
         self.loc = loc
+        #: the fork dialects the net is read in, where a fork changes a layer type of the same name
+        #: (``"faceboxes"``: :mod:`protonet.layers.ssd`)
+        self.dialects = dialects
 
     def error(self, message: str, cls: type[ProtonetError] = ProtonetError) -> ProtonetError:
         """Return (for ``raise``) a located error."""

@@ -137,6 +137,9 @@ class LoadedNet:
     excluded: dict[str, str] = field(default_factory=dict)
     #: ONNX metadata entries describing the data layers' preprocessing (train_val files)
     preprocess: dict[str, str] = field(default_factory=dict)
+    #: fork dialects the net is read in, where a fork changes a layer type of the same name (the
+    #: build decides: ``"faceboxes"`` when DetectionOutput's bottoms fit only that fork's PriorBox)
+    dialects: set[str] = field(default_factory=set)
 
     def line_of(self, layer: Any, index: int | None = None) -> int | None:
         if index is not None and self.layer_lines is not None and index < len(self.layer_lines):

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import LayerContext, UnsupportedError
+from ..errors import LayerContext, ProtonetError, UnsupportedError
 from ..limits import check_constant
 from .base import FLT_MAX, Example, Layer, Shape, enum_name, prod
 from .lowering import Lowering
@@ -25,6 +25,21 @@ def _values(msg: Any, field: str) -> list[float]:
 
 # -- PriorBox ------------------------------------------------------------------------------------
 
+#: the dialect name under which a net's PriorBox layers follow sfzhang15/FaceBoxes' fork
+FACEBOXES = "faceboxes"
+#: FaceBoxes' densified anchors: min_size -> (anchors per side of a cell, their spacing in pixels)
+FACEBOXES_DENSE: dict[int, tuple[int, float]] = {32: (4, 8.0), 64: (2, 16.0)}
+
+
+class PriorCountError(ProtonetError):
+    """DetectionOutput's loc or conf bottom holds predictions for another number of priors than
+    its priors bottom: the net was made for another PriorBox rule (or is wrong)."""
+
+    def __init__(self, message: str, loc: Any = None, priors: int = 0):
+        super().__init__(message, loc)
+        self.priors = priors  # the number of priors the priors bottom holds
+
+
 @dataclass(frozen=True)
 class PriorBoxAttrs:
     min_sizes: tuple[float, ...]
@@ -37,10 +52,54 @@ class PriorBoxAttrs:
     step_h: float  # 0: image size / feature map size
     step_w: float
     offset: float
+    rule: str = "ssd"  # "ssd", or FACEBOXES (sfzhang15/FaceBoxes' fork)
 
     @property
     def num_priors(self) -> int:
-        return len(self.aspect_ratios) * len(self.min_sizes) + len(self.max_sizes)
+        return len(cell_priors(self))
+
+
+def cell_priors(a: PriorBoxAttrs) -> list[tuple[float, float, float, float]]:
+    """The priors of one cell as (dx, dy, half width, half height) around the cell's centre, in
+    Caffe's order: per min_size, its square box(es), the square sqrt(min·max) box, then one box
+    per aspect ratio other than 1. Caffe stores min_size and max_size in ints before using them
+    (30.5 acts as 30).
+
+    SSD's square min box has half side min/2. FaceBoxes' fork (rule FACEBOXES) gives every square
+    min box half side (min − 1)/2 and replaces the one box of min_size 32 by 4×4 boxes and of 64
+    by 2×2 (:data:`FACEBOXES_DENSE`), shifted from the cell's centre by k·spacing for k in
+    −n/2 .. n/2 − 1, row by row (y outer, x inner); its other boxes are SSD's."""
+    out: list[tuple[float, float, float, float]] = []
+    for k, mn in enumerate(a.min_sizes):
+        m = int(mn)
+        if a.rule == FACEBOXES:
+            n, spacing = FACEBOXES_DENSE.get(m, (1, 0.0))
+            half = (m - 1) / 2
+            out += [(j * spacing, i * spacing, half, half) for i in range(-(n // 2), n - n // 2)
+                    for j in range(-(n // 2), n - n // 2)]
+        else:
+            out.append((0.0, 0.0, m / 2, m / 2))
+        if a.max_sizes:
+            side = math.sqrt(m * int(a.max_sizes[k]))
+            out.append((0.0, 0.0, side / 2, side / 2))
+        for ar in a.aspect_ratios:
+            if abs(ar - 1.0) < 1e-6:
+                continue
+            out.append((0.0, 0.0, m * math.sqrt(ar) / 2, m / math.sqrt(ar) / 2))
+    return out
+
+
+def faceboxes_declared(a: PriorBoxAttrs) -> int:
+    """The priors per cell that FaceBoxes' fork sizes its output for: 21 when there are three
+    min_sizes (whatever they are), else aspect ratios × min_sizes; plus one per max_size."""
+    base = 21 if len(a.min_sizes) == 3 else len(a.aspect_ratios) * len(a.min_sizes)
+    return base + len(a.max_sizes)
+
+
+def faceboxes_candidate(layer: Any) -> bool:
+    """Whether FaceBoxes' fork gives this layer (a LayerParameter) another number of priors than
+    SSD's can: a PriorBox with three min_sizes (the fork's 21 per cell)."""
+    return layer.type == "PriorBox" and len(layer.prior_box_param.min_size) == 3
 
 
 def prior_boxes(a: PriorBoxAttrs, layer_hw: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
@@ -48,28 +107,13 @@ def prior_boxes(a: PriorBoxAttrs, layer_hw: tuple[int, int], image_hw: tuple[int
     lh, lw = layer_hw
     img_h, img_w = (a.img_h, a.img_w) if a.img_h and a.img_w else image_hw
     step_h, step_w = (a.step_h, a.step_w) if a.step_h and a.step_w else (img_h / lh, img_w / lw)
-    # box sizes (width, height) per position, in Caffe's order: for each min_size, the square
-    # min box, the square sqrt(min*max) box, then one box per aspect ratio other than 1.
-    # Caffe stores min_size and max_size in ints before using them (30.5 acts as 30).
-    sizes = []
-    for k, mn in enumerate(a.min_sizes):
-        m = float(int(mn))
-        sizes.append((m, m))
-        if a.max_sizes:
-            side = math.sqrt(int(mn) * int(a.max_sizes[k]))
-            sizes.append((side, side))
-        for ar in a.aspect_ratios:
-            if abs(ar - 1.0) < 1e-6:
-                continue
-            sizes.append((m * math.sqrt(ar), m / math.sqrt(ar)))
-    bw = np.array([s[0] for s in sizes])
-    bh = np.array([s[1] for s in sizes])
+    dx, dy, hw, hh = (np.array(c) for c in zip(*cell_priors(a)))  # each (P,)
     cx = (np.arange(lw) + a.offset) * step_w  # (W,)
     cy = (np.arange(lh) + a.offset) * step_h  # (H,)
     cx, cy = np.meshgrid(cx, cy)  # (H, W)
-    cx, cy = cx[:, :, None], cy[:, :, None]
-    boxes = np.stack([(cx - bw / 2) / img_w, (cy - bh / 2) / img_h,
-                      (cx + bw / 2) / img_w, (cy + bh / 2) / img_h], axis=-1)  # (H, W, P, 4)
+    cx, cy = cx[:, :, None] + dx, cy[:, :, None] + dy  # (H, W, P)
+    boxes = np.stack([(cx - hw) / img_w, (cy - hh) / img_h,
+                      (cx + hw) / img_w, (cy + hh) / img_h], axis=-1)  # (H, W, P, 4)
     boxes = boxes.reshape(-1)
     if a.clip:
         boxes = np.clip(boxes, 0.0, 1.0)
@@ -92,7 +136,12 @@ class PriorBox(Layer):
     normalised by the image size, ordered by row, column, then prior (per min_size: the min box,
     the sqrt(min·max) box, the aspect-ratio boxes); channel 1 the variances. Centres
     ((w + offset)·step_w, (h + offset)·step_h), step = image size / map size unless given;
-    clip bounds the boxes to [0, 1]. Lowered as a constant."""
+    clip bounds the boxes to [0, 1]. Lowered as a constant.
+
+    In a net read in the FACEBOXES dialect (sfzhang15/FaceBoxes' fork; :func:`cell_priors`), square
+    min boxes are one pixel narrower and those of min_size 32 and 64 are densified; the fork sizes
+    its output by its own rule (:func:`faceboxes_declared`), so a layer whose boxes do not fill
+    exactly that (the fork would write past its output or leave part of it unset) is refused."""
 
     type_name = "PriorBox"
     num_bottoms = (2, 2)
@@ -163,8 +212,16 @@ class PriorBox(Layer):
             step_h = step_w = float(p.step)
         else:
             step_h = step_w = 0.0
-        return PriorBoxAttrs(mins, maxs, tuple(ars), bool(p.clip), var or (0.1,), img_h, img_w,
-                             step_h, step_w, float(p.offset))
+        a = PriorBoxAttrs(mins, maxs, tuple(ars), bool(p.clip), var or (0.1,), img_h, img_w,
+                          step_h, step_w, float(p.offset))
+        if FACEBOXES not in ctx.dialects:
+            return a
+        a = replace(a, rule=FACEBOXES)
+        if a.num_priors != faceboxes_declared(a):
+            raise ctx.error(f"sfzhang15/FaceBoxes' PriorBox would write {a.num_priors} boxes per cell into an output "
+                            f"sized for {faceboxes_declared(a)} (its rule: 21 for three min_sizes, otherwise aspect "
+                            f"ratios × min_sizes, plus one per max_size), so its results are undefined")
+        return a
 
     def infer(self, a: PriorBoxAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         for i, s in enumerate(shapes):
@@ -277,11 +334,11 @@ class DetectionOutput(Layer):
         p = prior[2] // 4
         lc = 1 if a.share_location else a.num_classes
         if prod(loc[1:]) != p * lc * 4:
-            raise ctx.error(f"bottom 0 (loc) holds {prod(loc[1:])} values per image; {p} priors × {lc} "
-                            f"location class(es) × 4 = {p * lc * 4} expected")
+            raise PriorCountError(f"bottom 0 (loc) holds {prod(loc[1:])} values per image; {p} priors × {lc} "
+                                  f"location class(es) × 4 = {p * lc * 4} expected", ctx.loc, p)
         if prod(conf[1:]) != p * a.num_classes:
-            raise ctx.error(f"bottom 1 (conf) holds {prod(conf[1:])} values per image; {p} priors × "
-                            f"{a.num_classes} classes = {p * a.num_classes} expected")
+            raise PriorCountError(f"bottom 1 (conf) holds {prod(conf[1:])} values per image; {p} priors × "
+                                  f"{a.num_classes} classes = {p * a.num_classes} expected", ctx.loc, p)
         if self._fg_classes(a) == 0:
             raise ctx.error("no class is left once the background class is removed")
         per_class = p if a.top_k < 0 else min(a.top_k, p)
