@@ -553,13 +553,13 @@ layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "conv" bottom: "lab
 
 
 def test_corpus_fork_fields_parse_and_their_layers_are_refused_by_name(tmp_path):
-    # Reorg (the YOLO ports) is implemented; their detection outputs are not
+    # Reorg and the detection outputs of the YOLO ports are implemented (tests/test_yolo.py)
     head = 'name: "f"\ninput: "data"\ninput_shape { dim: 1 dim: 4 dim: 8 dim: 8 }\n'
     yolo = head + ('layer { name: "reorg" type: "Reorg" bottom: "data" top: "r" reorg_param { stride: 2 } }\n'
                    'layer { name: "det" type: "Yolov3DetectionOutput" bottom: "r" top: "det" '
-                   'yolov3_detection_output_param { num_classes: 2 biases: 10 biases: 14 } }\n')
-    with pytest.raises(ProtonetError, match=r"unsupported layer types: Yolov3DetectionOutput \(layer 'det', line 5\)$"):
-        compile_net(_write(tmp_path, yolo))
+                   'yolov3_detection_output_param { num_classes: 2 num_box: 2 biases: 10 biases: 14 '
+                   'mask: 0 mask: 0 mask_group_num: 1 anchors_scale: 8 } }\n')
+    assert compile_net(_write(tmp_path, yolo)).graph.values["det"].shape == (1, 1, 2 * 4 * 4, 7)
     norm = head + 'layer { name: "n" type: "Normalize" bottom: "data" top: "n" normalize_param { normalize_type: "L2" } }\n'
     with pytest.raises(SchemaError, match=r"/n\.prototxt:4: layer 'n' \(Normalize\): LayerParameter\.normalize_param: "
                                           r".*happynear.*--ignore-field LayerParameter\.normalize_param$"):
