@@ -76,6 +76,7 @@ class CompileOptions:
     opset: int | None = None
     caffe_proto: str | None = None
     ignore_fields: tuple[str, ...] = ()
+    forks: tuple[str, ...] = ()
     seed: int = 0
     strict: bool = False
     preprocess: "PreprocessOptions | None" = None
@@ -147,7 +148,7 @@ def compile(net: PathLike, weights: PathLike | None = None, *, batch: int | str 
             input_shapes: Mapping[str, Sequence[int]] | Sequence[int] | None = None, optimize: bool = True,
             passes: Sequence[str] | None = None, outputs: Sequence[str] | None = None, opset: int | None = None,
             caffe_proto: PathLike | None = None, ignore_fields: Sequence[str] = (), seed: int = 0,
-            strict: bool = False, mean: Sequence[float] | float | None = None, mean_file: PathLike | None = None,
+            strict: bool = False, forks: Sequence[str] = (), mean: Sequence[float] | float | None = None, mean_file: PathLike | None = None,
             scale: float | None = None, resize: int | Sequence[int] | None = None,
             crop: int | Sequence[int] | None = None, channels: str | None = None) -> "Model":
     """Compile a net definition (any Caffe format, or a .caffemodel alone), as ``protonet compile``.
@@ -159,6 +160,7 @@ def compile(net: PathLike, weights: PathLike | None = None, *, batch: int | str 
     optimizer passes (all, or ``passes`` in that order); ``outputs``: keep only these network
     outputs; ``opset``: target another ONNX opset; ``caffe_proto``: read the files through a
     fork's own caffe.proto; ``ignore_fields``: fork fields (``MSG.FIELD``) to run without;
+    ``forks``: forks whose layers of a shared type name the net runs (``"faceboxes"``);
     ``strict``: a layer missing from the weights is an error. The photo preprocessing the model
     carries (applied by :meth:`Model.run` to a photo; see :func:`preprocess_options`): ``mean``
     (in the net's channel order) or ``mean_file``, ``scale``, ``resize`` ((H, W) or the shorter
@@ -171,7 +173,7 @@ def compile(net: PathLike, weights: PathLike | None = None, *, batch: int | str 
         passes=None if passes is None else tuple(passes), outputs=tuple(outputs or ()),
         opset=None if opset is None else _dim(opset, "opset"),
         caffe_proto=None if caffe_proto is None else str(caffe_proto), ignore_fields=tuple(ignore_fields),
-        seed=int(seed), strict=bool(strict),
+        forks=tuple(forks), seed=int(seed), strict=bool(strict),
         preprocess=preprocess_options(mean, mean_file, scale, resize, crop, channels))
     if not 0 <= opts.seed < 2 ** 63:
         raise ProtonetError(f"seed: {seed} is not in [0, 2^63)")
@@ -241,7 +243,7 @@ class Model:
         m._compiled = compile_net(net, opts.weights, build, optimize=opts.optimize,
                                   passes=None if opts.passes is None else list(opts.passes),
                                   outputs=list(opts.outputs) or None, schema=opts.caffe_proto,
-                                  ignore_fields=opts.ignore_fields)
+                                  ignore_fields=opts.ignore_fields, forks=opts.forks)
         store_preprocess(m._compiled, opts.preprocess, net)
         return m
 

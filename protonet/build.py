@@ -104,6 +104,25 @@ def node_names(loaded: LoadedNet) -> list[str]:
     return out
 
 
+#: forks whose layer of a shared type name computes something else, by the name ``--fork`` takes
+LAYER_FORKS: dict[str, str] = {
+    FACEBOXES: "sfzhang15/FaceBoxes' PriorBox (anchors of min_size 32 and 64 densified, 21 priors per cell for "
+               "three min_sizes, min boxes one pixel narrower)",
+}
+
+
+def choose_forks(loaded: LoadedNet, forks: tuple[str, ...]) -> None:
+    """The forks a user names (``--fork``) for the layers whose type name they share with
+    BVLC/SSD: their rules apply to the whole net (``loaded.dialects``), with one note each."""
+    for name in dict.fromkeys(forks):
+        if name not in LAYER_FORKS:
+            raise ProtonetError(f"--fork {name!r} is not a fork protonet knows; known: {', '.join(LAYER_FORKS)}",
+                                Location(loaded.path))
+        if name not in loaded.dialects:
+            loaded.dialects.add(name)
+            loaded.notes.append(f"--fork {name}: {LAYER_FORKS[name]}")
+
+
 def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | None = None,
                 reuse: Graph | None = None) -> tuple[Graph, WeightReport]:
     """Build the IR for a loaded (upgraded, filtered) net. ``reuse``: the same net built before
@@ -114,7 +133,8 @@ def build_graph(loaded: LoadedNet, weights: Any = None, options: BuildOptions | 
     another number of priors than SSD's PriorBox layers give, the net has a PriorBox with three
     min_sizes, and sfzhang15/FaceBoxes' PriorBox (same type name; :mod:`.layers.ssd`) gives
     exactly that number: then every PriorBox of the net follows that fork (``loaded.dialects``),
-    and a note located at the first such PriorBox says so. Otherwise SSD's count error stands."""
+    and a note located at the first such PriorBox says so. Otherwise SSD's count error stands.
+    ``--fork faceboxes`` (:func:`choose_forks`) chooses the fork's rule outright."""
     notes = list(loaded.notes)
     try:
         return _build_graph(loaded, weights, options, reuse)

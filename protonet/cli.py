@@ -95,6 +95,10 @@ def _add_net_options(p: argparse.ArgumentParser, weights: bool = True) -> None:
     p.add_argument("--input-shape", type=_parse_shape, action="append", default=[], metavar="[NAME=]N,C,H,W",
                    help="shape of an input (data layers of train_val files, or a missing input shape)")
     p.add_argument("--strict", action="store_true", help="a layer missing from the weights file is an error")
+    p.add_argument("--fork", action="append", default=[], metavar="NAME",
+                   help="run the layers that the fork NAME computes differently under the same type name as that "
+                        "fork does: faceboxes (sfzhang15/FaceBoxes' PriorBox; chosen by itself when DetectionOutput's "
+                        "prior count fits only that fork)")
 
 
 def _floats(text: str, most: int = 4) -> tuple[float, ...]:
@@ -392,7 +396,7 @@ def _net_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                 strict=getattr(args, "strict", False), input_shapes=dict(getattr(args, "input_shape", [])),
                 passes=args.passes.split(",") if getattr(args, "passes", None) else None,
                 outputs=getattr(args, "output", None) or None, caffe_proto=args.caffe_proto,
-                ignore_fields=tuple(args.ignore_field))
+                ignore_fields=tuple(args.ignore_field), forks=tuple(getattr(args, "fork", ())))
 
 
 def _report_loaded(c: Any) -> None:

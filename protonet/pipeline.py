@@ -9,7 +9,7 @@ from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 
-from .build import BuildOptions, WeightReport, build_graph
+from .build import BuildOptions, WeightReport, build_graph, choose_forks
 from .errors import Location, ProtonetError
 from .export import Built, build, split_model
 from .frontend import LoadedNet, deploy_step, dialect_step, load_net
@@ -50,13 +50,14 @@ def load_weights(path: str | Path | None, only: Collection[str] | None = None, d
 def compile_net(net: str | Path, weights: str | Path | None = None, options: BuildOptions | None = None,
                 optimize: bool = False, passes: list[str] | None = None,
                 outputs: list[str] | None = None, schema: Any = None,
-                ignore_fields: tuple[str, ...] = ()) -> Compiled:
+                ignore_fields: tuple[str, ...] = (), forks: tuple[str, ...] = ()) -> Compiled:
     """Parse, upgrade, filter, build (and optionally optimize) a net definition.
 
     ``outputs`` keeps only the named network outputs (the dead-code pass then removes what
     no longer feeds them). ``schema`` is a user's own caffe.proto (path or compiled schema) that
     the definition is read through; ``ignore_fields`` names fork fields (``MSG.FIELD``) that
-    protonet may run without."""
+    protonet may run without; ``forks`` names forks whose layers of a shared type name the net
+    runs (:data:`.build.LAYER_FORKS`)."""
     opts = options or BuildOptions()
     if passes is not None and not optimize:
         raise ProtonetError("--passes names passes to run, but optimization is off (--no-optimize, or no "
@@ -75,6 +76,7 @@ def compile_net(net: str | Path, weights: str | Path | None = None, options: Bui
     else:
         loaded = load_net(net, input_shapes=opts.input_shapes, schema=schema, ignore_fields=ignore_fields,
                           data=data)
+    choose_forks(loaded, tuple(forks))
     wfile = load_weights(weights, {lp.name for lp in loaded.net.layer}, wdata)
     if opts.dynamic_batch:
         from dataclasses import replace

@@ -239,3 +239,33 @@ def test_the_faceboxes_train_file_is_refused_as_caffes_test_phase_refuses_it():
                                             r"produced by any earlier layer \(layer 'data' produces it, but not in the "
                                             r"TEST phase\)$"):
         compile_net(path)
+
+
+PRIORS_ONLY = """name: "priors_only"
+input: "data"
+input_shape { dim: 1 dim: 3 dim: 64 dim: 64 }
+layer { name: "p1" type: "Pooling" bottom: "data" top: "p1" pooling_param { pool: AVE kernel_size: 32 stride: 32 } }
+layer { name: "pb" type: "PriorBox" bottom: "p1" bottom: "data" top: "pb"
+  prior_box_param { min_size: 32 min_size: 64 min_size: 128 variance: 0.1 } }
+"""
+
+
+def test_the_fork_option_chooses_the_forks_rule_where_no_count_tells(tmp_path, capsys):
+    # no DetectionOutput: SSD's rule unless --fork faceboxes says otherwise
+    from protonet import cli
+
+    net = tmp_path / "priors.prototxt"
+    net.write_text(PRIORS_ONLY)
+    feeds = {"data": np.zeros((1, 3, 64, 64), np.float32)}
+    plain = compile_net(net)
+    assert plain.loaded.dialects == set()
+    np.testing.assert_array_equal(ReferenceInterpreter(plain.graph).run(feeds)["pb"][0, 0],
+                                  _expected(SSD_CELL_00_PIXELS).astype(np.float32))
+    out = tmp_path / "fb.onnx"
+    assert cli.main(["compile", str(net), "-o", str(out), "--fork", "faceboxes"]) == 0
+    assert "--fork faceboxes: sfzhang15/FaceBoxes' PriorBox" in capsys.readouterr().out
+    got = make_session(str(out), "cpu").run(feeds)["pb"]
+    np.testing.assert_array_equal(got[0, 0], _expected(CELL_00_PIXELS).astype(np.float32))
+    assert cli.main(["compile", str(net), "-o", str(tmp_path / "x.onnx"), "--fork", "ssd-fork"]) == 2
+    assert "--fork 'ssd-fork' is not a fork protonet knows; known: faceboxes" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
