@@ -220,14 +220,39 @@ def test_opencv_reads_the_faceboxes_file_with_ssds_rule_and_stops(tmp_path):
     cv2 = pytest.importorskip("cv2", reason="OpenCV (opencv-python-headless==4.10.*, the test extra) is not installed")
     from protonet.pipeline import save_caffemodel
 
-    path = FACEBOXES_DIR / "deploy.prototxt"
-    c = compile_net(path, options=BuildOptions(seed=0, init="random", input_shapes={"data": (1, 3, 160, 120)}))
+    text = (FACEBOXES_DIR / "deploy.prototxt").read_text().replace("dim: 640\n  dim: 480", "dim: 160\n  dim: 120")
+    path = tmp_path / "deploy.prototxt"
+    path.write_text(text)
+    c = compile_net(path, options=BuildOptions(seed=0, init="random"))
+    assert c.graph.inputs[0].shape == (1, 3, 160, 120)
     weights = tmp_path / "w.caffemodel"
     save_caffemodel(c.graph, str(weights))
+    x = np.random.default_rng(1).standard_normal((1, 3, 160, 120)).astype(np.float32)
     net = cv2.dnn.readNetFromCaffe(str(path), str(weights))
-    net.setInput(np.zeros((1, 3, 160, 120), np.float32))
+    net.setInput(x)
     with pytest.raises(cv2.error, match=r"numPriors \* _numLocClasses \* 4\) == total\(inputs\[0\], 1\)"):
         net.forward()
+    # without its DetectionOutput OpenCV runs the file: the same loc and conf predictions as
+    # protonet's, and SSD's priors (3 per cell of the first map: 5x4x3 + 3x2 + 2x1 = 68), where
+    # the fork's (and protonet's) are 5x4x21 + 3x2 + 2x1 = 428
+    cut = tmp_path / "no_detection_out.prototxt"
+    cut.write_text(text[:text.rindex("layer {")])
+    net = cv2.dnn.readNetFromCaffe(str(cut), str(weights))
+    net.enableFusion(False)
+    net.setInput(x)
+    names = ["mbox_loc", "mbox_conf", "mbox_priorbox"]
+    cv = dict(zip(names, net.forward(names)))
+    ours = ReferenceInterpreter(c.graph).run({"data": x}, keep_all=True)
+    for name in names[:2]:
+        want = ours[name]
+        np.testing.assert_allclose(cv[name].reshape(want.shape), want, rtol=1e-4,
+                                   atol=1e-4 * float(np.sqrt(np.mean(want ** 2))))
+    assert cv["mbox_priorbox"].size == 2 * 68 * 4 and ours["mbox_priorbox"].size == 2 * 428 * 4
+    # the cut file has no count to tell: protonet reads it with SSD's rule, as OpenCV does
+    plain = compile_net(cut, str(weights))
+    assert plain.loaded.dialects == set()
+    ssd = ReferenceInterpreter(plain.graph).run({"data": x})["mbox_priorbox"]
+    np.testing.assert_allclose(cv["mbox_priorbox"].reshape(ssd.shape), ssd, rtol=0, atol=1e-6)
 
 
 @needs_corpus
