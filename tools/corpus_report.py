@@ -107,11 +107,10 @@ def classify(message: str, opencv_imports: bool) -> Reason:
         return Reason("fork-layer-type", False, "a fork's layer type that neither protonet nor OpenCV implements: "
                       "it needs the fork's code (a --plugin class)")
     if re.search(r"priors × .* expected", m):
-        return Reason("prior-count", False, "the loc/conf convolutions were made for a fork's PriorBox of the same "
-                      "type name with another prior count (sfzhang15/FaceBoxes' prior_box_layer.cpp densifies the "
-                      "anchors of min_size 32 and 64: 21 per cell where SSD's rule gives 3); protonet's PriorBox is "
-                      "SSD's, and OpenCV's DetectionOutput stops on the same count check when it runs the file "
-                      "(numPriors * numLocClasses * 4 == loc count)")
+        return Reason("prior-count", False, "the loc/conf convolutions fit neither SSD's PriorBox nor sfzhang15/"
+                      "FaceBoxes' (same type name, 21 densified anchors per cell for three min_sizes; protonet "
+                      "reads a net that way when its counts fit it), so the fork's DetectionOutput would stop on "
+                      "its count check too, as OpenCV's does (numPriors * numLocClasses * 4 == loc count)")
     if "has no shape" in m or "--input-shape" in m:
         return Reason("input-shape", False, "the input's size lives in the data source (Caffe reads it from the "
                       "database); --input-shape gives it")
