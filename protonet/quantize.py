@@ -489,9 +489,34 @@ def quantize_file(src: Path, structure: Any, calibration: Sequence[Sample], opti
                 from None
         model8 = onnx.load_model(dst)
     model8.producer_name, model8.producer_version = structure.producer_name, structure.producer_version
+    if float_fed_pools(model8.graph):
+        from .runtime import DISABLED_OPTIMIZERS_KEY
+
+        entry = model8.metadata_props.add()
+        entry.key, entry.value = DISABLED_OPTIMIZERS_KEY, "QDQPropagationTransformer"
     if chatter.getvalue():
         log.debug("onnxruntime's calibrator: %s", chatter.getvalue().strip())
     return model8
+
+
+def float_fed_pools(graph: Any) -> list[str]:
+    """MaxPool nodes that take a float op's output (not a DequantizeLinear's) and feed a
+    QuantizeLinear, as after an LRN kept in fp32 (AlexNet's pool1 and pool2).
+
+    onnxruntime's QDQPropagationTransformer moves such a QuantizeLinear in front of the MaxPool,
+    which then runs on onnxruntime's NCHW uint8 MaxPool, about 100x slower than its fp32 kernel
+    (3.8 ms against 0.04 ms for AlexNet's pool1); without the move the pool runs in fp32. The
+    outputs are equal either way: quantizing is monotone, so it commutes with max. The model asks
+    protonet's runtime to switch that transformer off
+    (:data:`protonet.runtime.DISABLED_OPTIMIZERS_KEY`) when it has one."""
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    consumers: dict[str, list[str]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.op_type)
+    return [n.name for n in graph.node if n.op_type == "MaxPool"
+            and producer.get(n.input[0], "DequantizeLinear") != "DequantizeLinear"
+            and consumers.get(n.output[0]) == ["QuantizeLinear"]]
 
 
 def _chunk(samples: int) -> int:

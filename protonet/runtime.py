@@ -255,6 +255,48 @@ def _model_source(model: Any) -> Iterator[Any]:
         yield str(model) if not isinstance(model, (bytes, bytearray)) else bytes(model)
 
 
+#: the metadata key under which a model lists onnxruntime graph transformers to switch off
+#: (written by protonet.quantize, whose docstring of ``float_fed_pools`` says why)
+DISABLED_OPTIMIZERS_KEY = "protonet.onnxruntime.disabled_optimizers"
+#: ModelProto.metadata_props and StringStringEntryProto's key and value (onnx.proto)
+_METADATA_FIELD, _KEY_FIELD, _VALUE_FIELD = 14, 1, 2
+
+
+def disabled_optimizers(src: Any) -> list[str]:
+    """The transformers a model asks to switch off (:data:`DISABLED_OPTIMIZERS_KEY`): read from
+    a ModelProto's metadata, or from the top-level fields of serialised bytes or a file, without
+    parsing the graph (a file is mapped, the graph skipped by its length)."""
+    if hasattr(src, "metadata_props"):
+        value = next((p.value for p in src.metadata_props if p.key == DISABLED_OPTIMIZERS_KEY), "")
+        return [v for v in value.split(",") if v]
+    if isinstance(src, (bytes, bytearray)):
+        return _scan_disabled(src)
+    if isinstance(src, (str, Path)):
+        import mmap
+
+        try:
+            with open(src, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                return _scan_disabled(buf)
+        except (OSError, ValueError):  # unreadable or empty: onnxruntime says what is wrong
+            return []
+    return []
+
+
+def _scan_disabled(buf: Any) -> list[str]:
+    from .frontend.wire import LEN, WireError, iter_fields
+
+    try:
+        for num, wt, _, start, end in iter_fields(buf, 0, len(buf)):
+            if num != _METADATA_FIELD or wt != LEN:
+                continue
+            entry = {k: bytes(buf[a:b]) for k, w, _, a, b in iter_fields(buf, start, end) if w == LEN}
+            if entry.get(_KEY_FIELD) == DISABLED_OPTIMIZERS_KEY.encode():
+                return [v for v in entry.get(_VALUE_FIELD, b"").decode("utf-8", "replace").split(",") if v]
+    except WireError:  # not an ONNX file: onnxruntime says what is wrong
+        pass
+    return []
+
+
 def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
@@ -272,6 +314,10 @@ def _session(src: Any, provider: str, so: Any, own: bool = False, gpu: GpuOption
 
     usable = usable_providers() if usable is None else usable
     factory = factory or ort.InferenceSession
+    off = disabled_optimizers(src)
+    if off:
+        log.debug("onnxruntime transformers switched off as the model asks: %s", ", ".join(off))
+        factory = functools.partial(factory, disabled_optimizers=off)
     chain = provider_chain(provider, usable, gpu)
     wanted = SHORT_NAMES[chain[0][0]]
     if wanted != "cpu":

@@ -345,6 +345,63 @@ layer { name: "conv2" type: "Convolution" bottom: "norm1" top: "conv2" convoluti
     assert q.quantizable_nodes(model) == ["conv1", "relu1", "conv2"]
 
 
+def test_pool_after_lrn_runs_in_fp32_and_gives_the_same_outputs(tmp_path: Path):
+    """A MaxPool after an LRN (fp32) feeding a quantized conv: onnxruntime's QDQPropagation would
+    move the pool's QuantizeLinear in front of it, onto onnxruntime's slow NCHW uint8 MaxPool.
+    The int8 model names that pool (float_fed_pools) and asks the runtime to keep the transformer
+    off; the outputs are bit-identical with it on or off (quantizing is monotone, max commutes
+    with it), and a pool between quantized convs is not named."""
+    from protonet import runtime as rt
+
+    net = """input: "data" input_shape { dim: 1 dim: 3 dim: 12 dim: 12 }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 6 kernel_size: 3 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "norm1" type: "LRN" bottom: "conv1" top: "norm1" lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 } }
+layer { name: "pool1" type: "Pooling" bottom: "norm1" top: "pool1" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2" convolution_param { num_output: 4 kernel_size: 1 } }
+layer { name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "conv3" type: "Convolution" bottom: "pool2" top: "conv3" convolution_param { num_output: 2 kernel_size: 1 } }
+"""
+    model = export(build_text(net))
+    rng = np.random.default_rng(0)
+    samples = [q.Sample(f"s{i}", {"data": rng.normal(0, 1, (1, 3, 12, 12)).astype(np.float32)}) for i in range(6)]
+    model8 = q.to_int8(model, samples)
+    assert q.float_fed_pools(model8.graph) == ["pool1"]
+    assert rt.disabled_optimizers(model8) == ["QDQPropagationTransformer"]
+    path = tmp_path / "int8.onnx"
+    path.write_bytes(model8.SerializeToString())
+    assert rt.disabled_optimizers(str(path)) == rt.disabled_optimizers(path.read_bytes()) == ["QDQPropagationTransformer"]
+    assert rt.disabled_optimizers(model) == rt.disabled_optimizers(model.SerializeToString()) == []
+    assert rt.disabled_optimizers(str(tmp_path / "missing.onnx")) == rt.disabled_optimizers(b"not onnx") == []
+
+    def session(**kw: object) -> ort.InferenceSession:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"], **kw)
+
+    def pool_kernels(sess_kw: dict) -> list[str]:  # the op types onnxruntime runs right after LRN's Div
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], **sess_kw)
+        return [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+
+    on, off = session(), session(disabled_optimizers=["QDQPropagationTransformer"])
+    for s in samples:
+        a, b = on.run(None, dict(s.feeds))[0], off.run(None, dict(s.feeds))[0]
+        assert np.array_equal(a, b)
+    # with the transformer on, a QuantizeLinear comes before pool1 (the uint8 pool); off, after it
+    ops_on = pool_kernels({})
+    ops_off = pool_kernels({"disabled_optimizers": ["QDQPropagationTransformer"]})
+    div_on, div_off = ops_on.index("Div"), ops_off.index("Div")
+    assert ops_on[div_on + 1] == "QuantizeLinear" and ops_off[div_off + 1] != "QuantizeLinear"
+    captured: dict = {}
+
+    def fake(src: object, sess_options: object = None, providers: object = None, **kw: object) -> object:
+        captured.update(kw)
+        return ort.InferenceSession(src, sess_options, providers=providers, **kw)
+
+    rt._session(str(path), "cpu", ort.SessionOptions(), factory=fake)
+    assert captured == {"disabled_optimizers": ["QDQPropagationTransformer"]}
+
+
 def test_fp16_lrn_holds_squares_past_float16_range():
     """fp16 computes LRN's squares without overflow: with x up to 600, x² (360000) is past
     float16's 65504, but the lowering squares √(alpha/n)·x. onnx's reference evaluator computes
