@@ -225,6 +225,15 @@ def test_bn_segnet_learn_uses_batch_statistics():
     check(layer, [[[[[1.0]]], [[[3.0]]]]], [[[[-1.0]]], [[[1.0]]]], {"scale": [1], "shift": [0]})
 
 
+def test_bn_segnet_learn_large_mean_small_spread():
+    # one channel, 4096 ± 1 over N, H, W: mean 4096, variance 1, so y = 2·(±1) + 0.5. In float32
+    # E[x²] − E[x]² is (2^24 + 1) − 2^24, and 2^24 + 1 is not a float32: written that way the
+    # variance comes out 0 or 2 and y as ±31623 or ±1.4; the lowering computes it stably
+    signs = np.array([-1, 1, 1, -1, 1, -1, -1, 1], dtype=np.float64).reshape(2, 1, 2, 2)
+    layer = 'layer { name: "bn" type: "BN" bottom: "in0" top: "out" bn_param { bn_mode: LEARN } }'
+    check(layer, [4096.0 + signs], 2.0 * signs + 0.5, {"scale": [2], "shift": [0.5]})
+
+
 def test_bn_error_mixed_layouts():
     error('layer { name: "bn" type: "BN" bottom: "in0" top: "out" '
           'bn_param { bn_mode: INFERENCE slope_filler { type: "constant" } } }', ((1, 2, 2, 2),), "mixes SegNet")
