@@ -16,9 +16,11 @@ from harness import build_text
 from protonet.build import BuildOptions
 from protonet.errors import ProtonetError
 from protonet.export import export
+from protonet.layers import registry
 from protonet.pipeline import compile_net, verify_compiled
 from protonet.reference import ReferenceInterpreter
 from protonet.runtime import make_session
+from protonet.tolerances import within
 
 LN3, LN4, OFF = math.log(3), math.log(4), -20.0  # OFF: objectness that no threshold passes
 
@@ -190,3 +192,28 @@ def test_corpus_file_compiles_and_verifies(name):
     feeds = {"data": np.random.default_rng(0).standard_normal((1, 3, 128, 128)).astype(np.float32)}
     res = verify_compiled(c, feeds, provider="cpu")
     assert res.ok, [(b.name, b.result.describe()) for b in res.blobs if not b.ok]
+
+
+def test_near_tie_in_the_sort_is_followed_and_a_real_difference_is_not():
+    # boxes A (cell row 0, col 0) and C (row 1, col 1) do not overlap; their scores differ by
+    # about 4e-7 (six float32 steps), so float32 may sort them either way: the other order is followed, with the
+    # reference's own values; a changed score or a dropped detection is not
+    x = _v2_grid()
+    _cell(x, 0, 0, 0, [0, 0, 0, 0, LN4, LN3, 0])
+    _cell(x, 0, 1, 1, [0, 0, 0, 0, LN4 + 3e-6, LN3, 0])
+    graph = build_text(_v2(0.45))
+    node = graph.node("det")
+    layer = registry.get(node.type)
+    xs = [x.astype(np.float64)]
+    (ref,) = layer.kernel(node.attrs, xs, {})
+    assert ref[0, 0, 0, 2] > ref[0, 0, 1, 2] and ref[0, 0, 0, 3] == 0.5  # C (xmin 0.5) first
+    swapped = ref.copy()
+    swapped[0, 0, [0, 1]] = ref[0, 0, [1, 0]]
+    (new,) = layer.follow_choice(node.attrs, xs, [ref], [swapped], within)
+    np.testing.assert_array_equal(new, swapped)
+    off = swapped.copy()
+    off[0, 0, 1, 2] = 0.5
+    assert layer.follow_choice(node.attrs, xs, [ref], [off], within) is None
+    dropped = ref.copy()
+    dropped[0, 0, 1] = -1
+    assert layer.follow_choice(node.attrs, xs, [ref], [dropped], within) is None

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import LayerContext, UnsupportedError
-from .base import Example, Layer, Shape, need_4d, sigmoid
+from .base import Close, Example, Layer, Shape, need_4d, sigmoid
 from .lowering import Lowering
 from .registry import register
 
@@ -103,17 +103,23 @@ def fork_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.where(np.all(boxes == box, axis=1) & (box[2] > 0) & (box[3] > 0), 1.0, iou)
 
 
-def greedy_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
-    """The fork's ``ApplyNms`` after its sort: candidates by score, highest first (equal scores
-    in list order), each kept unless a kept one overlaps it with IoU >= ``threshold``. Returns
-    the kept indices in that order."""
-    alive = np.argsort(-scores, kind="stable")
-    kept = []
+def greedy_nms(boxes: np.ndarray, order: np.ndarray, threshold: float) -> np.ndarray:
+    """The fork's ``ApplyNms`` on candidates taken in ``order`` (its sort: by score, highest
+    first): each is kept unless a kept one overlaps it with IoU >= ``threshold``. Returns the
+    kept indices in that order."""
+    alive, kept = np.asarray(order), []
     while alive.size:  # greedy and sequential by nature; each step drops what the kept box covers
         i, alive = alive[0], alive[1:]
         kept.append(i)
         alive = alive[~(fork_iou(boxes[i], boxes[alive]) >= threshold)]
     return np.asarray(kept, dtype=np.int64)
+
+
+def detection_rows(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """The fork's rows [0, class + 1, score, xmin, ymin, xmax, ymax] of centre/size boxes."""
+    return np.stack([np.zeros(len(scores)), classes + 1.0, scores,
+                     boxes[:, 0] - boxes[:, 2] / 2, boxes[:, 1] - boxes[:, 3] / 2,
+                     boxes[:, 0] + boxes[:, 2] / 2, boxes[:, 1] + boxes[:, 3] / 2], axis=1)
 
 
 def _common_params(p: Any, ctx: LayerContext) -> tuple[float, ...]:
@@ -177,20 +183,59 @@ class _YoloOutput(Layer):
         """The fork's prediction list before its sort: boxes (K, 4), scores (K,), classes (K,)."""
         raise NotImplementedError
 
+    def _top(self, a: YoloAttrs, rows: np.ndarray, dtype: Any) -> list[np.ndarray]:
+        """The top: the detection rows, then -1 rows; with none, the fork's [i, -1, ...] per image."""
+        if len(rows) > a.rows:  # the row bound is a property of NMS (YoloAttrs.rows)
+            raise RuntimeError(f"{len(rows)} detections survive NMS, more than the {a.rows} rows bounded")
+        out = np.full((a.rows, 7), -1.0, dtype=dtype)
+        out[:len(rows)] = rows
+        if len(rows) == 0:
+            out[:a.batch, 0] = np.arange(a.batch)
+        return [out.reshape(1, 1, a.rows, 7)]
+
     def kernel(self, a: YoloAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         boxes, scores, classes = self.candidates(a, xs)
-        kept = greedy_nms(boxes, scores, a.nms_threshold)
-        if kept.size > a.rows:  # the row bound is a property of NMS (YoloAttrs.rows)
-            raise RuntimeError(f"{kept.size} detections survive NMS, more than the {a.rows} rows bounded")
-        out = np.full((a.rows, 7), -1.0, dtype=xs[0].dtype)
-        if kept.size == 0:  # the fork's "no detection" rows: [i, -1, -1, ...] per image
-            out[:a.batch, 0] = np.arange(a.batch)
-        else:
-            b = boxes[kept]
-            out[:kept.size] = np.stack([np.zeros(kept.size), classes[kept] + 1.0, scores[kept],
-                                        b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2,
-                                        b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2], axis=1)
-        return [out.reshape(1, 1, a.rows, 7)]
+        kept = greedy_nms(boxes, np.argsort(-scores, kind="stable"), a.nms_threshold)
+        return self._top(a, detection_rows(boxes[kept], scores[kept], classes[kept]), xs[0].dtype)
+
+    def follow_choice(self, a: YoloAttrs, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray],
+                      other: Sequence[np.ndarray], close: Close) -> list[np.ndarray] | None:
+        """Scores equal up to rounding may be sorted the other way round in float32, and the
+        fork's sort leaves such ties in no set order. The other top is followed when each of its
+        detections is one of the reference's candidates (label equal, score and box within
+        tolerance), their scores descend within tolerance, and the fork's greedy NMS, taking the
+        candidates in the reference's order except that those detections keep the other's order
+        among themselves, keeps exactly those detections. The reference then continues with its
+        own rows in that order."""
+        alt, y = np.asarray(other[0]), ys[0]
+        if alt.shape != y.shape:
+            return None
+        boxes, scores, classes = self.candidates(a, xs)
+        table = detection_rows(boxes, scores, classes)
+        got = alt.reshape(-1, 7)
+        got = got[got[:, 1] != -1]
+        by_score = np.argsort(scores, kind="stable")
+        ranked = scores[by_score]
+        picked: list[int] = []
+        for row in got:
+            span = 1e-3 * max(abs(row[2]), 1.0)  # a window to search; close() decides
+            lo, hi = np.searchsorted(ranked, [row[2] - span, row[2] + span])
+            cand = by_score[lo:hi]
+            cand = cand[close(np.broadcast_to(row, (len(cand), 7)), table[cand], y).all(axis=1)]
+            cand = [int(c) for c in cand if c not in picked]
+            if not cand:
+                return None
+            picked.append(min(cand, key=lambda c: abs(scores[c] - row[2])))
+        key = scores.copy()
+        key[picked] = np.minimum.accumulate(scores[picked]) if picked else key[picked]
+        if not close(key[picked], scores[picked], y).all():
+            return None
+        among = np.full(len(scores), len(picked))
+        among[picked] = np.arange(len(picked))
+        kept = greedy_nms(boxes, np.lexsort((among, -key)), a.nms_threshold)
+        if kept.tolist() != picked:
+            return None
+        return self._top(a, table[picked], y.dtype)
 
     # -- ONNX ----------------------------------------------------------------------------------
 
