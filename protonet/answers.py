@@ -7,10 +7,10 @@ an ONNX file without that entry the shape decides (:func:`output_kind`):
 =================  ===================================================  ==============================
 kind               produced by (or, without metadata, shaped like)      answer
 =================  ===================================================  ==============================
-``detections``     DetectionOutput (1, 1, R, 7): rows [image, label,     boxes with score > threshold
-                   score, xmin, ymin, xmax, ymax], corners normalised
-                   to [0, 1] of the net input; a row with label -1 is
-                   padding
+``detections``     DetectionOutput or a YOLO head (1, 1, R, 7): rows     boxes with score > threshold
+                   [image, label, score, xmin, ymin, xmax, ymax],
+                   corners normalised to [0, 1] of the net input; a
+                   row with label -1 is padding
 ``proposals``      Proposal's rois (R, 5): [image, x1, y1, x2, y2] in    boxes (with its scores top)
                    input pixels; an all-zero row is padding
 ``proposal_scores``Proposal's second top (R, 1)                         (read with the rois)
@@ -94,11 +94,15 @@ def _parse_output_types(text: str | None) -> dict[str, str]:
     return d
 
 
+#: layer types whose top is DetectionOutput's rows (MobileNet-YOLO's heads write the same layout)
+DETECTION_TYPES = frozenset({"DetectionOutput", "YoloDetectionOutput", "Yolov3DetectionOutput"})
+
+
 def output_kind(layer_type: str | None, shape: Sequence[int]) -> str:
     """The kind of an output (table in the module docstring) from its layer type, or from its
     shape alone when the type is unknown (``None``: a foreign ONNX file)."""
     shape = tuple(shape)
-    if layer_type == "DetectionOutput" or (layer_type is None and len(shape) == 4 and shape[:2] == (1, 1)
+    if layer_type in DETECTION_TYPES or (layer_type is None and len(shape) == 4 and shape[:2] == (1, 1)
                                            and shape[3] == 7):
         return "detections"
     if layer_type == "Proposal":

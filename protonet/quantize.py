@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from . import limits
+from .answers import DETECTION_TYPES
 from .errors import Location, ProtonetError, VerificationError
 from .export import EXTERNAL_DATA_THRESHOLD
 from .fileio import is_regular_file, note_input
@@ -320,7 +321,7 @@ PASS_THROUGH_OPS = frozenset({"MaxPool", "GlobalMaxPool", "Concat", "Flatten", "
                               "Unsqueeze", "Pad", "Split", "Slice", "Relu", "Clip"})
 #: Caffe layer types whose lowering stays fp32 (box decoding, NMS, proposals: coordinates and
 #: scores that a uint8 grid would move)
-HEAD_TYPES = frozenset({"DetectionOutput", "Proposal", "PriorBox", "ROIPooling", "PSROIPooling"})
+HEAD_TYPES = frozenset({"Proposal", "PriorBox", "ROIPooling", "PSROIPooling"}) | DETECTION_TYPES
 
 
 def head_regions(graph: Any) -> list[tuple[list[str], list[str]]]:
@@ -550,12 +551,12 @@ def to_fp16(model: Any) -> Any:
 # -- measuring ---------------------------------------------------------------------------------
 
 def output_kinds(graph: Any) -> dict[str, str]:
-    """Each network output's kind for the gate: "detection" (SSD DetectionOutput), "classifier"
+    """Each network output's kind for the gate: "detection" (SSD's DetectionOutput, the YOLO heads), "classifier"
     ((N, K) or (N, K, 1, 1) with K >= 2) or "tensor"."""
     kinds = {}
     for v in graph.outputs:
         shape = tuple(v.shape)
-        if v.producer is not None and v.producer.type == "DetectionOutput":
+        if v.producer is not None and v.producer.type in DETECTION_TYPES:
             kinds[v.name] = "detection"
         elif len(shape) >= 2 and shape[1] >= 2 and all(d == 1 for d in shape[2:]):
             kinds[v.name] = "classifier"

@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 
 from harness import build_text
+from protonet.answers import output_kind
 from protonet.build import BuildOptions
 from protonet.errors import ProtonetError
 from protonet.export import export
 from protonet.layers import registry
 from protonet.pipeline import compile_net, verify_compiled
+from protonet.quantize import head_regions, output_kinds
 from protonet.reference import ReferenceInterpreter
 from protonet.runtime import make_session
 from protonet.tolerances import within
@@ -217,3 +219,15 @@ def test_near_tie_in_the_sort_is_followed_and_a_real_difference_is_not():
     dropped = ref.copy()
     dropped[0, 0, 1] = -1
     assert layer.follow_choice(node.attrs, xs, [ref], [dropped], within) is None
+
+
+@pytest.mark.parametrize("layer_type", ["YoloDetectionOutput", "Yolov3DetectionOutput"])
+def test_answers_read_the_heads_as_detections(layer_type):
+    # (1, 1, R, 7) with R > 1 would otherwise read as a segmentation score map
+    assert output_kind(layer_type, (1, 1, 2535, 7)) == "detections"
+
+
+def test_int8_keeps_the_head_in_float_and_gates_it_by_box_agreement():
+    graph = build_text(_v3(0.45, 0.3))
+    assert output_kinds(graph) == {"out": "detection"}
+    assert head_regions(graph) == [(["in0", "in1"], ["out"])]
