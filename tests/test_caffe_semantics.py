@@ -206,6 +206,17 @@ def test_max_pool_window_past_the_input_keeps_minus_flt_max():
     np.testing.assert_array_equal(ort["mask"], mask)
 
 
+@pytest.mark.parametrize("params", ["pool: AVE kernel_size: 64 stride: 64", "pool: AVE global_pooling: true"])
+def test_ave_pool_large_window_mean_is_exact_where_float32_holds_it(params):
+    # 64x64 values of 1 + 2^-13: the mean is 1 + 2^-13, a float32. One running float32 sum of the
+    # 4096 terms (onnxruntime's AveragePool with stride = kernel) rounds each step down once it
+    # passes 2048 (spacing 2^-12 there, a tie to even), giving 1 + 2^-14; by rows, each sum stays
+    # below 65 (spacing 2^-17) and every step is exact
+    v = 1.0 + 2.0 ** -13
+    ref, ort = run_both(pool(params), np.full((1, 1, 64, 64), v))
+    assert ref.item() == v and ort.item() == v
+
+
 def test_ave_pool_window_past_the_input_is_refused():
     with pytest.raises(ProtonetError, match=r"layer 'p' \(Pooling\): the last AVE window\(s\) of the 3x3 output "
                                             r"hold no input value"):

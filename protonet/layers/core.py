@@ -360,10 +360,17 @@ class PoolAttrs:
     out: tuple[int, int] = (0, 0)  # resolved: the output height and width
 
 
+#: AVE windows of more values than this (and more than one row and column) are lowered as a mean
+#: over each row, then over the rows: two float32 running sums of kw and kh terms instead of one
+#: of kh·kw, whose rounding (up to (n − 1)·2⁻²⁴ of the mean) passes 6e-6 above 100 terms
+SPLIT_AVE_WINDOW = 100
+
+
 @register
 class Pooling(Layer):
     """MAX / AVE pooling with Caffe's output size (round up, clip the last window when padded)
-    and Caffe's average divisor (padding counted, the overhang past the padding not)."""
+    and Caffe's average divisor (padding counted, the overhang past the padding not). Large AVE
+    windows are lowered row by row (:data:`SPLIT_AVE_WINDOW`)."""
 
     type_name = "Pooling"
     examples = (
@@ -382,6 +389,13 @@ class Pooling(Layer):
                 'pooling_param { pool: AVE global_pooling: true } }', ((2, 3, 5, 4),), "global_ave"),
         Example('layer { name: "p" type: "Pooling" bottom: "in0" top: "out" '
                 'pooling_param { pool: MAX global_pooling: true } }', ((2, 3, 5, 4),), "global_max"),
+        Example('layer { name: "p" type: "Pooling" bottom: "in0" top: "out" '
+                'pooling_param { pool: AVE global_pooling: true } }', ((1, 2, 12, 11),), "global_ave_split"),
+        Example('layer { name: "p" type: "Pooling" bottom: "in0" top: "out" '
+                'pooling_param { pool: AVE kernel_h: 11 kernel_w: 10 stride_h: 6 stride_w: 7 pad_h: 2 pad_w: 1 } }',
+                ((1, 2, 20, 19),), "ave_split_clip"),
+        Example('layer { name: "p" type: "Pooling" bottom: "in0" top: "out" '
+                'pooling_param { pool: AVE kernel_size: 11 stride: 5 pad: 2 } }', ((1, 2, 22, 22),), "ave_split_pad"),
         Example('layer { name: "p" type: "Pooling" bottom: "in0" top: "out" '
                 'pooling_param { pool: MAX kernel_size: 3 stride: 2 round_mode: FLOOR } }', ((1, 2, 8, 8),),
                 "max_floor"),
@@ -511,11 +525,12 @@ class Pooling(Layer):
 
     def lower(self, a: PoolAttrs, g: Lowering) -> None:
         s = g.in_shapes[0]
-        if a.global_pooling and not a.mask:  # the mask needs MaxPool's indices: a whole-plane window below
-            g.op("GlobalMaxPool" if a.method == "MAX" else "GlobalAveragePool", g.inputs, g.outputs)
-            return
         win, (ho, wo) = a.window, a.out
         (kh, kw), (sh, sw), (ph, pw) = win.kernel, win.stride, win.pad
+        split = a.method == "AVE" and kh > 1 and kw > 1 and kh * kw > SPLIT_AVE_WINDOW
+        if a.global_pooling and not a.mask and not split:  # the mask needs MaxPool's indices: a whole-plane window below
+            g.op("GlobalMaxPool" if a.method == "MAX" else "GlobalAveragePool", g.inputs, g.outputs)
+            return
         # explicit end padding reproduces Caffe's output size in ONNX's floor mode
         eh = max(0, (ho - 1) * sh + kh - s[2] - 2 * ph)
         ew = max(0, (wo - 1) * sw + kw - s[3] - 2 * pw)
@@ -526,11 +541,20 @@ class Pooling(Layer):
         if (ph or pw) and (eh or ew):
             # zero padding is counted by Caffe, the overhang past it is not
             x = g.op("Pad", [x, g.int64s([0, 0, ph, pw, 0, 0, ph, pw], "pads")], mode="constant")
-            g.op("AveragePool", [x], g.outputs, kernel_shape=[kh, kw], strides=[sh, sw],
-                 pads=[0, 0, eh, ew], count_include_pad=0)
+            ph = pw = 0
+            include = 0
         else:
-            g.op("AveragePool", [x], g.outputs, kernel_shape=[kh, kw], strides=[sh, sw],
-                 pads=[ph, pw, ph + eh, pw + ew], count_include_pad=1 if (ph or pw) else 0)
+            include = 1 if (ph or pw) else 0
+        # Caffe's divisor is a product of one count per axis (padding counted, overhang not), so
+        # the window's mean is the mean over its rows of the rows' means: onnxruntime's AveragePool
+        # sums a window in one float32 running sum, whose rounding grows with the count (a 90x90
+        # window: 8100 terms, about 1e-4 of the mean in PSPNet's pyramid pooling); by rows, the
+        # sums are kw and kh terms long
+        stages = [((1, kw), (1, sw), (0, pw), (0, ew)), ((kh, 1), (sh, 1), (ph, 0), (eh, 0))] if split else \
+            [((kh, kw), (sh, sw), (ph, pw), (eh, ew))]
+        for i, (k, st, p, e) in enumerate(stages):
+            x = g.op("AveragePool", [x], g.outputs if i == len(stages) - 1 else None, kernel_shape=list(k),
+                     strides=list(st), pads=[p[0], p[1], p[0] + e[0], p[1] + e[1]], count_include_pad=include)
 
 
     def _lower_max(self, a: PoolAttrs, g: Lowering, win: Window2D, out: tuple[int, int]) -> None:
