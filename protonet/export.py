@@ -360,14 +360,15 @@ def _writer(fill: Callable[[BinaryIO], None]) -> Callable[[Path], None]:
 
 
 def write_model(built: Built, path: str | os.PathLike[str],
-                inputs: Iterable[str | os.PathLike[str] | None] = ()) -> list[Path]:
+                inputs: Iterable[str | os.PathLike[str] | None] = (), external: bool | None = None) -> list[Path]:
     """Write the model (binary protobuf, whatever the extension) atomically, streaming the weights
     from their arrays: no serialised copy of the model is ever held. Models whose large
-    initializers exceed :data:`EXTERNAL_DATA_THRESHOLD` put them in ONNX external data,
-    ``<name>.data`` beside the model (the data file lands first, the model that points at it
-    last; both get the same umask-respecting permissions). Returns the files written."""
+    initializers exceed :data:`EXTERNAL_DATA_THRESHOLD` (or any, with ``external`` True) put them
+    in ONNX external data, ``<name>.data`` beside the model (the data file lands first, the model
+    that points at it last; both get the same umask-respecting permissions). Returns the files
+    written."""
     path = Path(path)
-    if built.large_bytes <= EXTERNAL_DATA_THRESHOLD:
+    if not (built.large_bytes > EXTERNAL_DATA_THRESHOLD if external is None else external):
         write_atomic(path, _writer(lambda f: _write_stream(f, built, None)), inputs)
         return [path]
     if is_stream_target(path):

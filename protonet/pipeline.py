@@ -174,10 +174,15 @@ def save_caffemodel(graph: Graph, path: str | Path) -> None:
     values. Give it the graph as built (``compile_net(..., optimize=False)``): the passes fold
     weights into other layers', which are then no longer Caffe's blobs."""
     from .fileio import write_atomic
-    from .frontend import caffemodel_bytes
+    from .frontend import write_caffemodel
 
-    data = caffemodel_bytes({n.name: list(n.weights.values()) for n in graph.nodes if n.weights}, graph.name)
-    write_atomic(path, lambda tmp: tmp.write_bytes(data))
+    layers = {n.name: list(n.weights.values()) for n in graph.nodes if n.weights}
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            write_caffemodel(f, layers, graph.name)
+
+    write_atomic(path, write)
 
 
 def random_inputs(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
@@ -287,6 +292,9 @@ def verify_model(c: Compiled, model: Any, feeds: Mapping[str, np.ndarray], provi
     sess = model if isinstance(model, Session) else make_session(model, provider)
     _check_interface(c.graph, sess, src)
     got = sess.run(feeds)
+    provider_used = sess.provider
+    if sess is not model:
+        del sess  # its weights are not held while the blobs are compared (each debug export has its own)
     choices: dict[str, tuple[list[np.ndarray], list[np.ndarray] | None]] = {}
     outs = {v.name for v in c.graph.outputs}
     if blobs:
@@ -294,7 +302,7 @@ def verify_model(c: Compiled, model: Any, feeds: Mapping[str, np.ndarray], provi
         ref = res.reference
     else:  # no debug export: no near-tie choices of onnxruntime to follow
         ref = ReferenceInterpreter(c.graph).run(feeds)
-        res = VerifyResult([], sess.provider, reference=ref)
+        res = VerifyResult([], provider_used, reference=ref)
     checks = [BlobCheck(v.name, compare(got[v.name], ref[v.name])) for v in c.graph.outputs]
     res.blobs = checks + [b for b in res.blobs if b.name not in outs]
     res.outputs = {v.name: got[v.name] for v in c.graph.outputs}

@@ -168,3 +168,28 @@ def test_bound_run_matches_plain_run():
     np.testing.assert_array_equal(bound.outputs()["y"], s.run({"x": x})["y"])
     bound()
     np.testing.assert_array_equal(bound.outputs()["y"], [[0, 2, 0, 4]])
+
+
+def test_large_weights_reach_onnxruntime_as_mapped_external_data(monkeypatch):
+    """Above MAP_WEIGHTS_BYTES a Built is handed over as a file whose weights are external data
+    (onnxruntime maps them instead of holding the bytes, its parsed copy and its tensors); the
+    session computes what the one loaded from bytes computes, and the folder is gone after."""
+    import os
+
+    import onnx
+
+    from protonet.export import build
+
+    net = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 64 } } }\n'
+           'layer { name: "fc" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 32 } }\n')
+    built = build(build_text(net))
+    x = {"x": np.random.default_rng(0).standard_normal((1, 64), np.float32)}
+    inline = rt.make_session(built, "cpu").run(x)["y"]
+    monkeypatch.setattr(rt, "MAP_WEIGHTS_BYTES", 1000)  # stand-in for 256 MB: fc.weight is 8 KB
+    with rt._model_source(built) as src:
+        assert isinstance(src, str)
+        lazy = onnx.load(src, load_external_data=False)
+        assert {t.name for t in lazy.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL} >= {"fc.weight"}
+        folder = os.path.dirname(src)
+    assert not os.path.exists(folder)
+    np.testing.assert_array_equal(rt.make_session(built, "cpu").run(x)["y"], inline)

@@ -319,8 +319,7 @@ def check_file(path: str, work: Path, given: dict[str, tuple[int, ...]] | None =
     """Everything the report says about one file (see the module doc); ``given``: input shapes a
     user would pass with --input-shape (the list's input_shape column)."""
     from protonet.errors import ProtonetError
-    from protonet.export import export
-    from protonet.pipeline import save_caffemodel, verify_graph
+    from protonet.pipeline import build_model, save_caffemodel, verify_graph
     from protonet.runtime import make_session
     from protonet.tolerances import compare
 
@@ -344,8 +343,10 @@ def check_file(path: str, work: Path, given: dict[str, tuple[int, ...]] | None =
         res["inputs"] = {v.name: list(v.shape) for v in c.graph.inputs}
         weights = str(work / "random.caffemodel")
         save_caffemodel(c.graph, weights)
+        del c  # its weights are not held twice
         c = _compile(path, weights=weights, optimize=True, input_shapes=shapes)
-        model = export(c.graph)  # with onnx.checker and full shape inference, as `protonet compile`
+        # with onnx.checker and full shape inference, as `protonet compile`; the weights stay the graph's
+        model = build_model(c)
         res["status"] = "compiled"
     except ProtonetError as e:
         res.update(status="refused", message=str(e).splitlines()[0], **_cli_refusal(path, work, given))

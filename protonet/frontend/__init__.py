@@ -15,9 +15,9 @@ from .load import deploy_step, dialect_step, load_net, net_from_caffemodel, prep
 from .phase import filter_phase
 from .reader import LoadedNet, is_binary, read_net, read_net_bytes, read_text
 from .upgrade import upgrade_net
-from .weights import WeightsFile, caffemodel_bytes, load_caffemodel, looks_like_caffemodel
+from .weights import WeightsFile, caffemodel_bytes, load_caffemodel, looks_like_caffemodel, write_caffemodel
 
 __all__ = ["LoadedNet", "WeightsFile", "caffemodel_bytes", "deploy_step", "dialect_step", "filter_phase", "is_binary",
            "load_caffemodel", "load_net", "looks_like_caffemodel", "net_from_caffemodel", "prepare", "read_net", "read_net_bytes",
            "read_text", "upgrade_file",
-           "upgrade_net"]
+           "upgrade_net", "write_caffemodel"]

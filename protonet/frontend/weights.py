@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Iterable, Mapping, Sequence
+from typing import Any, BinaryIO, Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -367,6 +367,12 @@ def caffemodel_bytes(layers: Mapping[str, Sequence[np.ndarray]], name: str = "")
     ``layer`` per name, its blobs in the layer's order (what :func:`load_caffemodel`, Caffe and
     OpenCV's importer match by layer name), encoded at the wire level (fast for big blobs)."""
     return wire.encode_weights_net(layers, name)
+
+
+def write_caffemodel(f: BinaryIO, layers: Mapping[str, Sequence[np.ndarray]], name: str = "") -> None:
+    """Write :func:`caffemodel_bytes` to the binary file ``f``, streamed from the arrays (a net's
+    weights are never held twice)."""
+    wire.write_weights_net(f, layers, name)
 
 
 def looks_like_caffemodel(path: str | Path, data: bytes | None = None) -> bool:

@@ -341,25 +341,43 @@ def encode_len_field(num: int, payload: bytes) -> bytes:
     return encode_varint((num << 3) | LEN) + encode_varint(len(payload)) + payload
 
 
-def encode_blob(array) -> bytes:
-    """A BlobProto as Caffe writes it: ``shape`` (packed int64 dims) and packed float ``data``,
-    encoded straight from the array's bytes (no per-value Python objects)."""
+def _blob_head(array) -> tuple[bytes, "np.ndarray"]:
+    """A BlobProto as Caffe writes it, in two pieces: the bytes up to its packed float ``data``
+    (the ``blobs`` field's key and length, ``shape`` as packed dims, ``data``'s key and length)
+    and the little-endian float32 array whose bytes follow."""
     import numpy as np
 
-    arr = np.asarray(array, dtype="<f4")  # tobytes() is C order; 0-d stays 0-d
+    arr = np.asarray(array, dtype="<f4")  # 0-d stays 0-d: no shape.dim
     dims = b"".join(encode_varint(int(d)) for d in arr.shape)
     shape = encode_len_field(SHAPE_DIM, dims) if dims else b""
-    return encode_len_field(BLOB_SHAPE, shape) + encode_len_field(BLOB_DATA, arr.tobytes())
+    body = encode_len_field(BLOB_SHAPE, shape) + encode_varint((BLOB_DATA << 3) | LEN) + encode_varint(arr.nbytes)
+    return encode_varint((LAYER_BLOBS << 3) | LEN) + encode_varint(len(body) + arr.nbytes) + body, arr
+
+
+def write_weights_net(f, layers, name: str = "") -> None:
+    """Write a NetParameter of ``layer`` messages holding only a name and blobs ({name: [arrays]})
+    to the binary file ``f``, each array's bytes straight from its memory (no copy of the whole)."""
+    import numpy as np
+
+    if name:
+        f.write(encode_len_field(1, name.encode()))  # NetParameter.name
+    for layer_name, arrays in layers.items():
+        name_field = encode_len_field(LAYER_NAME, layer_name.encode())
+        blobs = [_blob_head(a) for a in arrays]
+        size = len(name_field) + sum(len(head) + arr.nbytes for head, arr in blobs)
+        f.write(encode_varint((NET_LAYER << 3) | LEN) + encode_varint(size) + name_field)
+        for head, arr in blobs:
+            f.write(head)
+            f.write(memoryview(np.ascontiguousarray(arr).reshape(-1)).cast("B"))  # C order
 
 
 def encode_weights_net(layers, name: str = "") -> bytes:
-    """A NetParameter of ``layer`` messages holding only a name and blobs ({name: [arrays]})."""
-    parts = [encode_len_field(1, name.encode())] if name else []  # NetParameter.name
-    for layer_name, arrays in layers.items():
-        body = encode_len_field(LAYER_NAME, layer_name.encode()) + b"".join(
-            encode_len_field(LAYER_BLOBS, encode_blob(a)) for a in arrays)
-        parts.append(encode_len_field(NET_LAYER, body))
-    return b"".join(parts)
+    """The bytes :func:`write_weights_net` writes."""
+    import io
+
+    buf = io.BytesIO()
+    write_weights_net(buf, layers, name)
+    return buf.getvalue()
 
 
 def scan_net(buf, start: int = 0, end: int | None = None) -> NetRecord:
