@@ -72,7 +72,7 @@ def test_worst_element_is_reported_with_its_index():
 
 def test_rule_is_element_wise_with_absolute_and_relative_parts():
     ref = np.array([1000.0, 0.0, -3.0])
-    rms = np.sqrt(np.mean(ref ** 2))
+    rms = np.sqrt((1000.0 ** 2 + 3.0 ** 2) / 2)  # over the nonzero entries
     atol = VERIFY.atol_factor * rms
     # exactly at the bound passes; just beyond fails, at each element
     for i in range(3):
@@ -85,6 +85,25 @@ def test_rule_is_element_wise_with_absolute_and_relative_parts():
     # units do not matter: the same blob times 1000 gets the same verdict
     got = ref + [0.05, 0.05, 0.0]
     assert compare(got, ref).ratio == pytest.approx(compare(got * 1e3, ref * 1e3).ratio)
+
+
+def test_zeros_written_beside_the_values_do_not_change_a_verdict():
+    # an unpooling (3 of 4 cells zero) or a ReLU's zeroed half copies each value and its error
+    # unchanged: the worst element keeps its ratio, so an exact layer passes what it was given
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((2, 3, 4, 5))
+    got = ref + 3e-5 * rng.standard_normal(ref.shape)
+    before = compare(got, ref)
+    up_ref, up_got = np.zeros((2, 3, 8, 10)), np.zeros((2, 3, 8, 10))
+    up_ref[:, :, ::2, ::2], up_got[:, :, ::2, ::2] = ref, got
+    after = compare(up_got, up_ref)
+    assert after.ratio == pytest.approx(before.ratio) and after.atol == pytest.approx(before.atol)
+    assert after.index == tuple(2 * i if k >= 2 else i for k, i in enumerate(before.index))
+    relu = compare(np.where(ref > 0, got, 0), np.where(ref > 0, ref, 0))
+    assert relu.atol == pytest.approx(VERIFY.atol_factor * np.sqrt(np.mean(ref[ref > 0] ** 2)))
+    # a nonzero value where the reference holds an exact zero is still judged against that scale
+    up_got[0, 0, 1, 1] = 10 * after.atol
+    assert not compare(up_got, up_ref).ok
 
 
 def test_all_zero_blob_and_empty_blob():
