@@ -35,6 +35,7 @@ from the input shapes (both facets read them):
 | resolved dims                            | LSTM, RNN            | test_recurrent_bottom_order; tests/test_recurrent.py literal cases |
 | resolved output count and group          | DepthwiseConvolution | test_depthwise_multiplier (hand)       |
 | ``Reorg._views``, ``Reorg.infer_shape`` (darknet's index map) | Reorg | tests/test_layers_forks.py: test_reorg_* (hand, both implementations) |
+| resolved grids (anchor sizes per bottom), row count | YoloDetectionOutput, Yolov3DetectionOutput | tests/test_yolo.py: test_v2_*, test_v3_* (hand, both implementations) |
 
 OpenCV is not followed where it departs from Caffe (it ignores LRN's ``k`` and swaps Axpy's
 inputs, neither of them shared code here; it writes 0 for a MAX window past the input, ignores

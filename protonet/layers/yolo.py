@@ -33,9 +33,10 @@ from .base import Close, Example, Layer, Shape, need_4d, sigmoid
 from .lowering import Lowering
 from .registry import register
 
-#: the fork's IoU of two copies of one box is 1 up to rounding; at or below this threshold such a
-#: copy is always suppressed, so at most one class of a box survives NMS
-SAME_BOX_SUPPRESSED = 0.999
+#: copies of one box (YOLOv3's classes of a cell and anchor) overlap with IoU 1 (the fork computes
+#: 1 up to rounding; protonet and onnxruntime 1 exactly): at a threshold at or below this one they
+#: suppress each other, so at most one class of a box survives NMS
+SAME_BOX_SUPPRESSED = 1.0
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,7 @@ def as_float(x: Any) -> np.ndarray:
 def fork_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """The fork's ``box_iou`` of one (x, y, w, h) box against many: the overlaps of the centre/
     size intervals, no intersection when either is negative, union w·h + w'·h' − intersection
-    (0/0 gives NaN, which suppresses nothing). A copy of ``box`` (the same box with another
-    class) counts 1 exactly: in the fork it is 1 up to rounding, which decides only at
-    nms_threshold 1 (there protonet's copies suppress each other, as in onnxruntime)."""
+    (0/0 gives NaN, which suppresses nothing)."""
     def overlap(c1: Any, s1: Any, c2: np.ndarray, s2: np.ndarray) -> np.ndarray:
         return np.minimum(c1 + s1 / 2, c2 + s2 / 2) - np.maximum(c1 - s1 / 2, c2 - s2 / 2)
 
@@ -99,27 +98,51 @@ def fork_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     oh = overlap(box[1], box[3], boxes[:, 1], boxes[:, 3])
     inter = np.where((ow < 0) | (oh < 0), 0.0, ow * oh)
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = inter / (box[2] * box[3] + boxes[:, 2] * boxes[:, 3] - inter)
-    return np.where(np.all(boxes == box, axis=1) & (box[2] > 0) & (box[3] > 0), 1.0, iou)
+        return inter / (box[2] * box[3] + boxes[:, 2] * boxes[:, 3] - inter)
 
 
-def greedy_nms(boxes: np.ndarray, order: np.ndarray, threshold: float) -> np.ndarray:
+@dataclass(frozen=True)
+class Candidates:
+    """The fork's prediction list before its sort: centre/size boxes (K, 4), scores (K,), classes
+    (K,), and each one's box (cell and anchor of a bottom and image: YOLOv3's classes of one box
+    share it)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    source: np.ndarray
+
+    @staticmethod
+    def join(parts: Sequence["Candidates"]) -> "Candidates":
+        return Candidates(*(np.concatenate([getattr(p, f) for p in parts])
+                            for f in ("boxes", "scores", "classes", "source")))
+
+    def rows(self, which: Any = slice(None)) -> np.ndarray:
+        """The fork's rows [0, class + 1, score, xmin, ymin, xmax, ymax]."""
+        b, s, c = self.boxes[which], self.scores[which], self.classes[which]
+        return np.stack([np.zeros(len(s)), c + 1.0, s, b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2,
+                         b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2], axis=1)
+
+
+def greedy_nms(cand: Candidates, order: np.ndarray, threshold: float) -> np.ndarray:
     """The fork's ``ApplyNms`` on candidates taken in ``order`` (its sort: by score, highest
     first): each is kept unless a kept one overlaps it with IoU >= ``threshold``. Returns the
-    kept indices in that order."""
+    kept indices in that order.
+
+    Copies of one box (its other classes) overlap it with IoU 1 (the fork computes 1 up to
+    rounding): at a threshold <= 1 a copy after the first in ``order`` is dropped before the
+    loop, as the loop would drop it (by the first copy when that is kept, else by the box that
+    suppressed the first copy, whose IoU with every copy is the same)."""
     alive, kept = np.asarray(order), []
+    if threshold <= SAME_BOX_SUPPRESSED:
+        _, first = np.unique(cand.source[alive], return_index=True)
+        alive = alive[np.sort(first)]
+    boxes = cand.boxes
     while alive.size:  # greedy and sequential by nature; each step drops what the kept box covers
         i, alive = alive[0], alive[1:]
         kept.append(i)
         alive = alive[~(fork_iou(boxes[i], boxes[alive]) >= threshold)]
     return np.asarray(kept, dtype=np.int64)
-
-
-def detection_rows(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """The fork's rows [0, class + 1, score, xmin, ymin, xmax, ymax] of centre/size boxes."""
-    return np.stack([np.zeros(len(scores)), classes + 1.0, scores,
-                     boxes[:, 0] - boxes[:, 2] / 2, boxes[:, 1] - boxes[:, 3] / 2,
-                     boxes[:, 0] + boxes[:, 2] / 2, boxes[:, 1] + boxes[:, 3] / 2], axis=1)
 
 
 def _common_params(p: Any, ctx: LayerContext) -> tuple[float, ...]:
@@ -179,8 +202,8 @@ class _YoloOutput(Layer):
                          np.exp(t[:, 2]) * np.asarray(gr.anchor_w)[anchor],
                          np.exp(t[:, 3]) * np.asarray(gr.anchor_h)[anchor]], axis=1)
 
-    def candidates(self, a: YoloAttrs, xs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The fork's prediction list before its sort: boxes (K, 4), scores (K,), classes (K,)."""
+    def candidates(self, a: YoloAttrs, xs: Sequence[np.ndarray]) -> Candidates:
+        """The fork's prediction list before its sort, in its order."""
         raise NotImplementedError
 
     def _top(self, a: YoloAttrs, rows: np.ndarray, dtype: Any) -> list[np.ndarray]:
@@ -194,45 +217,58 @@ class _YoloOutput(Layer):
         return [out.reshape(1, 1, a.rows, 7)]
 
     def kernel(self, a: YoloAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
-        boxes, scores, classes = self.candidates(a, xs)
-        kept = greedy_nms(boxes, np.argsort(-scores, kind="stable"), a.nms_threshold)
-        return self._top(a, detection_rows(boxes[kept], scores[kept], classes[kept]), xs[0].dtype)
+        cand = self.candidates(a, xs)
+        kept = greedy_nms(cand, np.argsort(-cand.scores, kind="stable"), a.nms_threshold)
+        return self._top(a, cand.rows(kept), xs[0].dtype)
 
     def follow_choice(self, a: YoloAttrs, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray],
                       other: Sequence[np.ndarray], close: Close) -> list[np.ndarray] | None:
         """Scores equal up to rounding may be sorted the other way round in float32, and the
         fork's sort leaves such ties in no set order. The other top is followed when each of its
         detections is one of the reference's candidates (label equal, score and box within
-        tolerance), their scores descend within tolerance, and the fork's greedy NMS, taking the
-        candidates in the reference's order except that those detections keep the other's order
-        among themselves, keeps exactly those detections. The reference then continues with its
-        own rows in that order."""
+        tolerance; of its box's classes, one whose score is the best within tolerance), their
+        scores descend within tolerance, and the fork's greedy NMS, taking the candidates in the
+        reference's order except that those detections keep the other's order among themselves
+        and stand for their boxes, keeps exactly those detections. The reference then continues
+        with its own rows in that order."""
         alt, y = np.asarray(other[0]), ys[0]
         if alt.shape != y.shape:
             return None
-        boxes, scores, classes = self.candidates(a, xs)
-        table = detection_rows(boxes, scores, classes)
+        cand = self.candidates(a, xs)
+        scores, table = cand.scores, cand.rows()
         got = alt.reshape(-1, 7)
         got = got[got[:, 1] != -1]
         by_score = np.argsort(scores, kind="stable")
         ranked = scores[by_score]
         picked: list[int] = []
+        taken: set[int] = set()
         for row in got:
             span = 1e-3 * max(abs(row[2]), 1.0)  # a window to search; close() decides
             lo, hi = np.searchsorted(ranked, [row[2] - span, row[2] + span])
-            cand = by_score[lo:hi]
-            cand = cand[close(np.broadcast_to(row, (len(cand), 7)), table[cand], y).all(axis=1)]
-            cand = [int(c) for c in cand if c not in picked]
-            if not cand:
+            near = by_score[lo:hi]
+            near = near[close(np.broadcast_to(row, (len(near), 7)), table[near], y).all(axis=1)]
+            near = [int(c) for c in near if c not in taken]
+            if not near:
                 return None
-            picked.append(min(cand, key=lambda c: abs(scores[c] - row[2])))
+            picked.append(min(near, key=lambda c: abs(scores[c] - row[2])))
+            taken.add(picked[-1])
         key = scores.copy()
         key[picked] = np.minimum.accumulate(scores[picked]) if picked else key[picked]
         if not close(key[picked], scores[picked], y).all():
             return None
+        # a detection may be another class of its box than the reference's best, at a near-tie:
+        # it then stands for its box, whose other classes leave the replay
+        src = cand.source
+        best = np.full(int(src.max()) + 1 if len(src) else 0, -np.inf)
+        np.maximum.at(best, src, scores)
+        if not close(scores[picked], best[src[picked]], y).all():
+            return None
+        others = np.isin(src, src[picked])
+        others[picked] = False
         among = np.full(len(scores), len(picked))
         among[picked] = np.arange(len(picked))
-        kept = greedy_nms(boxes, np.lexsort((among, -key)), a.nms_threshold)
+        order = np.lexsort((among, -key))
+        kept = greedy_nms(cand, order[~others[order]], a.nms_threshold)
         if kept.tolist() != picked:
             return None
         return self._top(a, table[picked], y.dtype)
@@ -369,8 +405,8 @@ class YoloDetectionOutput(_YoloOutput):
                                   tuple(a.biases[2 * n + 1] / side for n in range(a.num_box))))
         return replace(a, grids=tuple(grids), batch=int(shapes[0][0]))
 
-    def candidates(self, a: YoloAttrs, xs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        boxes, scores, classes = [], [], []
+    def candidates(self, a: YoloAttrs, xs: Sequence[np.ndarray]) -> Candidates:
+        parts, seen = [], 0
         for x, gr in zip(xs, a.grids):
             t = self._blocks(a, x, gr)
             logits = t[:, 5:5 + a.num_classes]
@@ -378,11 +414,10 @@ class YoloDetectionOutput(_YoloOutput):
             prob = e / e.sum(axis=1, keepdims=True)
             cls = prob.argmax(axis=1)  # the first of equal maxima, as the fork's strict >
             score = as_float(sigmoid(t[:, 4]) * prob[np.arange(len(cls)), cls])
-            keep = score >= as_float(a.confidence_threshold)
-            boxes.append(self._decode(a, t, gr)[keep])
-            scores.append(score[keep])
-            classes.append(cls[keep])
-        return np.concatenate(boxes), np.concatenate(scores), np.concatenate(classes)
+            keep = np.flatnonzero(score >= as_float(a.confidence_threshold))
+            parts.append(Candidates(self._decode(a, t, gr)[keep], score[keep], cls[keep], seen + keep))
+            seen += len(t)
+        return Candidates.join(parts)
 
     def lower_scores(self, a: YoloAttrs, g: Lowering, obj: str, cls: str) -> tuple[str, str]:
         prob = g.op("Softmax", [cls], axis=-1)
@@ -410,7 +445,7 @@ class Yolov3DetectionOutput(_YoloOutput):
                 'anchors_scale: 32 anchors_scale: 16 } }', ((1, 14, 2, 2), (1, 14, 4, 3)), "v3"),
         Example('layer { name: "det" type: "Yolov3DetectionOutput" bottom: "in0" top: "out" '
                 'yolov3_detection_output_param { num_classes: 3 num_box: 1 confidence_threshold: 0.2 '
-                'nms_threshold: 1 biases: 30 biases: 40 mask: 0 mask_group_num: 1 anchors_scale: 16 } }',
+                'nms_threshold: 1.5 biases: 30 biases: 40 mask: 0 mask_group_num: 1 anchors_scale: 16 } }',
                 ((2, 9, 3, 3),), "every_class_a_candidate"),
     )
 
@@ -454,16 +489,15 @@ class Yolov3DetectionOutput(_YoloOutput):
                                   tuple(a.biases[2 * m + 1] / net_h for m in pairs)))
         return replace(a, grids=tuple(grids), batch=int(shapes[0][0]))
 
-    def candidates(self, a: YoloAttrs, xs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        boxes, scores, classes = [], [], []
+    def candidates(self, a: YoloAttrs, xs: Sequence[np.ndarray]) -> Candidates:
+        parts, seen = [], 0
         for x, gr in zip(xs, a.grids):
             t = self._blocks(a, x, gr)
             score = as_float(sigmoid(t[:, 5:5 + a.num_classes]) * sigmoid(t[:, 4:5]))  # (M, classes)
             box, cls = np.nonzero(score > as_float(a.confidence_threshold))  # box by box, classes ascending
-            boxes.append(self._decode(a, t, gr)[box])
-            scores.append(score[box, cls])
-            classes.append(cls)
-        return np.concatenate(boxes), np.concatenate(scores), np.concatenate(classes)
+            parts.append(Candidates(self._decode(a, t, gr)[box], score[box, cls], cls, seen + box))
+            seen += len(t)
+        return Candidates.join(parts)
 
     def lower_scores(self, a: YoloAttrs, g: Lowering, obj: str, cls: str) -> tuple[str, str]:
         score = g.op("Mul", [g.op("Sigmoid", [cls]), g.op("Sigmoid", [obj])])  # (N, HW, A, classes)
