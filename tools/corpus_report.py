@@ -527,7 +527,8 @@ def render(entries: list[Entry], results: dict[str, dict[str, Any]], machine: li
         "weights (seed 0), writes them as a .caffemodel, compiles again with them and the optimizer, and verifies "
         "every blob (onnxruntime fp32 vs the float64 reference, seeded normal input, verify's element-wise tolerance); OpenCV "
         f"{_cv_version()} `cv2.dnn.readNetFromCaffe` runs the same file, weights and input, and each output is "
-        "compared element by element (|opencv - protonet| <= 1e-4 * rms + 1e-4 * |protonet|; figures are the "
+        "compared element by element (|opencv - protonet| <= 1e-4 * rms + 1e-4 * |protonet|, rms over protonet's "
+        "nonzero values; figures are the "
         "worst element's error as a fraction of that, agree means <= 1). Inputs over 256x256 are cut to a quarter "
         "or a half of each side where the net compiles that way. Each file runs in its own process (nice 19, timeout, memory cap).",
         *(["", f"Figures marked † ({legacy} files) were kept from a run made before verify's element-wise "
