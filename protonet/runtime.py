@@ -229,13 +229,13 @@ def make_session(model: Any, provider: str = "auto", threads: int | None = None,
     if profile:
         so.enable_profiling = True
         so.profile_file_prefix = profile
-    with _model_source(model) as src:
+    with _model_source(model, mapped=provider == "cpu" or (provider == "auto" and not cuda_available())) as src:
         # a ModelProto or Built comes from protonet's exporter: onnxruntime refusing it is a bug
         return _session(src, provider, so, own=not isinstance(model, (str, bytes, bytearray, Path)),
                         gpu=gpu or GpuOptions())
 
 
-#: a Built whose large initializers exceed this many bytes reaches onnxruntime as a file with
+#: a Built whose large initializers exceed this many bytes reaches a CPU session as a file with
 #: external data, which onnxruntime maps instead of copying: from bytes, the bytes, onnxruntime's
 #: parsed copy and its tensors each hold the weights (FCN-32s color-HHA, 1.1 GB of weights: a
 #: session's peak 3.2 GB from bytes, 1.2 GB from mapped external data, graph optimizations off)
@@ -243,14 +243,15 @@ MAP_WEIGHTS_BYTES = 256 << 20
 
 
 @contextlib.contextmanager
-def _model_source(model: Any) -> Iterator[Any]:
+def _model_source(model: Any, mapped: bool = True) -> Iterator[Any]:
     """What onnxruntime loads: the bytes of a ModelProto or of a :class:`protonet.export.Built`
     (serialised once, straight from its arrays), or a path. A Built with more than
-    :data:`MAP_WEIGHTS_BYTES` of weights is written with external data to a temporary folder,
-    removed after loading (a mapping outlives the file's name)."""
-    from .export import Built, write_model
+    :data:`MAP_WEIGHTS_BYTES` of weights (``mapped``: a CPU session; a GPU session copies the
+    weights to the device) or more than one protobuf message holds is written with external
+    data to a temporary folder, removed after loading (a mapping outlives the file's name)."""
+    from .export import EXTERNAL_DATA_THRESHOLD, Built, write_model
 
-    if isinstance(model, Built) and model.large_bytes > MAP_WEIGHTS_BYTES:
+    if isinstance(model, Built) and model.large_bytes > (MAP_WEIGHTS_BYTES if mapped else EXTERNAL_DATA_THRESHOLD):
         with tempfile.TemporaryDirectory(prefix="protonet-") as d:
             write_model(model, Path(d) / "model.onnx", external=True)
             yield str(Path(d) / "model.onnx")

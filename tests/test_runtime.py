@@ -192,4 +192,6 @@ def test_large_weights_reach_onnxruntime_as_mapped_external_data(monkeypatch):
         assert {t.name for t in lazy.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL} >= {"fc.weight"}
         folder = os.path.dirname(src)
     assert not os.path.exists(folder)
+    with rt._model_source(built, mapped=False) as src:  # a GPU session: bytes up to 1.8 GB
+        assert isinstance(src, bytes)
     np.testing.assert_array_equal(rt.make_session(built, "cpu").run(x)["y"], inline)
