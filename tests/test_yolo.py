@@ -235,3 +235,29 @@ def test_int8_keeps_the_head_in_float_and_gates_it_by_box_agreement():
     graph = build_text(_v3(0.45, 0.3))
     assert output_kinds(graph) == {"out": "detection"}
     assert head_regions(graph) == [(["in0", "in1"], ["out"])]
+
+
+def test_near_tie_between_overlapping_boxes_may_keep_either():
+    # A and B overlap with IoU 1/3 >= 0.3 (test_v2_nms_ignores_the_class...): only one is kept.
+    # At scores 0.6 and 0.6·(1 + 4e-7) either may be the fork's (its sort leaves near-ties to
+    # rounding); at 0.6 and 0.375 only the higher one is
+    x = _v2_grid()
+    _cell(x, 0, 0, 0, [LN3, 0, 0, 0, LN4, LN3, 0])
+    _cell(x, 0, 0, 1, [-LN3, 0, 0, 0, LN4 + 3e-6, LN3, 0])
+    graph = build_text(_v2(0.3))
+    node = graph.node("det")
+    layer = registry.get(node.type)
+    xs = [x.astype(np.float64)]
+    (ref,) = layer.kernel(node.attrs, xs, {})
+    np.testing.assert_allclose(ref[0, 0, 0], [0, 1, 0.6, 0.375, 0.0, 0.875, 0.5], rtol=1e-5)  # B, just higher
+    assert (ref[0, 0, 1:] == -1).all()
+    other = ref.copy()
+    other[0, 0, 0] = [0, 1, 0.6, 0.125, 0.0, 0.625, 0.5]  # A kept instead
+    (new,) = layer.follow_choice(node.attrs, xs, [ref], [other], within)
+    np.testing.assert_allclose(new, other, rtol=1e-6)
+    x[0, 4, 0, 0] = 0  # A's score 0.375: keeping A is no longer a near-tie
+    xs = [x.astype(np.float64)]
+    (ref,) = layer.kernel(node.attrs, xs, {})
+    other = ref.copy()
+    other[0, 0, 0] = [0, 1, 0.375, 0.125, 0.0, 0.625, 0.5]
+    assert layer.follow_choice(node.attrs, xs, [ref], [other], within) is None

@@ -223,55 +223,62 @@ class _YoloOutput(Layer):
 
     def follow_choice(self, a: YoloAttrs, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray],
                       other: Sequence[np.ndarray], close: Close) -> list[np.ndarray] | None:
-        """Scores equal up to rounding may be sorted the other way round in float32, and the
-        fork's sort leaves such ties in no set order. The other top is followed when each of its
-        detections is one of the reference's candidates (label equal, score and box within
-        tolerance; of its box's classes, one whose score is the best within tolerance), their
-        scores descend within tolerance, and the fork's greedy NMS, taking the candidates in the
-        reference's order except that those detections keep the other's order among themselves
-        and stand for their boxes, keeps exactly those detections. The reference then continues
-        with its own rows in that order."""
+        """Scores equal up to rounding may be sorted the other way round in float32 (the fork's
+        sort leaves ties in no set order), and NMS then keeps other boxes. The other top is
+        followed when its detections are what the fork's greedy NMS keeps in some order of the
+        candidates by score, near-equal scores (within tolerance) taken either way:
+
+        - each detection is one of the reference's candidates (label equal, score and box within
+          tolerance), at most one per box, with a score equal within tolerance to its box's best;
+        - their scores descend within tolerance, and none has IoU >= nms_threshold with an
+          earlier one;
+        - every other box over the threshold has IoU >= nms_threshold with a detection whose
+          score is not below its own beyond tolerance.
+
+        The reference then continues with its own rows of those detections, in that order."""
         alt, y = np.asarray(other[0]), ys[0]
         if alt.shape != y.shape:
             return None
         cand = self.candidates(a, xs)
-        scores, table = cand.scores, cand.rows()
+        scores, table, src = cand.scores, cand.rows(), cand.source
         got = alt.reshape(-1, 7)
         got = got[got[:, 1] != -1]
         by_score = np.argsort(scores, kind="stable")
         ranked = scores[by_score]
         picked: list[int] = []
-        taken: set[int] = set()
+        boxes_taken: set[int] = set()
         for row in got:
             span = 1e-3 * max(abs(row[2]), 1.0)  # a window to search; close() decides
             lo, hi = np.searchsorted(ranked, [row[2] - span, row[2] + span])
             near = by_score[lo:hi]
             near = near[close(np.broadcast_to(row, (len(near), 7)), table[near], y).all(axis=1)]
-            near = [int(c) for c in near if c not in taken]
+            near = [int(c) for c in near if int(src[c]) not in boxes_taken]
             if not near:
                 return None
             picked.append(min(near, key=lambda c: abs(scores[c] - row[2])))
-            taken.add(picked[-1])
-        key = scores.copy()
-        key[picked] = np.minimum.accumulate(scores[picked]) if picked else key[picked]
-        if not close(key[picked], scores[picked], y).all():
-            return None
-        # a detection may be another class of its box than the reference's best, at a near-tie:
-        # it then stands for its box, whose other classes leave the replay
-        src = cand.source
+            boxes_taken.add(int(src[picked[-1]]))
+        kept = np.asarray(picked, dtype=np.int64)
         best = np.full(int(src.max()) + 1 if len(src) else 0, -np.inf)
         np.maximum.at(best, src, scores)
-        if not close(scores[picked], best[src[picked]], y).all():
+        if not close(scores[kept], best[src[kept]], y).all():
             return None
-        others = np.isin(src, src[picked])
-        others[picked] = False
-        among = np.full(len(scores), len(picked))
-        among[picked] = np.arange(len(picked))
-        order = np.lexsort((among, -key))
-        kept = greedy_nms(cand, order[~others[order]], a.nms_threshold)
-        if kept.tolist() != picked:
+        if len(kept) and not close(np.minimum.accumulate(scores[kept]), scores[kept], y).all():
             return None
-        return self._top(a, table[picked], y.dtype)
+        # the other boxes, each by its best class (its other classes share its fate)
+        first = np.unique(src[np.argsort(-scores, kind="stable")], return_index=True)[1]
+        rest = np.argsort(-scores, kind="stable")[first]
+        rest = rest[~np.isin(src[rest], src[kept])] if a.nms_threshold <= SAME_BOX_SUPPRESSED else \
+            np.setdiff1d(np.arange(len(scores)), kept)
+        boxes = cand.boxes
+        for j, k in enumerate(kept):
+            if j and np.any(fork_iou(boxes[k], boxes[kept[:j]]) >= a.nms_threshold):
+                return None
+            covered = fork_iou(boxes[k], boxes[rest]) >= a.nms_threshold
+            covered &= (scores[rest] <= scores[k]) | close(scores[rest], np.full(len(rest), scores[k]), y)
+            rest = rest[~covered]
+        if len(rest):
+            return None
+        return self._top(a, table[kept], y.dtype)
 
     # -- ONNX ----------------------------------------------------------------------------------
 
