@@ -261,3 +261,15 @@ def test_near_tie_between_overlapping_boxes_may_keep_either():
     other = ref.copy()
     other[0, 0, 0] = [0, 1, 0.375, 0.125, 0.0, 0.625, 0.5]
     assert layer.follow_choice(node.attrs, xs, [ref], [other], within) is None
+
+
+def test_bottoms_must_match_the_mask_groups_and_the_batch_is_fixed(tmp_path):
+    text = _v3(0.45, 0.3).replace('bottom: "in1" ', "")
+    with pytest.raises(ProtonetError, match=r"layer 'det' \(Yolov3DetectionOutput\): 1 bottoms, but mask_group_num "
+                                            r"is 2; the fork requires one bottom per mask group"):
+        build_text(text)
+    net = tmp_path / "yolo.prototxt"
+    net.write_text(_v3(0.45, 0.3))
+    with pytest.raises(ProtonetError, match=r"yolo\.prototxt:3: layer 'det' \(Yolov3DetectionOutput\): --batch dynamic "
+                                            r"needs every layer to run at any batch size, but the fork pools"):
+        compile_net(net, options=BuildOptions(dynamic_batch=True), optimize=True)
