@@ -163,6 +163,8 @@ def test_v3_each_class_is_a_candidate_and_copies_of_a_box_suppress_each_other():
      r"1 mask values for 1 groups of 2 anchors"),
     ("num_classes: 2 num_box: 1 mask: 0 mask_group_num: 1 biases: 1 biases: 1", r"anchors_scale needs a positive value"),
     ("mask: 0 mask_group_num: 1 anchors_scale: 8 biases: 1 biases: 1", r"num_classes must be set"),
+    ("num_classes: 2 num_box: 1 mask: 0 mask_group_num: 1 anchors_scale: 8 biases: 1 biases: 0",
+     r"biases are anchor sizes and must be positive finite numbers, got 0"),
 ])
 def test_v3_bad_params_are_located(param, message):
     text = _net(f'layer {{ name: "det" type: "Yolov3DetectionOutput" bottom: "in0" top: "out" '

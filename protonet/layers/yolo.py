@@ -19,6 +19,13 @@ ignores the class drops a candidate whose IoU with a kept one is >= nms_threshol
 centre/size boxes, unclipped). Rows [image_id, label, score, xmin, ymin, xmax, ymax] in that
 order, label = class + 1, image_id 0 for every row: the fork pools the batch's images into one
 list, so a box of one image can suppress a box of another (the batch is therefore fixed).
+When nothing is kept, the fork writes one row [i, -1, -1, -1, -1, -1, -1] per image i.
+
+The fork's row count depends on the data; protonet's top is (1, 1, R, 7), R the most rows NMS
+can keep (every box of the batch, or every class of every box when nms_threshold > 1), the
+fork's rows first and rows of -1 after. Scores are compared and sorted as the fork holds them,
+in float32 (:func:`as_float`); equal scores keep the list's order, which the fork's sort leaves
+open.
 """
 from __future__ import annotations
 
