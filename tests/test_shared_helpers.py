@@ -11,6 +11,7 @@ from the input shapes (both facets read them):
 | shared                                   | layer                | pinned by                              |
 |------------------------------------------|----------------------|----------------------------------------|
 | ``ssd.prior_boxes`` (the ONNX constant)  | PriorBox             | test_priorbox (hand, OpenCV)           |
+| ``ssd.cell_priors`` (one cell's boxes, SSD's and FaceBoxes' rules) | PriorBox | test_priorbox (hand, OpenCV); tests/test_faceboxes.py::test_densified_priors_by_hand (hand) |
 | Pooling's resolved window and output size (``geometry.pool_output_size``) | Pooling, SPP | test_pooling_* (hand, OpenCV), test_spp_pyramid (hand) |
 | Interp's resolved sizes                  | Interp               | test_interp (hand, OpenCV)             |
 | Crop's resolved offsets (the crop plan)  | Crop                 | test_crop (hand, OpenCV)               |
