@@ -514,7 +514,8 @@ def _print_verify(res: Any, show_all: bool) -> None:
          f"({worst.source}) at {worst.ratio:.3g} of it")
     if res.followed:
         _say(f"near-ties: at {res.followed} element(s) onnxruntime chose otherwise among values equal within the "
-             "tolerance (an argmax, a sort); the reference continued with its choice")
+             "tolerance (an argmax, a sort), or an ill-conditioned layer's top came from its float32 bottoms (the "
+             "kernel on them gives it); the reference continued with onnxruntime's values")
     err = mismatch_error(res)
     if err is not None:
         raise err

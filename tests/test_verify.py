@@ -320,3 +320,56 @@ def test_verify_in_chunks_compares_every_blob_the_same(monkeypatch):
     assert len(runs) == len(whole.blobs) > 5 and all(len(r) == 1 for r in runs)
     assert [(b.name, b.ratio) for b in chunked.blobs] == [(b.name, b.ratio) for b in whole.blobs]
     assert chunked.ok
+
+
+#: x + 1e5 (float32 rounds it to 2^-7, about 0.004 of x's spread), then SegNet's BN in LEARN
+#: mode, which divides the deviations by their spread: the rounding comes out 1e5 / 1 times larger
+#: relative to the top than to the bottom
+_ILL = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }\n'
+        'layer { name: "far" type: "Power" bottom: "x" top: "far" power_param { shift: 100000 } }\n'
+        'layer { name: "bn" type: "BN" bottom: "far" top: "y" bn_param { '
+        'scale_filler { type: "constant" value: 1 } shift_filler { type: "constant" value: 0 } } }\n')
+
+
+def _ill_conditioned():
+    import numpy as np
+
+    from harness import build_text
+
+    return build_text(_ILL), {"x": np.random.default_rng(5).standard_normal((1, 2, 4, 4)).astype(np.float32)}
+
+
+def test_an_ill_conditioned_layer_is_checked_on_onnxruntime_bottoms():
+    """The BN top differs from the float64 reference by many tolerances (the float32 rounding of
+    x + 1e5, amplified), while the kernel on onnxruntime's own bottom gives onnxruntime's top: the
+    reference continues with it, and the bottom is compared on its own (and passes)."""
+    from protonet.pipeline import verify_graph
+    from protonet.reference import ReferenceInterpreter
+    from protonet.tolerances import compare
+
+    g, feeds = _ill_conditioned()
+    res = verify_graph(g, feeds, "cpu")
+    assert res.ok, [(b.name, b.result.describe()) for b in res.blobs if not b.ok]
+    rows = {b.name: b for b in res.blobs}
+    assert rows["y"].followed > 0 and rows["far"].followed == 0 and rows["far"].ratio < 0.1
+    plain = ReferenceInterpreter(g).run(feeds)["y"]
+    assert compare(res.outputs["y"], plain).ratio > 10  # what an end-to-end comparison would say
+
+
+def test_an_ill_conditioned_top_the_kernel_does_not_give_is_a_mismatch(monkeypatch):
+    from protonet import pipeline
+    from protonet.pipeline import verify_graph
+
+    g, feeds = _ill_conditioned()
+    take = pipeline._OnnxBlobs.take
+
+    def tampered(self, name):
+        got = take(self, name)
+        if name == "y":
+            got = got.copy()
+            got[0, 1, 2, 3] += 0.01  # one value off what the layer computes from onnxruntime's bottom
+        return got
+
+    monkeypatch.setattr(pipeline._OnnxBlobs, "take", tampered)
+    res = verify_graph(g, feeds, "cpu")
+    assert "y" in {b.name for b in res.blobs if not b.ok} and res.followed == 0

@@ -588,7 +588,8 @@ def render(entries: list[Entry], results: dict[str, dict[str, Any]], machine: li
                   "NMS chose otherwise in float32 on values equal within the tolerance, verify continued the reference with onnxruntime's "
                   "choice (protonet.pipeline: a mask index only inside its window at a value within the tolerance of "
                   "the maximum; a Proposal's or DetectionOutput's tops only when its kernel on onnxruntime's bottoms gives "
-                  "them):", ""]
+                  "them; likewise the top of an ill-conditioned layer, SegNet's BN with batch statistics, that differs "
+                  "beyond the tolerance):", ""]
         for e, r in tied:
             blobs = ", ".join(f"{k} {v}" for k, v in sorted(r["followed"].items()))
             lines.append(f"- {e.local}: {blobs} element(s)" + (

@@ -194,6 +194,14 @@ class Layer:
         generated inputs); None when standard-normal noise is a valid input."""
         return None
 
+    def ill_conditioned(self, attrs: Any) -> bool:
+        """Whether the node's tops can carry its bottoms' float32 rounding past the tolerance by
+        the layer's own arithmetic (a normalisation by batch statistics, where a channel's mean is
+        many of its standard deviations: SegNet's BN in LEARN mode). verify checks such a top that
+        differs from the reference's beyond the tolerance as it checks a layer that ``decides``:
+        by running the kernel on onnxruntime's own bottoms (see protonet.pipeline)."""
+        return False
+
     def follow_choice(self, attrs: Any, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray],
                       other: Sequence[np.ndarray], close: "Close") -> list[np.ndarray] | None:
         """For a layer whose top records a discrete choice (an argmax index): ``other`` are

@@ -819,6 +819,12 @@ class BN(Layer):
         _need_2_to_4d(shapes[0], ctx)
         return [shapes[0]]
 
+    def ill_conditioned(self, a: BNAttrs) -> bool:
+        """LEARN mode divides each channel's deviations by its own spread: a bottom's rounding,
+        relative to its magnitude |mean| + std, comes out |mean|/std times larger relative to
+        the top's (SegNet's train net with random weights: up to 30-50 times)."""
+        return a.layout == "segnet" and not a.segnet_inference
+
     def weights(self, a: BNAttrs, shapes: Sequence[Shape]) -> list[WeightSpec]:
         shape = (1, shapes[0][1], 1, 1)
         if a.layout == "segnet":
