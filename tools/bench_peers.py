@@ -16,7 +16,9 @@ Inception-v3, MobileNet v2, DenseNet-121):
 * both get the same input array; each timed call (timed inside its worker) is a whole forward
   pass with host input and output (protonet: ``session.run``; OpenCV: ``setInput`` +
   ``forward``); after two warm-up calls each, the calls alternate protonet, OpenCV, protonet,
-  ... for ``rounds`` rounds, so that both see the same load on a shared machine; the median of
+  ... for ``rounds`` rounds, so that both see the same load on a shared machine, with a pause of
+  PAUSE seconds before each call (onnxruntime's threads spin-wait after a run: without the
+  pause they slowed whichever tool ran next, int8 after fp32, OpenCV after int8); the median of
   each is reported, and the ratio OpenCV / protonet (above 1: protonet is faster);
 * the outputs are compared (largest absolute difference, relative to the largest output) as a
   check that both ran the same net.
@@ -145,6 +147,9 @@ class Worker:
 #: CALIBRATION of them calibrating and HELD_OUT measuring the accuracy gate against fp32;
 #: writes folder/int8.onnx, prints the gate's verdict as JSON
 CALIBRATION, HELD_OUT = 10, 5
+#: seconds between two timed calls: onnxruntime's worker threads spin-wait for a while after a run,
+#: and on 2 cores the spinning threads of the tool that ran last would slow the next tool's call
+PAUSE = 0.05
 #: nets whose int8 build is not run here, and why
 INT8_SKIPPED: dict[str, str] = {}  # (VGG-16's int8 build peaks at about 2.8 GB of RSS: it runs)
 QUANTIZE = f"""
@@ -207,6 +212,7 @@ def measure(name: str, batches: list[int], rounds: int, threads: int, int8: bool
                         w.ask("run")
                 for _ in range(rounds):
                     for w in workers:
+                        time.sleep(PAUSE)  # the last tool's threads go idle first (onnxruntime's spin-wait)
                         times[w.tool].append(float(w.ask("run")))
                 for w in workers:
                     w.ask("save")
@@ -253,7 +259,8 @@ def render(rows: list[tuple[str, dict]], args: argparse.Namespace, started: str,
              f"{' --no-int8' if not int8 else ''}` ({started} UTC, {wall / 60:.1f} min). Same prototxt, same "
              f"caffemodel (Caffe's fillers, seed 0), same input; {args.threads} threads each (onnxruntime "
              f"`intra_op_num_threads`, `cv2.setNumThreads`); {WARMUP} warm-up calls each, then {args.rounds} "
-             f"rounds of protonet fp32{', protonet int8' if int8 else ''} and OpenCV in turn; medians of whole "
+             f"rounds of protonet fp32{', protonet int8' if int8 else ''} and OpenCV in turn, {PAUSE * 1e3:.0f} ms "
+             "apart (so that the threads of the tool that ran last are idle); medians of whole "
              "forward passes with host input and output. **ratio** = OpenCV / protonet (above 1: protonet is "
              "faster). protonet fp32 is the optimized graph (BatchNorm and Scale folded, activations fused) on "
              "onnxruntime's CPU provider."
