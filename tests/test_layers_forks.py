@@ -192,6 +192,73 @@ def test_normalize_per_pixel_per_channel_scale():
     check(layer, [x], [[[[0.5, 0.0]], [[2.0, 2.5]]]], {"scale": [1.0, 3.0]})
 
 
+# happynear/caffe-windows (AM-Softmax): normalize_param's Normalize, InnerProduct's normalize, Flip
+
+def test_happynear_l2_normalize_is_per_position_over_channels():
+    # 1x2x1x2, positions (3, 4) and (0, 5): each one's L2 norm over the 2 channels is
+    # sqrt(25 + 1e-6) = 5 (over all of C*H*W it would be sqrt(50)), no scale blob
+    layer = ('layer { name: "n" type: "Normalize" bottom: "in0" top: "out" '
+             'normalize_param { normalize_type: "L2" fix_gradient: true bp_norm: true } }')
+    check(layer, [[[[[3.0, 0.0]], [[4.0, 5.0]]]]], [[[[0.6, 0.0]], [[0.8, 1.0]]]])
+
+
+def test_happynear_l2_normalize_eps_and_legacy_4d_top():
+    # a 2-D (1, 2) bottom gives the fork's (N, C, 1, 1) top; x = (3e-4, 4e-4): Σx² = 2.5e-7, plus
+    # the CPU code's 1e-6 inside the root: sqrt(1.25e-6) = 1.118034e-3, so 0.2683282 and 0.3577709
+    # (eps 1e-12, the CUDA kernel's, would give 0.6 and 0.8)
+    layer = 'layer { name: "n" type: "Normalize" bottom: "in0" top: "out" normalize_param { } }'
+    root = math.sqrt(2.5e-7 + 1e-6)
+    check(layer, [[[3e-4, 4e-4]]], [[[[3e-4 / root]], [[4e-4 / root]]]])
+    assert abs(3e-4 / root - 0.2683282) < 1e-7
+
+
+def test_happynear_l1_normalize():
+    # positions (3, -1) and (0, 2): Σ|x| + 1e-6 = 4 and 2, no root
+    layer = 'layer { name: "n" type: "Normalize" bottom: "in0" top: "out" normalize_param { normalize_type: "L1" } }'
+    check(layer, [[[[[3.0, 0.0]], [[-1.0, 2.0]]]]], [[[[0.75, 0.0]], [[-0.25, 1.0]]]])
+
+
+def test_happynear_normalize_errors():
+    error('layer { name: "n" type: "Normalize" bottom: "in0" top: "out" normalize_param { normalize_type: "L3" } }',
+          ((1, 2),), 'normalize_type must be "L2" or "L1"')
+    error('layer { name: "n" type: "Normalize" bottom: "in0" top: "out" normalize_param { } norm_param { } }',
+          ((1, 2),), "both norm_param")
+
+
+def test_inner_product_normalize_divides_each_weight_row_by_its_norm():
+    # W rows (3, 4) and (0, 2): norms sqrt(25 + 1e-6) = 5 and sqrt(4 + 1e-6) = 2, so rows (0.6, 0.8)
+    # and (0, 1); the bias (1, -1) is added as it is: x = (1, 1) gives 1.4 + 1 and 1 - 1
+    layer = ('layer { name: "fc" type: "InnerProduct" bottom: "in0" top: "out" '
+             'inner_product_param { num_output: 2 normalize: true } }')
+    check(layer, [[[1.0, 1.0]]], [[2.4, 0.0]], {"weight": [[3.0, 4.0], [0.0, 2.0]], "bias": [1.0, -1.0]})
+    # K = 3 on axis 2 (the MatMul lowering): rows (3, 0, 4) and (0, 0, 2), x rows (1, 1, 1), (1, 0, 0)
+    layer = ('layer { name: "fc" type: "InnerProduct" bottom: "in0" top: "out" '
+             'inner_product_param { num_output: 2 normalize: true axis: 2 bias_term: false } }')
+    check(layer, [[[[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]]], [[[1.4, 1.0], [0.6, 0.0]]],
+          {"weight": [[3.0, 0.0, 4.0], [0.0, 0.0, 2.0]]})
+
+
+def test_inner_product_normalize_with_transpose_cuts_the_blob_in_memory_order():
+    # transpose: the blob is (K, N) = (3, 2) = [[3, 4], [0, 0], [0, 2]], which the fork still
+    # normalizes as N = 2 runs of K = 3 values in memory: (3, 4, 0) / 5 and (0, 0, 2) / 2, giving
+    # [[0.6, 0.8], [0, 0], [0, 1]]; x = (1, 1, 1) -> (0.6, 1.8). Per output column it would be
+    # (1, (4 + 2) / sqrt(20)).
+    layer = ('layer { name: "fc" type: "InnerProduct" bottom: "in0" top: "out" '
+             'inner_product_param { num_output: 2 normalize: true transpose: true bias_term: false } }')
+    check(layer, [[[1.0, 1.0, 1.0]]], [[0.6, 1.8]], {"weight": [[3.0, 4.0], [0.0, 0.0], [0.0, 2.0]]})
+
+
+def test_flip_mirrors_width_by_default_and_height_when_asked():
+    x = [[[[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]]]  # 1x1x2x3
+    flip = 'layer { name: "f" type: "Flip" bottom: "in0" top: "out" %s }'
+    check(flip % "", [x], [[[[2, 1, 0], [5, 4, 3]]]])
+    check(flip % "flip_param { flip_width: false flip_height: true }", [x], [[[[3, 4, 5], [0, 1, 2]]]])
+    check(flip % "flip_param { flip_height: true }", [x], [[[[5, 4, 3], [2, 1, 0]]]])
+    check(flip % "flip_param { flip_width: false }", [x], x)
+    # a 3-D bottom has no width axis (Caffe's width() is 1): flip_width leaves it as it is
+    check(flip % "", [[[[0.0, 1.0]]]], [[[0.0, 1.0]]])
+
+
 # -- Axpy ----------------------------------------------------------------------------------------------
 
 def test_axpy_scales_per_channel():

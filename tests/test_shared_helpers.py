@@ -23,8 +23,10 @@ from the input shapes (both facets read them):
 | ``core.broadcast_param``                 | Scale, Bias          | test_scale_axes (hand, OpenCV), test_bias_second_bottom (hand) |
 | ``Tile._reps``                           | Tile                 | test_tile (hand)                       |
 | ``MVN._axes``                            | MVN                  | test_mvn (hand, OpenCV)                |
-| ``Normalize._axes``                      | Normalize            | test_normalize (hand, OpenCV)          |
+| ``Normalize._axes``                      | Normalize            | test_normalize (hand, OpenCV); tests/test_layers_forks.py: test_happynear_* (hand, both implementations) |
 | ``core.prod`` (InnerProduct's K)         | InnerProduct         | test_inner_product_axis (hand, OpenCV) |
+| ``core.normalized_rows``, ``InnerProduct._weight`` (happynear's ``normalize``) | InnerProduct | tests/test_layers_forks.py: test_inner_product_normalize_* (hand, both implementations) |
+| ``Flip._axes``                           | Flip                 | tests/test_layers_forks.py::test_flip_mirrors_width_by_default_and_height_when_asked (hand, both implementations) |
 | ``Permute.perm``                         | Permute              | test_permute (hand, OpenCV)            |
 | recurrent bottoms (``split_inputs``, when present) | LSTM, RNN  | test_recurrent_bottom_order (hand)     |
 | ``shifted_anchors``/``generate_anchors``/``anchor_geometry`` | Proposal | tests/test_detection.py: test_anchors_are_the_published_nine, test_proposal_by_hand, test_proposal_agrees_with_opencv |

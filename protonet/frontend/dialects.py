@@ -37,10 +37,6 @@ UNIMPLEMENTED: dict[str, str] = {
                                                 "DetectionOutput decodes normalized boxes (SSD's)",
     "BatchNormParameter.scale_bias": "NVIDIA Caffe's BatchNorm then applies its own scale and bias blobs, which "
                                      "protonet's BatchNorm does not",
-    "InnerProductParameter.normalize": "happynear/caffe-windows L2-normalizes each output's weights first, which "
-                                       "protonet's InnerProduct does not",
-    "LayerParameter.normalize_param": "happynear/caffe-windows' Normalize is a plain L2 normalization; protonet's "
-                                      "Normalize is SSD's (norm_param, with a learned scale)",
 }
 
 #: how to name a field on the command line

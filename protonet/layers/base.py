@@ -158,6 +158,11 @@ class Layer:
         (``channel_producer`` only)."""
         raise NotImplementedError(f"{type(self).__name__} is not a channel producer")
 
+    def fold_reason(self, attrs: Any) -> str | None:
+        """Why a following per-channel affine may not fold into this channel producer's weights
+        (e.g. weights it normalizes at run time), or None when it may (``channel_producer`` only)."""
+        return None
+
     def parse(self, layer: Any, ctx: LayerContext) -> Any:
         return NoAttrs()
 

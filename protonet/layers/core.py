@@ -193,11 +193,28 @@ class InnerProductAttrs:
     transpose: bool
     weight_filler: Filler
     bias_filler: Filler
+    #: happynear/caffe-windows' ``normalize``: the weight is L2-normalized row by row first
+    normalize: bool = False
+
+
+#: what happynear/caffe-windows' InnerProduct adds to each weight row's sum of squares under
+#: ``normalize`` (1e-6 in its Forward_cpu; its CUDA kernel adds 1e-12; protonet follows the CPU code)
+WEIGHT_NORM_EPS = 1e-6
+
+
+def normalized_rows(weight: np.ndarray, rows: int) -> np.ndarray:
+    """happynear's ``normalize``: the weight blob, read in memory order as ``rows`` rows (one per
+    output when it is (N, K); with transpose the fork still cuts the (K, N) blob into N runs of
+    K values), each divided by sqrt(Σ w² + 1e-6). The bias is not touched."""
+    w = weight.reshape(rows, -1)
+    return (w / np.sqrt((w * w).sum(axis=1, keepdims=True) + WEIGHT_NORM_EPS)).reshape(weight.shape)
 
 
 @register
 class InnerProduct(Layer):
-    """y = x_flat · Wᵀ + b, where x is flattened from ``axis`` on; W is (N, K), or (K, N) with transpose."""
+    """y = x_flat · Wᵀ + b, where x is flattened from ``axis`` on; W is (N, K), or (K, N) with transpose.
+    With happynear/caffe-windows' ``normalize: true``, W is first replaced by its rows divided by
+    their L2 norms (:func:`normalized_rows`; AM-Softmax's cosine classifier), b added as it is."""
 
     type_name = "InnerProduct"
     channel_producer = True
@@ -207,6 +224,8 @@ class InnerProduct(Layer):
         Example('layer { name: "fc" type: "InnerProduct" bottom: "in0" top: "out" '
                 'inner_product_param { num_output: 4 axis: 2 transpose: true bias_term: false } }', ((2, 3, 6),),
                 "axis2_transpose"),
+        Example('layer { name: "fc" type: "InnerProduct" bottom: "in0" top: "out" '
+                'inner_product_param { num_output: 4 normalize: true } }', ((2, 3, 2),), "normalize"),
     )
 
     def parse(self, layer: Any, ctx: LayerContext) -> InnerProductAttrs:
@@ -214,7 +233,8 @@ class InnerProduct(Layer):
         if not p.HasField("num_output") or p.num_output <= 0:
             raise ctx.error("num_output must be set to a positive number")
         return InnerProductAttrs(int(p.num_output), bool(p.bias_term), int(p.axis), bool(p.transpose),
-                                 Filler.from_proto(p.weight_filler), Filler.from_proto(p.bias_filler))
+                                 Filler.from_proto(p.weight_filler), Filler.from_proto(p.bias_filler),
+                                 bool(p.normalize))
 
     def resolve(self, a: InnerProductAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> InnerProductAttrs:
         """The canonical axis (input axes from it on are flattened)."""
@@ -238,7 +258,7 @@ class InnerProduct(Layer):
         x = xs[0]
         ax = a.axis
         x2 = x.reshape(prod(x.shape[:ax]), -1)
-        wt = w["weight"] if a.transpose else w["weight"].T
+        wt = self._weight(a, w["weight"])
         y = x2 @ wt
         if a.bias_term:
             y = y + w["bias"]
@@ -251,15 +271,28 @@ class InnerProduct(Layer):
         """The weight is (N, K), or (K, N) with transpose: output channels on axis 0 or 1."""
         return scale_along(weight, s, 1 if a.transpose else 0)
 
+    def fold_reason(self, a: InnerProductAttrs) -> str | None:
+        if a.normalize:
+            return "it L2-normalizes its weight rows (normalize: true), which would undo a folded scale"
+        return None
+
+    def _weight(self, a: InnerProductAttrs, weight: np.ndarray) -> np.ndarray:
+        """The (K, N) matrix that the flattened input is multiplied by."""
+        if a.normalize:
+            weight = normalized_rows(weight, a.num_output)
+        return weight if a.transpose else weight.T
+
     def lower(self, a: InnerProductAttrs, g: Lowering) -> None:
         s = g.in_shapes[0]
         ax = a.axis
-        wt = g.weights["weight"] if a.transpose else g.weights["weight"].T
         if ax == 1:
             x = g.inputs[0] if len(s) == 2 else g.op("Flatten", [g.inputs[0]], axis=1)
-            ins = [x, g.weight("weight")] + ([g.weight("bias")] if a.bias_term else [])
+            w = g.weight("weight", normalized_rows(g.weights["weight"], a.num_output)) if a.normalize \
+                else g.weight("weight")
+            ins = [x, w] + ([g.weight("bias")] if a.bias_term else [])
             g.op("Gemm", ins, g.outputs, transB=0 if a.transpose else 1)
             return
+        wt = self._weight(a, g.weights["weight"])
         k = prod(s[ax:])
         x = g.op("Reshape", [g.inputs[0], g.int64s([0] * ax + [k], "shape")])
         if a.bias_term:

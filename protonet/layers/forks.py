@@ -650,7 +650,62 @@ class Permute(Layer):
         g.op("Transpose", g.inputs, g.outputs, perm=list(a.order))
 
 
+# -- Flip ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FlipAttrs:
+    flip_width: bool
+    flip_height: bool
+
+
+@register
+class Flip(Layer):
+    """happynear/caffe-windows' Flip (AM-Softmax's mirrored test pass): the image mirrored,
+    top[n, c, h, w] = bottom[n, c, h', w'] with w' = W - 1 - w under ``flip_width`` (default on)
+    and h' = H - 1 - h under ``flip_height`` (default off). The fork reads Caffe's legacy
+    height()/width(): axis 2 and axis 3 where the bottom has them (a missing one is 1, unflipped)."""
+
+    type_name = "Flip"
+    examples = (
+        Example('layer { name: "f" type: "Flip" bottom: "in0" top: "out" }', ((2, 3, 4, 5),), "width"),
+        Example('layer { name: "f" type: "Flip" bottom: "in0" top: "out" '
+                'flip_param { flip_width: false flip_height: true } }', ((2, 3, 4, 5),), "height"),
+        Example('layer { name: "f" type: "Flip" bottom: "in0" top: "out" flip_param { flip_height: true } }',
+                ((2, 3, 4),), "3d"),
+    )
+
+    def parse(self, layer: Any, ctx: LayerContext) -> FlipAttrs:
+        p = layer.flip_param
+        return FlipAttrs(bool(p.flip_width), bool(p.flip_height))
+
+    def infer(self, a: FlipAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+        _need_2_to_4d(shapes[0], ctx)
+        return [shapes[0]]
+
+    def _axes(self, a: FlipAttrs, ndim: int) -> list[int]:
+        return [ax for ax, on in ((2, a.flip_height), (3, a.flip_width)) if on and ax < ndim]
+
+    def kernel(self, a: FlipAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
+        axes = self._axes(a, xs[0].ndim)
+        return [np.flip(xs[0], axis=axes).copy() if axes else xs[0]]
+
+    def lower(self, a: FlipAttrs, g: Lowering) -> None:
+        axes = self._axes(a, len(g.in_shapes[0]))
+        if not axes:
+            g.op("Identity", g.inputs, g.outputs)
+            return
+        n = len(axes)
+        g.op("Slice", [g.inputs[0], g.int64s([-1] * n, "starts"), g.int64s([-2 ** 63] * n, "ends"),
+                       g.int64s(axes, "axes"), g.int64s([-1] * n, "steps")], g.outputs)
+
+
 # -- Normalize -----------------------------------------------------------------------------------
+
+#: what happynear/caffe-windows' Normalize adds to the per-position sum (of squares for L2, of
+#: absolute values for L1) before dividing: 1e-6 in its Forward_cpu (its CUDA kernel adds 1e-12 for
+#: L2; protonet follows the CPU code, the fork's reference)
+FEATURE_NORM_EPS = 1e-6
+
 
 @dataclass(frozen=True)
 class NormalizeAttrs:
@@ -658,6 +713,8 @@ class NormalizeAttrs:
     channel_shared: bool
     eps: float
     filler: Filler
+    #: "" for SSD's Normalize (norm_param); "L2" or "L1" for happynear/caffe-windows' (normalize_param)
+    normalize_type: str = ""
 
 
 @register
@@ -665,7 +722,13 @@ class Normalize(Layer):
     """SSD's L2 normalisation, per image: y = x / sqrt(Σ x² + eps) · scale. eps is added to the
     sum of squares, inside the square root (not to the norm). across_spatial: one sum over all of
     C·H·W; otherwise one per pixel over the channels. The scale blob is one value
-    (channel_shared, shape ()) or one per channel (C,); filled with 1 unless scale_filler is set."""
+    (channel_shared, shape ()) or one per channel (C,); filled with 1 unless scale_filler is set.
+
+    With ``normalize_param`` (happynear/caffe-windows, AM-Softmax's face nets) it is that fork's
+    Normalize instead: no blobs, one norm per sample and position over the channels, L2:
+    y = x / sqrt(Σ_c x² + 1e-6), L1: y = x / (Σ_c |x| + 1e-6). The fork writes its top with
+    the legacy 4-D shape (N, C, H, W), so a 2-D (N, C) bottom gives an (N, C, 1, 1) top.
+    ``fix_gradient`` and ``bp_norm`` change only the backward pass."""
 
     type_name = "Normalize"
     examples = (
@@ -675,20 +738,36 @@ class Normalize(Layer):
                 "per_pixel"),
         Example('layer { name: "n" type: "Normalize" bottom: "in0" top: "out" '
                 'norm_param { across_spatial: true channel_shared: false } }', ((2, 5),), "2d"),
+        Example('layer { name: "n" type: "Normalize" bottom: "in0" top: "out" '
+                'normalize_param { normalize_type: "L2" } }', ((2, 6),), "happynear_l2"),
+        Example('layer { name: "n" type: "Normalize" bottom: "in0" top: "out" '
+                'normalize_param { normalize_type: "L1" fix_gradient: true } }', ((2, 3, 2, 4),), "happynear_l1"),
     )
 
     def parse(self, layer: Any, ctx: LayerContext) -> NormalizeAttrs:
+        if layer.HasField("normalize_param"):
+            if layer.HasField("norm_param"):
+                raise ctx.error("both norm_param (SSD's Normalize) and normalize_param "
+                                "(happynear/caffe-windows') are set; a Normalize is one or the other")
+            kind = layer.normalize_param.normalize_type
+            if kind not in ("L2", "L1"):
+                raise ctx.error(f'normalize_type must be "L2" or "L1" (happynear/caffe-windows), got {kind!r}')
+            return NormalizeAttrs(False, True, FEATURE_NORM_EPS, CONSTANT_ONE, kind)
         p = layer.norm_param
         if p.eps < 0:
             raise ctx.error(f"eps must be non-negative, got {p.eps}")
         return NormalizeAttrs(bool(p.across_spatial), bool(p.channel_shared), float(p.eps),
                               Filler.from_proto(p.scale_filler, default=CONSTANT_ONE))
 
-    def infer(self, a: Any, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
+    def infer(self, a: NormalizeAttrs, shapes: Sequence[Shape], ctx: LayerContext) -> list[Shape]:
         _need_2_to_4d(shapes[0], ctx)
+        if a.normalize_type:
+            return [tuple(shapes[0]) + (1,) * (4 - len(shapes[0]))]
         return [shapes[0]]
 
     def weights(self, a: NormalizeAttrs, shapes: Sequence[Shape]) -> list[WeightSpec]:
+        if a.normalize_type:
+            return []
         return [WeightSpec("scale", () if a.channel_shared else (shapes[0][1],), a.filler)]
 
     def _axes(self, a: NormalizeAttrs, ndim: int) -> list[int]:
@@ -696,7 +775,12 @@ class Normalize(Layer):
 
     def kernel(self, a: NormalizeAttrs, xs: Sequence[np.ndarray], w: dict) -> list[np.ndarray]:
         x = xs[0]
-        norm = np.sqrt((x * x).sum(axis=tuple(self._axes(a, x.ndim)), keepdims=True) + a.eps)
+        axes = tuple(self._axes(a, x.ndim))
+        if a.normalize_type == "L1":
+            return [_as_4d(x / (np.abs(x).sum(axis=axes, keepdims=True) + a.eps))]
+        norm = np.sqrt((x * x).sum(axis=axes, keepdims=True) + a.eps)
+        if a.normalize_type:
+            return [_as_4d(x / norm)]
         scale = w["scale"]
         if not a.channel_shared:
             scale = scale.reshape(channel_shape(x.shape[1], x.ndim))
@@ -705,13 +789,29 @@ class Normalize(Layer):
     def lower(self, a: NormalizeAttrs, g: Lowering) -> None:
         ndim = len(g.in_shapes[0])
         x = g.inputs[0]
-        ss = g.op("ReduceSumSquare", [x], axes=self._axes(a, ndim), keepdims=1)
-        norm = g.op("Sqrt", [g.op("Add", [ss, g.const(a.eps, "eps")])])
+        axes = self._axes(a, ndim)
+        eps = g.const(a.eps, "eps")
+        if a.normalize_type == "L1":
+            norm = g.op("Add", [g.op("ReduceL1", [x], axes=axes, keepdims=1), eps])
+        else:
+            norm = g.op("Sqrt", [g.op("Add", [g.op("ReduceSumSquare", [x], axes=axes, keepdims=1), eps])])
+        if a.normalize_type:
+            if ndim == 4:
+                g.op("Div", [x, norm], g.outputs)
+            else:
+                g.op("Reshape", [g.op("Div", [x, norm]), g.int64s([0] * ndim + [1] * (4 - ndim), "shape")],
+                     g.outputs)
+            return
         y = g.op("Div", [x, norm])
         scale = g.weights["scale"]
         if not a.channel_shared:
             scale = scale.reshape(channel_shape(g.in_shapes[0][1], ndim))
         g.op("Mul", [y, g.weight("scale", scale)], g.outputs)
+
+
+def _as_4d(x: np.ndarray) -> np.ndarray:
+    """``x`` with trailing axes of 1 up to Caffe's legacy 4-D shape (N, C, H, W)."""
+    return x.reshape(x.shape + (1,) * (4 - x.ndim))
 
 
 # -- Axpy ----------------------------------------------------------------------------------------

@@ -33,6 +33,9 @@ def _producer_reason(graph: Graph, bn: Node) -> str | None:
         return f"its input comes from '{p.name}' ({p.type}), which has no weights to fold into"
     if len(p.outputs) != 1:
         return f"producer '{p.name}' has {len(p.outputs)} outputs"
+    why = layer.fold_reason(p.attrs)
+    if why is not None:
+        return f"producer '{p.name}' {why}"
     why = private_output_reason(graph, x, bn)
     if why is not None:
         return f"producer '{p.name}' output {why}"
