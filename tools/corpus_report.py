@@ -94,7 +94,7 @@ def classify(message: str, opencv_imports: bool) -> Reason:
     m = message
     if "Python layers" in m:
         return Reason("python-layer", False, "a Python layer runs code named in the file; protonet never imports it "
-                      "(known py-faster-rcnn/R-FCN layers are issue 9 item 4)")
+                      "(py-faster-rcnn's and R-FCN's ProposalLayer is known by name and runs natively)")
     if "has no value named" in m:
         return Reason("bad-enum-value", opencv_imports, "a value its enum does not have (e.g. a V2 type string in a "
                       "V1 `layers` block): Caffe's text parser refuses it too")
@@ -111,6 +111,13 @@ def classify(message: str, opencv_imports: bool) -> Reason:
                       "FaceBoxes' (same type name, 21 densified anchors per cell for three min_sizes; protonet "
                       "reads a net that way when its counts fit it), so the fork's DetectionOutput would stop on "
                       "its count check too, as OpenCV's does (numPriors * numLocClasses * 4 == loc count)")
+    if "but not in the TEST phase" in m:
+        return Reason("test-phase", False, "a train file whose data layer is TRAIN-only: Caffe's TEST-phase net "
+                      "stops at the same bottom (Unknown bottom blob)")
+    if "sample_weights_test" in m:
+        return Reason("test-time-sampling", False, "Monte Carlo dropout: the fork samples a new mask on every "
+                      "forward pass, which a deterministic compiled net cannot reproduce or verify "
+                      "(--ignore-field DropoutParameter.sample_weights_test runs it as plain dropout)")
     if "has no shape" in m or "--input-shape" in m:
         return Reason("input-shape", False, "the input's size lives in the data source (Caffe reads it from the "
                       "database); --input-shape gives it")
