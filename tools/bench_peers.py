@@ -304,6 +304,11 @@ def render(rows: list[tuple[str, dict]], args: argparse.Namespace, started: str,
         if ratios:
             lines += ["", f"Geometric mean of the {what} ratios: {statistics.geometric_mean(ratios):.2f}x over "
                           f"{len(ratios)} rows; protonet is faster in {sum(r > 1 for r in ratios)} of them."]
+    speedups = [(label, b["batch"], b["protonet_ms"] / q["ms"]) for label, res in rows
+                for b, q in zip(res["batches"], res.get("int8", [])) if res.get("int8_gate", {}).get("passed")]
+    if speedups:
+        lines += ["", "protonet int8 against protonet fp32 (fp32 ms / int8 ms, same rows): " + "; ".join(
+            f"{label} b{batch} {r:.2f}x" for label, batch, r in speedups) + "."]
     if int8:
         reports = [f"- {label}: " + (res["int8_gate"]["report"].replace("\n", " ") + _margin(res["int8_gate"])
                                      if res.get("int8_gate") else f"not run: {res['int8_skipped']}")
