@@ -374,22 +374,19 @@ layer { name: "conv3" type: "Convolution" bottom: "pool2" top: "conv3" convoluti
     assert rt.disabled_optimizers(model) == rt.disabled_optimizers(model.SerializeToString()) == []
     assert rt.disabled_optimizers(str(tmp_path / "missing.onnx")) == rt.disabled_optimizers(b"not onnx") == []
 
-    def session(**kw: object) -> ort.InferenceSession:
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"], **kw)
-
-    def pool_kernels(sess_kw: dict) -> list[str]:  # the op types onnxruntime runs right after LRN's Div
+    def session(name: str, **kw: object) -> tuple[ort.InferenceSession, list[str]]:
+        """A session and the op types of the graph onnxruntime optimized it to."""
         so = ort.SessionOptions()
-        so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], **sess_kw)
-        return [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+        so.optimized_model_filepath = str(tmp_path / f"{name}.onnx")
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], **kw)
+        return sess, [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
 
-    on, off = session(), session(disabled_optimizers=["QDQPropagationTransformer"])
+    (on, ops_on), (off, ops_off) = session("on"), session("off", disabled_optimizers=["QDQPropagationTransformer"])
     for s in samples:
         a, b = on.run(None, dict(s.feeds))[0], off.run(None, dict(s.feeds))[0]
         assert np.array_equal(a, b)
-    # with the transformer on, a QuantizeLinear comes before pool1 (the uint8 pool); off, after it
-    ops_on = pool_kernels({})
-    ops_off = pool_kernels({"disabled_optimizers": ["QDQPropagationTransformer"]})
+    # with the transformer on, a QuantizeLinear comes right after LRN's Div, before pool1 (the
+    # uint8 pool); off, it comes after the pool
     div_on, div_off = ops_on.index("Div"), ops_off.index("Div")
     assert ops_on[div_on + 1] == "QuantizeLinear" and ops_off[div_off + 1] != "QuantizeLinear"
     captured: dict = {}
